@@ -1,0 +1,68 @@
+"""Messages between the server-side pool and its worker processes.
+
+Shared by both sides, so it imports only the standard library. Everything is
+JSON, one object per line; nothing is ever pickled. Two channels exist:
+
+- the task pipe (parent -> worker): ``init`` once, then ``task`` messages;
+- the event pipe (worker -> parent): ``ready``, ``started``, ``done``.
+
+The event pipe is closed in the forked child before any user code runs, so a
+candidate file has no handle on it. A child's result is a JSON file written
+after the candidate has finished, into a private directory the parent made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+WORKER_MODULE = "nexus_dataflow_plugin._worker"
+
+# Worker -> parent events
+READY = "ready"
+STARTED = "started"
+DONE = "done"
+
+# Parent -> worker operations
+INIT = "init"
+TASK = "task"
+
+# Largest line the parent accepts on the event pipe: events are tiny, so a
+# longer line means something other than our worker wrote it.
+MAX_EVENT_BYTES = 64 * 1024
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return (json.dumps(message, separators=(",", ":")) + "\n").encode()
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise ValueError("message is not an object")
+    return message
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def result_path(directory: str, task_id: int) -> str:
+    return os.path.join(directory, f"{task_id}.json")
+
+
+def stderr_path(directory: str, task_id: int) -> str:
+    return os.path.join(directory, f"{task_id}.err")
+
+
+def write_result(directory: str, task_id: int, result: dict[str, Any]) -> None:
+    """Atomically publish a child's result: the parent never sees half a file."""
+    final = result_path(directory, task_id)
+    tmp = final + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, separators=(",", ":"))
+    os.replace(tmp, final)

@@ -1,0 +1,286 @@
+"""SmartDiscovery: the stages in order.
+
+find (finder) -> screen (screen, imports) -> isolate (isolation) ->
+transfer (transfer) -> report (report). Nothing from a candidate file is ever
+executed in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kailash.workflow import Workflow
+
+from . import report as r
+from .finder import DEFAULT_MAX_FILE_BYTES, Candidate, find_candidates, resolve_base
+from .imports import ImportGraph
+from .isolation import (
+    OUTCOME_CRASHED,
+    OUTCOME_TIMEOUT,
+    Limits,
+    Outcome,
+    Task,
+    WorkerPool,
+    library_modules,
+)
+from .screen import Facts, analyze
+from .transfer import decode
+
+logger = logging.getLogger(__name__)
+
+GENERIC_NAMES = frozenset({"workflow", "builder", "wf"})
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def workflow_name(rel: str, attr: str) -> str:
+    """The name native discovery gives: the file's stem, or ``stem.attr``."""
+    stem = Path(rel).stem
+    return stem if attr.lower() in GENERIC_NAMES else f"{stem}.{attr}"
+
+
+def read_facts(path: Path) -> Facts:
+    """Screen a file from disk; an unreadable file is an error fact, not an exception."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Facts(error=r.MSG_UNREADABLE.format(what=exc.strerror or exc))
+    return analyze(data)
+
+
+@dataclass
+class _Loaded:
+    """A file's decoded workflows (attr -> Workflow) and what went wrong."""
+
+    workflows: dict[str, Workflow]
+    problems: list[str]
+    failures: list[str]
+
+
+def _decode_result(result: dict[str, Any], base: Path) -> _Loaded:
+    loaded = _Loaded({}, [], [str(f) for f in result.get("failures", [])])
+    for entry in result.get("workflows", []):
+        attr = str(entry.get("attr"))
+        problems = [str(p) for p in entry.get("problems", [])]
+        if not problems and isinstance(entry.get("data"), dict):
+            try:
+                loaded.workflows[attr] = decode(entry["data"], entry.get("node_modules", {}), base)
+                continue
+            except Exception as exc:  # noqa: BLE001 - any rebuild failure is reported
+                problems = [f"{type(exc).__name__}: {exc}"]
+        loaded.problems.append(f"{attr}: " + "; ".join(problems or ["no data"]))
+    return loaded
+
+
+def _crash_reason(outcome: Outcome) -> str:
+    how = outcome.detail
+    last = outcome.stderr_tail.splitlines()[-1:] if outcome.stderr_tail else []
+    if last:
+        how += f"; last stderr line: {last[0][:200]}"
+    return r.MSG_CRASHED.format(how=how)
+
+
+class SmartDiscovery:
+    """Discover workflows the way Nexus does, without running any file in this process.
+
+    ``timeout`` is per file (import plus factory calls); ``workers`` the number
+    of parallel worker processes (default: the number of cores).
+    """
+
+    def __init__(
+        self,
+        base_path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        workers: int | None = None,
+        exclude: Sequence[str] = (),
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        memory_limit_mb: int | None = 4096,
+        cpu_limit_s: int | None = 60,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers!r}")
+        self.base = resolve_base(base_path)
+        self.timeout = float(timeout)
+        self.workers = workers or os.cpu_count() or 1
+        self.exclude = tuple(exclude)
+        self.max_file_bytes = max_file_bytes
+        self.limits = Limits(
+            timeout_s=self.timeout,
+            memory_bytes=memory_limit_mb * 1024 * 1024 if memory_limit_mb else None,
+            cpu_seconds=cpu_limit_s,
+        )
+
+    def run(self) -> r.DiscoveryReport:
+        started = time.monotonic()
+        found = find_candidates(
+            self.base, exclude=self.exclude, max_file_bytes=self.max_file_bytes
+        )
+        entries: dict[str, r.FileResult] = {}
+        loaded: dict[str, _Loaded] = {}
+        tasks = self._screen(found.candidates, entries)
+        if tasks:
+            self._isolate(tasks, entries, loaded)
+        report = r.DiscoveryReport(base_path=str(self.base))
+        report.files = [entries[c.rel] for c in found.candidates]
+        self._name(found.order, loaded, entries, report)
+        report.duration_s = time.monotonic() - started
+        return report
+
+    # -- stages ----------------------------------------------------------------
+
+    def _screen(
+        self, candidates: Sequence[Candidate], entries: dict[str, r.FileResult]
+    ) -> dict[int, tuple[Candidate, Facts]]:
+        """Static screen and import graph: decide which files may be imported at all."""
+        facts_cache: dict[Path, Facts] = {}
+
+        def facts_of(path: Path) -> Facts:
+            if path not in facts_cache:
+                facts_cache[path] = read_facts(path)
+            return facts_cache[path]
+
+        graph = ImportGraph(self._roots(), facts_of)
+        tasks: dict[int, tuple[Candidate, Facts]] = {}
+        for candidate in candidates:
+            began = time.monotonic()
+            if candidate.refusal:
+                entries[candidate.rel] = r.FileResult(candidate.rel, r.ERROR, candidate.refusal)
+                continue
+            real = candidate.path.resolve()
+            facts = facts_of(real)
+            entry = None
+            if facts.error:
+                entry = r.FileResult(candidate.rel, r.ERROR, facts.error)
+            elif (detail := graph.own_model(real)) is not None:
+                entry = r.FileResult(
+                    candidate.rel, r.SKIPPED_MODEL, r.MSG_SKIPPED_MODEL.format(detail=detail)
+                )
+            elif (taint := graph.taint(real)) is not None:
+                chain = " -> ".join(self._rel(p) for p in taint.chain)
+                entry = r.FileResult(
+                    candidate.rel,
+                    r.SKIPPED_DEPENDENT,
+                    r.MSG_SKIPPED_DEPENDENT.format(
+                        chain=f"{chain}: {taint.detail}", path=candidate.rel
+                    ),
+                )
+            if entry is not None:
+                entry.duration_s = time.monotonic() - began
+                entries[candidate.rel] = entry
+            else:
+                tasks[len(tasks)] = (candidate, facts)
+        return tasks
+
+    def _isolate(
+        self,
+        tasks: dict[int, tuple[Candidate, Facts]],
+        entries: dict[str, r.FileResult],
+        loaded: dict[str, _Loaded],
+    ) -> None:
+        """Import the remaining candidates in workers and turn outcomes into entries."""
+        jobs = [
+            Task(tid, str(c.path), Path(c.rel).stem, facts.factories)
+            for tid, (c, facts) in tasks.items()
+        ]
+        pool = WorkerPool(
+            self.base,
+            workers=min(self.workers, len(jobs)),
+            limits=self.limits,
+            preload=library_modules(self.base),
+        )
+        with pool:
+            for outcome in pool.run(jobs):
+                candidate = tasks[outcome.task.id][0]
+                entry, files_loaded = self._entry(candidate, outcome)
+                entry.duration_s = outcome.duration_s
+                entries[candidate.rel] = entry
+                if files_loaded is not None:
+                    loaded[candidate.rel] = files_loaded
+
+    def _entry(self, candidate: Candidate, outcome: Outcome) -> tuple[r.FileResult, _Loaded | None]:
+        rel = candidate.rel
+        if outcome.kind == OUTCOME_TIMEOUT:
+            return r.FileResult(rel, r.TIMEOUT, r.MSG_TIMEOUT.format(timeout=self.timeout)), None
+        if outcome.kind == OUTCOME_CRASHED:
+            return r.FileResult(rel, r.CRASHED, _crash_reason(outcome)), None
+        result = outcome.result or {}
+        if "timeout" in result:
+            reason = r.MSG_TIMEOUT.format(timeout=self.timeout)
+            return r.FileResult(rel, r.TIMEOUT, f"{reason} It was {result['timeout']}."), None
+        if "error" in result:
+            return r.FileResult(rel, r.ERROR, str(result["error"])), None
+        files_loaded = _decode_result(result, self.base)
+        notes = files_loaded.failures + files_loaded.problems
+        if files_loaded.workflows:
+            reason = r.MSG_REGISTERED.format(count=len(files_loaded.workflows))
+            if notes:
+                reason += " Not loaded: " + "; ".join(notes)
+            return r.FileResult(rel, r.REGISTERED, reason), files_loaded
+        if files_loaded.problems:
+            reason = r.MSG_NOT_TRANSFERABLE.format(problems="; ".join(notes))
+            return r.FileResult(rel, r.NOT_TRANSFERABLE, reason), None
+        if files_loaded.failures:
+            reason = "No workflow loaded: " + "; ".join(files_loaded.failures)
+            return r.FileResult(rel, r.ERROR, reason), None
+        return r.FileResult(rel, r.NO_WORKFLOWS, r.MSG_NO_WORKFLOWS), None
+
+    def _name(
+        self,
+        order: Sequence[str],
+        loaded: dict[str, _Loaded],
+        entries: dict[str, r.FileResult],
+        report: r.DiscoveryReport,
+    ) -> None:
+        """Apply native naming, in native order: a later file wins a shared name."""
+        owner: dict[str, str] = {}
+        for rel in order:
+            for attr, workflow in loaded.get(rel, _Loaded({}, [], [])).workflows.items():
+                name = workflow_name(rel, attr)
+                report.workflows[name] = workflow
+                owner[name] = rel
+        for rel, files_loaded in loaded.items():
+            entry = entries[rel]
+            names = [workflow_name(rel, attr) for attr in files_loaded.workflows]
+            entry.workflows = [n for n in names if owner.get(n) == rel]
+            for name in names:
+                if owner.get(name) != rel:
+                    entry.reason += (
+                        f" The name {name!r} is also produced by {owner[name]}, which wins "
+                        "(as in native discovery)."
+                    )
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _roots(self) -> list[Path]:
+        """Where local imports resolve: the base path and sys.path entries inside it."""
+        roots = [self.base]
+        for entry in sys.path:
+            if entry and Path(entry).resolve().is_relative_to(self.base.resolve()):
+                roots.append(Path(entry))
+        return roots
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.base.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def discover_workflows(base_path: str | None = None) -> dict[str, Workflow]:
+    """Drop-in for ``nexus.discovery.discover_workflows``: same names, safe execution."""
+    report = SmartDiscovery(base_path).run()
+    for entry in report.files:
+        if entry.status in r.PROBLEM_STATUSES:
+            logger.warning("%s: %s: %s", entry.path, entry.status, entry.reason)
+        elif entry.status in (r.SKIPPED_MODEL, r.SKIPPED_DEPENDENT):
+            logger.info("%s: %s: %s", entry.path, entry.status, entry.reason)
+    return report.workflows

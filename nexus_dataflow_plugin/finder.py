@@ -1,0 +1,109 @@
+"""Stage 1: find candidate files exactly as Nexus's native discovery does.
+
+Same glob patterns, same exclusions, same order, so the same files yield the
+same workflow names. Two things differ on purpose: a file matched by two
+patterns is one candidate (imported once), and paths are confined to the base
+directory (a symlink out of the project is refused, not followed).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexus.discovery import WorkflowDiscovery
+
+WORKFLOW_PATTERNS: tuple[str, ...] = tuple(WorkflowDiscovery.WORKFLOW_PATTERNS)
+EXCLUDE_FILES: frozenset[str] = frozenset(WorkflowDiscovery.EXCLUDE_FILES)
+
+DEFAULT_MAX_FILE_BYTES = 5 * 1024 * 1024
+
+MSG_OUTSIDE = "Is a symlink to {target}, outside the project ({base}); refused, not followed."
+MSG_TOO_LARGE = (
+    "Is {size:,} bytes, over the {limit:,}-byte limit for discovered files; refused unread. "
+    "Raise max_file_bytes if this really is a workflow file."
+)
+MSG_BROKEN_LINK = "Is a broken or looping symlink ({what}); skipped."
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One file native discovery would import, with why we refuse it, if we do."""
+
+    path: Path
+    rel: str
+    refusal: str | None = None
+
+
+@dataclass(frozen=True)
+class Found:
+    """The finder's output.
+
+    ``order`` lists every (pattern, file) match in native order, duplicates
+    included, so names can be resolved exactly as native discovery resolves
+    them (later matches overwrite earlier ones).
+    """
+
+    base: Path
+    candidates: tuple[Candidate, ...]
+    order: tuple[str, ...]
+
+
+def resolve_base(base_path: str | os.PathLike[str] | None) -> Path:
+    return Path(base_path if base_path is not None else os.getcwd()).absolute()
+
+
+def _excluded(rel: str, name: str, exclude: Sequence[str]) -> bool:
+    if name in EXCLUDE_FILES:
+        return True
+    return any(fnmatch.fnmatch(rel, pattern) for pattern in exclude)
+
+
+def _refusal(path: Path, base_real: Path, max_file_bytes: int) -> str | None:
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        return MSG_BROKEN_LINK.format(what=exc)
+    if not real.is_relative_to(base_real):
+        return MSG_OUTSIDE.format(target=real, base=base_real)
+    try:
+        size = real.stat().st_size
+    except OSError as exc:
+        return MSG_BROKEN_LINK.format(what=exc)
+    if size > max_file_bytes:
+        return MSG_TOO_LARGE.format(size=size, limit=max_file_bytes)
+    return None
+
+
+def _matches(base: Path, pattern: str) -> Iterable[Path]:
+    try:
+        return sorted(base.glob(pattern))
+    except OSError:
+        return ()
+
+
+def find_candidates(
+    base: Path,
+    *,
+    patterns: Sequence[str] = WORKFLOW_PATTERNS,
+    exclude: Sequence[str] = (),
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> Found:
+    """Glob the native patterns under ``base``; each file becomes one candidate."""
+    base_real = base.resolve()
+    candidates: dict[str, Candidate] = {}
+    order: list[str] = []
+    for pattern in patterns:
+        for path in _matches(base, pattern):
+            rel = path.relative_to(base).as_posix()
+            if _excluded(rel, path.name, exclude):
+                continue
+            if not (path.is_file() or path.is_symlink()):
+                continue
+            if rel not in candidates:
+                candidates[rel] = Candidate(path, rel, _refusal(path, base_real, max_file_bytes))
+            order.append(rel)
+    return Found(base=base, candidates=tuple(candidates.values()), order=tuple(order))

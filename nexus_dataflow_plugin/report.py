@@ -1,0 +1,129 @@
+"""Per-file outcomes of a discovery scan.
+
+Errors are data: every candidate file ends with exactly one status and a
+reason a person can act on. The user-facing sentences live here as constants
+so the CLI, the logs and the docs all say the same thing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kailash.workflow import Workflow
+
+REGISTERED = "registered"
+NO_WORKFLOWS = "no_workflows"
+SKIPPED_MODEL = "skipped_model"
+SKIPPED_DEPENDENT = "skipped_dependent"
+TIMEOUT = "timeout"
+CRASHED = "crashed"
+ERROR = "error"
+NOT_TRANSFERABLE = "not_transferable"
+
+STATUSES = (
+    REGISTERED,
+    NO_WORKFLOWS,
+    SKIPPED_MODEL,
+    SKIPPED_DEPENDENT,
+    TIMEOUT,
+    CRASHED,
+    ERROR,
+    NOT_TRANSFERABLE,
+)
+
+# Statuses that mean "this file needs the user's attention".
+PROBLEM_STATUSES = frozenset({TIMEOUT, CRASHED, ERROR, NOT_TRANSFERABLE})
+
+# --- user-facing messages -------------------------------------------------
+
+MSG_REGISTERED = "Imported in an isolated worker; {count} workflow(s) found."
+MSG_NO_WORKFLOWS = (
+    "Imported in an isolated worker; no module-level Workflow, WorkflowBuilder or "
+    "zero-argument factory returning one was found."
+)
+MSG_SKIPPED_MODEL = (
+    "Defines DataFlow models or a DataFlow instance ({detail}); discovery never executes "
+    "model files. Register its workflows explicitly after your models are loaded "
+    "(register_dataflow_workflows(app, db) or plugin.load_workflows(path))."
+)
+MSG_SKIPPED_DEPENDENT = (
+    "Imports a DataFlow model module ({chain}); importing it would re-run the models. "
+    "Load it explicitly after your models exist: plugin.load_workflows({path!r})."
+)
+MSG_TIMEOUT = (
+    "Did not finish within {timeout:g}s (hangs at import or in a factory); the worker was "
+    "killed. Move slow work out of module level, or raise the timeout."
+)
+MSG_CRASHED = (
+    "The worker process died while importing this file ({how}); the rest of the scan "
+    "went on. Check for os._exit, native crashes or resource exhaustion at import."
+)
+MSG_SYNTAX = "Cannot be parsed: {what} at line {line}. Fix the syntax error."
+MSG_DECODE = "Cannot be decoded as Python source: {what}."
+MSG_NUL = "Contains NUL bytes (byte offset {offset}); not a Python source file."
+MSG_UNREADABLE = "Cannot be read: {what}."
+MSG_IMPORT_ERROR = "Raised {exc} while importing: {message}"
+MSG_FACTORY_FAILED = "factory {name}() raised {exc}: {message}"
+MSG_BUILD_FAILED = "{name}.build() raised {exc}: {message}"
+MSG_NOT_TRANSFERABLE = (
+    "{problems}. Register this workflow explicitly with app.register(name, workflow) "
+    "in your app."
+)
+MSG_PROTOCOL = "The worker returned an unreadable result ({what}); the file was not loaded."
+
+
+@dataclass
+class FileResult:
+    """What happened to one candidate file."""
+
+    path: str
+    status: str
+    reason: str
+    workflows: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration_s"] = round(self.duration_s, 4)
+        return data
+
+
+@dataclass
+class DiscoveryReport:
+    """The outcome of one scan: the workflows to register and one entry per file."""
+
+    base_path: str
+    workflows: dict[str, Workflow] = field(default_factory=dict)
+    files: list[FileResult] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        """Number of files per status, in the canonical status order."""
+        seen = Counter(entry.status for entry in self.files)
+        return {status: seen[status] for status in STATUSES if seen[status]}
+
+    def by_status(self, *statuses: str) -> list[FileResult]:
+        return [entry for entry in self.files if entry.status in statuses]
+
+    def file(self, path: str) -> FileResult | None:
+        """The entry for a relative POSIX path, or None."""
+        for entry in self.files:
+            if entry.path == path:
+                return entry
+        return None
+
+    def summary(self) -> str:
+        """One line: counts by status and total time, for logs and the CLI."""
+        counts = ", ".join(f"{n} {status}" for status, n in self.counts().items())
+        return (
+            f"{len(self.workflows)} workflow(s) from {len(self.files)} file(s)"
+            f" [{counts or 'no candidate files'}] in {self.duration_s:.2f}s"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workflows": list(self.workflows),
+            "files": [entry.to_dict() for entry in self.files],
+        }

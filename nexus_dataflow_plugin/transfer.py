@@ -1,0 +1,149 @@
+"""Stage 5: workflows cross the process boundary as data.
+
+``encode`` runs in the worker: ``Workflow.to_dict()`` to JSON, plus the list of
+what cannot make the trip and why (functions in node config, cycles, node
+classes defined in the scanned project, secrets that ``to_dict`` redacts).
+``decode`` runs in the server: ``Workflow.from_dict()``, after importing the
+*library* modules that define the node classes, never a project file.
+
+Imports only the standard library and Kailash, so the worker may use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kailash.nodes.base import NodeRegistry
+from kailash.workflow import Workflow
+
+REDACTED = "***REDACTED***"
+
+NOT_JSON = "node '{node}' ({type}) holds a {what} in config key '{key}', which JSON cannot carry"
+SECRET = "node '{node}' ({type}) config key '{key}' is redacted by Workflow.to_dict()"
+CYCLE = "it has a cycle ({source} -> {target}); cycle settings do not survive Workflow.to_dict()"
+PROJECT_NODE = (
+    "node '{node}' uses {type}, a node class defined in the project ({where}), which the "
+    "server must not import"
+)
+LOSSY = "it does not survive Workflow.to_dict()/from_dict() unchanged ({what})"
+UNKNOWN_NODE = "node type {type} is not available in the server (module {module})"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A workflow as data, or the reasons it cannot travel."""
+
+    data: dict[str, Any] | None
+    node_modules: dict[str, str]
+    problems: tuple[str, ...]
+
+
+def _unjsonable(node_id: str, node_type: str, config: dict[str, Any]) -> list[str]:
+    problems = []
+    for key, value in config.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            what = "Python function" if callable(value) else type(value).__name__
+            problems.append(NOT_JSON.format(node=node_id, type=node_type, what=what, key=key))
+    return problems
+
+
+def _project_file(module_name: str, project_root: str) -> str | None:
+    """Where a node class's module lives, if it is part of the scanned project."""
+    module = sys.modules.get(module_name)
+    origin = getattr(module, "__file__", None)
+    if module_name == "__main__" or origin is None:
+        return module_name
+    real = os.path.realpath(origin)
+    root = os.path.realpath(project_root)
+    if real == root or real.startswith(root + os.sep):
+        return os.path.relpath(real, root)
+    return None
+
+
+def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> Encoded:
+    """Turn a workflow into JSON-safe data, or say exactly what stops it."""
+    problems: list[str] = []
+    node_modules: dict[str, str] = {}
+    data = workflow.to_dict()
+    for node_id, node in data.get("nodes", {}).items():
+        node_type = node.get("node_type", "?")
+        config = node.get("config") or {}
+        problems += _unjsonable(node_id, node_type, config)
+        problems += [
+            SECRET.format(node=node_id, type=node_type, key=key)
+            for key, value in config.items()
+            if value == REDACTED
+        ]
+        instance = workflow._node_instances.get(node_id)
+        cls = type(instance) if instance is not None else None
+        if cls is not None:
+            module = cls.__module__
+            where = (
+                module if module in project_modules else _project_file(module, project_root)
+            )
+            if where is not None:
+                problems.append(PROJECT_NODE.format(node=node_id, type=node_type, where=where))
+            else:
+                node_modules[node_type] = module
+    for source, target, edge in workflow.graph.edges(data=True):
+        if edge.get("cycle"):
+            problems.append(CYCLE.format(source=source, target=target))
+            break
+    if not problems:
+        try:
+            text = json.dumps(data)
+            rebuilt = Workflow.from_dict(json.loads(text))
+        except Exception as exc:  # noqa: BLE001 - any failure means "cannot travel"
+            problems.append(LOSSY.format(what=f"{type(exc).__name__}: {exc}"))
+        else:
+            before = sorted(workflow.graph.edges(data=True), key=repr)
+            after = sorted(rebuilt.graph.edges(data=True), key=repr)
+            if before != after:
+                problems.append(LOSSY.format(what="connections differ"))
+            data = json.loads(text)
+    return Encoded(None if problems else data, node_modules, tuple(problems))
+
+
+def _library_module(module: str, project_root: Path) -> bool:
+    """True for an installed library module outside the project: safe to import."""
+    top = module.split(".")[0]
+    if top in sys.modules:
+        origin = getattr(sys.modules[top], "__file__", None)
+    else:
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            return False
+        origin = spec.origin if spec else None
+    if not origin:
+        return False
+    real = Path(os.path.realpath(origin))
+    if real.is_relative_to(project_root.resolve()):
+        return False
+    return "site-packages" in real.parts or "dist-packages" in real.parts
+
+
+def decode(data: dict[str, Any], node_modules: dict[str, str], project_root: Path) -> Workflow:
+    """Rebuild a workflow in the server, loading library node classes it needs.
+
+    Raises ``ValueError`` naming the node type when a class is not available.
+    """
+    for node in data.get("nodes", {}).values():
+        node_type = node.get("node_type")
+        if node_type in NodeRegistry._nodes:
+            continue
+        module = node_modules.get(node_type, "?")
+        if module != "?" and _library_module(module, project_root):
+            importlib.import_module(module)
+        if node_type not in NodeRegistry._nodes:
+            raise ValueError(UNKNOWN_NODE.format(type=node_type, module=module))
+    return Workflow.from_dict(data)
