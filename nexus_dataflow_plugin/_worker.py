@@ -1,8 +1,8 @@
 """The worker process: imports candidate files so the server never has to.
 
 Runs as ``python -m nexus_dataflow_plugin._worker TASK_FD EVENT_FD``. It may
-import only the standard library, Kailash, ``_protocol`` and ``transfer``
-(which itself imports only those): never Nexus, DataFlow or this package's
+import only the standard library, Kailash, ``_protocol``, ``_probe`` and
+``transfer`` (which themselves import only those): never Nexus, DataFlow or this package's
 server-side modules, so what it preloads is exactly what the parent asks for.
 
 Shape: the worker warms up once (imports Kailash and the node libraries the
@@ -16,24 +16,19 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import os
 import resource
 import select
 import signal
 import sys
-import traceback
 import types
 from collections.abc import Iterator
 from typing import Any
 
-from kailash.workflow import Workflow
-from kailash.workflow.builder import WorkflowBuilder
-
 from nexus_dataflow_plugin import _protocol as proto
 from nexus_dataflow_plugin import transfer
+from nexus_dataflow_plugin._probe import describe, probe, where
 
-_SKIP_NAMES = frozenset({"WorkflowBuilder", "Workflow"})
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -83,63 +78,12 @@ def _kill_leftovers(pgid: int) -> None:
             select.select([], [], [], 0.01)
 
 
-def _where(exc: BaseException, path: str) -> str:
-    """The deepest line of the candidate file in a traceback: what the user should look at."""
-    line = None
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if os.path.realpath(frame.filename) == os.path.realpath(path):
-            line = frame.lineno
-    return f" (line {line})" if line else ""
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else repr(exc)[:300]
-
-
-def _is_own_function(obj: Any, path: str) -> bool:
-    """A function (or a wrapper of one) whose code lives in this very file."""
-    if isinstance(obj, type) or not callable(obj):
-        return False
-    try:
-        target = inspect.unwrap(obj)
-    except ValueError:
-        return False
-    if not isinstance(target, types.FunctionType):
-        return False
-    return os.path.realpath(target.__code__.co_filename) == os.path.realpath(path)
-
-
 def _probe(module: types.ModuleType, task: dict[str, Any]) -> dict[str, Any]:
-    """Find workflows like native discovery, narrowed to safe factory calls."""
-    path = task["path"]
-    factories = set(task["factories"])
-    found: list[dict[str, Any]] = []
-    failures: list[str] = []
-    project_modules = {module.__name__}
-    for name, obj in list(vars(module).items()):  # a snapshot: factories may mutate globals
-        if name.startswith("_") or name in _SKIP_NAMES:
-            continue
-        try:
-            if isinstance(obj, (Workflow, WorkflowBuilder)):
-                value = obj
-            elif name in factories and _is_own_function(obj, path):
-                value = obj()
-                if not isinstance(value, (Workflow, WorkflowBuilder)):
-                    continue
-            else:
-                continue
-            if isinstance(value, WorkflowBuilder):
-                value = value.build()
-        except _ImportTimeout:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
-            kind = "build()" if isinstance(obj, WorkflowBuilder) else "()"
-            failures.append(
-                f"{name}{kind} raised {type(exc).__name__}: {_describe(exc)}{_where(exc, path)}"
-            )
-            continue
-        encoded = transfer.encode(value, task["base"], project_modules)
+    """Probe the namespace, then encode each workflow for the trip to the server."""
+    probed = probe(vars(module), task["path"], task["factories"], (_ImportTimeout,))
+    found = []
+    for name, workflow in probed.workflows.items():
+        encoded = transfer.encode(workflow, task["base"], {module.__name__})
         found.append(
             {
                 "attr": name,
@@ -148,7 +92,7 @@ def _probe(module: types.ModuleType, task: dict[str, Any]) -> dict[str, Any]:
                 "problems": list(encoded.problems),
             }
         )
-    return {"workflows": found, "failures": failures}
+    return {"workflows": found, "failures": probed.failures}
 
 
 def _load(task: dict[str, Any]) -> types.ModuleType:
@@ -188,13 +132,13 @@ def _child(task: dict[str, Any], directory: str, limits: dict[str, Any]) -> None
             module = _load(task)
             result = _probe(module, task)
         except _ImportTimeout as exc:
-            result = {"timeout": f"still running{_where(exc, task['path'])}"}
+            result = {"timeout": f"still running{where(exc, task['path'])}"}
         except MemoryError as exc:
-            result = {"error": f"hit the memory limit{_where(exc, task['path'])}"}
+            result = {"error": f"hit the memory limit{where(exc, task['path'])}"}
         except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, anything
             result = {
-                "error": f"Raised {type(exc).__name__} while importing{_where(exc, task['path'])}: "
-                f"{_describe(exc)}"
+                "error": f"Raised {type(exc).__name__} while importing{where(exc, task['path'])}: "
+                f"{describe(exc)}"
             }
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_IGN)

@@ -1,0 +1,100 @@
+"""Find workflows in an executed module's namespace, as native discovery does.
+
+Narrower on purpose: only functions defined in the file itself that the
+screen saw ``return`` a value are called (never imported callables, classes,
+or anything the file calls under ``if __name__ == "__main__":``), each once,
+over a snapshot of the namespace. Imports only the standard library and
+Kailash, so both the worker and the in-process explicit loader use it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import traceback
+import types
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from kailash.workflow import Workflow
+from kailash.workflow.builder import WorkflowBuilder
+
+SKIP_NAMES = frozenset({"WorkflowBuilder", "Workflow"})
+
+
+@dataclass
+class Probed:
+    """Workflows found (attr -> Workflow, in namespace order) and failures, as sentences."""
+
+    workflows: dict[str, Workflow] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+
+def where(exc: BaseException, path: str) -> str:
+    """The deepest line of ``path`` in a traceback: what the user should look at."""
+    line = None
+    real = os.path.realpath(path)
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if os.path.realpath(frame.filename) == real:
+            line = frame.lineno
+    return f" (line {line})" if line else ""
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else repr(exc)[:300]
+
+
+def _factory(name: str, obj: Any, path: str, factories: Collection[str]) -> bool:
+    """A function (or a wrapper of one) defined in this very file that may return a value.
+
+    Matched on the function's own name, so an alias of a factory is a factory
+    too; a lambda has no name of its own, so its binding must be listed.
+    """
+    if isinstance(obj, type) or not callable(obj):
+        return False
+    try:
+        target = inspect.unwrap(obj)
+    except ValueError:
+        return False
+    if not isinstance(target, types.FunctionType):
+        return False
+    if os.path.realpath(target.__code__.co_filename) != os.path.realpath(path):
+        return False
+    own = name if target.__name__ == "<lambda>" else target.__name__
+    return own in factories
+
+
+def probe(
+    namespace: dict[str, Any],
+    path: str,
+    factories: Collection[str],
+    passthrough: tuple[type[BaseException], ...] = (),
+) -> Probed:
+    """Collect workflows and builders (built) and call the allowed factories once."""
+    probed = Probed()
+    for name, obj in list(namespace.items()):  # a snapshot: factories may mutate globals
+        if name.startswith("_") or name in SKIP_NAMES:
+            continue
+        try:
+            if isinstance(obj, (Workflow, WorkflowBuilder)):
+                value = obj
+            elif _factory(name, obj, path, factories):
+                value = obj()
+                if not isinstance(value, (Workflow, WorkflowBuilder)):
+                    continue
+            else:
+                continue
+            if isinstance(value, WorkflowBuilder):
+                value = value.build()
+        except passthrough:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+            call = ".build()" if isinstance(obj, WorkflowBuilder) else "()"
+            probed.failures.append(
+                f"{name}{call} raised {type(exc).__name__}: {describe(exc)}{where(exc, path)}"
+            )
+            continue
+        probed.workflows[name] = value
+    return probed
