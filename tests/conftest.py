@@ -1,0 +1,117 @@
+"""Shared pytest fixtures.
+
+The first block provides PostgreSQL; other fixtures go below it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+# Tests that need a real PostgreSQL use `postgres_url` (server-level, database ndp_test) or
+# `fresh_pg_database` (an empty database of their own). In CI, .ci/run starts a private cluster
+# and exports NDP_POSTGRES_URL. psycopg2 is imported lazily so tests that never touch
+# PostgreSQL do not depend on it.
+
+_PG_SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "postgres.sh"
+
+
+def _pg_connect(url: str):
+    """Connect with a short timeout, turning any error into a clear test failure."""
+    import psycopg2
+
+    try:
+        return psycopg2.connect(url, connect_timeout=5)
+    except psycopg2.Error as exc:
+        pytest.fail(f"PostgreSQL at {url} does not accept connections: {exc}", pytrace=False)
+
+
+def _run_pg_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(_PG_SCRIPT), *args], capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a reachable PostgreSQL server, database ndp_test.
+
+    NDP_POSTGRES_URL wins when set (that is how .ci/run passes its cluster). Without it, CI
+    fails rather than skips, so a broken database setup can never turn into a green run that
+    tested nothing. On a developer machine we start a throwaway cluster with the same script
+    CI uses (.ci/postgres.sh) and stop it at session end.
+    """
+    url = os.environ.get("NDP_POSTGRES_URL")
+    if url:
+        _pg_connect(url).close()
+        yield url
+        return
+    if os.environ.get("CI"):
+        pytest.fail(
+            "NDP_POSTGRES_URL is not set. In CI, PostgreSQL tests must run against the server"
+            " started by .ci/run; they fail rather than skip.",
+            pytrace=False,
+        )
+    cluster_dir = tempfile.mkdtemp(prefix="ndp-pg-")
+    try:
+        proc = _run_pg_script("start", cluster_dir)
+        if proc.returncode != 0:
+            pytest.fail(
+                "NDP_POSTGRES_URL is not set and starting a private PostgreSQL with"
+                f" .ci/postgres.sh failed (exit {proc.returncode}):\n{proc.stderr}",
+                pytrace=False,
+            )
+        url = proc.stdout.strip().splitlines()[-1]
+        _pg_connect(url).close()
+        yield url
+    finally:
+        _run_pg_script("stop", cluster_dir)
+
+
+@pytest.fixture
+def fresh_pg_database(postgres_url: str) -> Iterator[str]:
+    """URL of a new, empty, uniquely named database, dropped after the test.
+
+    Gives each test isolation (schemas, migrations, registries) without sharing state
+    through ndp_test.
+    """
+    from psycopg2 import sql
+
+    name = f"ndp_t_{uuid.uuid4().hex[:16]}"
+    ident = sql.Identifier(name)
+    conn = _pg_connect(postgres_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+    finally:
+        conn.close()
+
+    try:
+        yield urlunsplit(urlsplit(postgres_url)._replace(path="/" + name))
+    finally:
+        conn = _pg_connect(postgres_url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                # Pools left open by the test would otherwise block DROP DATABASE.
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+                force = sql.SQL(" WITH (FORCE)") if conn.server_version >= 130000 else sql.SQL("")
+                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident) + force)
+        finally:
+            conn.close()
+
+
+# --- end of PostgreSQL fixtures ---------------------------------------------------------------
