@@ -1,13 +1,9 @@
 """Safe Nexus workflow auto-discovery for apps that define Kailash DataFlow models.
 
-The public API is re-exported here lazily (PEP 562), so that importing a
-submodule, as the worker process does, does not pull in Nexus.
+The public API is re-exported lazily (PEP 562): the interpreter start-up hook
+and the worker process import submodules of this package, and neither may pay
+for importing Nexus (or even ``typing``) here.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -16,25 +12,37 @@ _EXPORTS = {
     "SmartDiscovery": "discovery",
     "DiscoveryReport": "report",
     "FileResult": "report",
+    "DataFlowCompatiblePlugin": "plugin",
+    "register_dataflow_workflows": "dataflow_workflows",
+    "Settings": "config",
+    "ConfigError": "config",
+    "load_settings": "config",
 }
 
 __all__ = [
+    "ConfigError",
+    "DataFlowCompatiblePlugin",
     "DiscoveryReport",
     "FileResult",
+    "Settings",
     "SmartDiscovery",
     "__version__",
     "discover_workflows",
+    "load_settings",
+    "register_dataflow_workflows",
 ]
 
-if TYPE_CHECKING:
-    from .discovery import SmartDiscovery, discover_workflows
-    from .report import DiscoveryReport, FileResult
 
-
-def __getattr__(name: str) -> Any:
+def __getattr__(name):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

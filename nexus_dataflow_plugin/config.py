@@ -1,0 +1,165 @@
+"""Settings: constructor arguments > environment > pyproject.toml > defaults.
+
+Every option has one key, spelled three ways: the keyword argument
+(``timeout``), the environment variable (``NEXUS_DATAFLOW_TIMEOUT``) and the
+``[tool.nexus]`` key in the discovered project's ``pyproject.toml``
+(``dataflow_timeout``). The switch itself is ``NEXUS_DATAFLOW_COMPATIBLE`` /
+``dataflow_compatible``. An invalid value is a ``ConfigError`` naming the
+setting and where it came from, raised when the settings are loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "NEXUS_"
+PYPROJECT_TABLE = ("tool", "nexus")
+
+MSG_INVALID = "Invalid setting {key} = {value!r} (from {source}): {problem}"
+MSG_PYPROJECT = "Cannot read {path}: {problem}"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names it and its source."""
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("expected true/false (1/0, yes/no, on/off)")
+
+
+def _positive_float(value: Any) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError("expected a positive number of seconds")
+    return number
+
+
+def _optional_positive_int(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "0"}):
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected a positive whole number")
+    number = int(value)
+    if number < 1:
+        raise ValueError("expected a positive whole number (or 0/none for no limit)")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    number = _optional_positive_int(value)
+    if number is None:
+        raise ValueError("expected a positive whole number")
+    return number
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        return tuple(value)
+    raise ValueError("expected glob patterns (a list, or a comma-separated string)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved options for smart discovery."""
+
+    enabled: bool = False
+    timeout: float = 10.0
+    workers: int | None = None
+    exclude: tuple[str, ...] = ()
+    max_file_bytes: int = 5 * 1024 * 1024
+    memory_limit_mb: int | None = 4096
+    cpu_limit_s: int | None = 60
+
+    def discovery_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``SmartDiscovery``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "enabled"}
+
+
+# option name -> (key suffix, parser); the key is dataflow_<suffix> / NEXUS_DATAFLOW_<SUFFIX>
+OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "enabled": ("compatible", _boolean),
+    "timeout": ("timeout", _positive_float),
+    "workers": ("workers", _optional_positive_int),
+    "exclude": ("exclude", _patterns),
+    "max_file_bytes": ("max_file_bytes", _positive_int),
+    "memory_limit_mb": ("memory_limit_mb", _optional_positive_int),
+    "cpu_limit_s": ("cpu_limit_s", _optional_positive_int),
+}
+
+
+def pyproject_key(option: str) -> str:
+    return f"dataflow_{OPTIONS[option][0]}"
+
+
+def env_var(option: str) -> str:
+    return ENV_PREFIX + pyproject_key(option).upper()
+
+
+def read_pyproject(base: Path) -> dict[str, Any]:
+    """The ``[tool.nexus]`` table of ``base/pyproject.toml`` ({} when absent)."""
+    path = base / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(MSG_PYPROJECT.format(path=path, problem=exc)) from exc
+    table: Any = data
+    for key in PYPROJECT_TABLE:
+        table = table.get(key, {}) if isinstance(table, dict) else {}
+    return table if isinstance(table, dict) else {}
+
+
+def load_settings(
+    base: Path,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every option by precedence; raise ``ConfigError`` on a bad value."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(overrides) - set(OPTIONS)
+    if unknown:
+        raise ConfigError(f"Unknown option(s): {', '.join(sorted(unknown))}")
+    environ = os.environ if environ is None else environ
+    table = read_pyproject(base)
+    values: dict[str, Any] = {}
+    for option, (_, parse) in OPTIONS.items():
+        if option in overrides:
+            raw, key, source = overrides[option], option, "argument"
+        elif env_var(option) in environ:
+            raw, key, source = environ[env_var(option)], env_var(option), "environment"
+        elif pyproject_key(option) in table:
+            raw, key = table[pyproject_key(option)], pyproject_key(option)
+            source = f"{base / 'pyproject.toml'} [tool.nexus]"
+        else:
+            continue
+        try:
+            values[option] = parse(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                MSG_INVALID.format(key=key, value=raw, source=source, problem=exc)
+            ) from exc
+    return Settings(**values)

@@ -1,0 +1,225 @@
+"""Wires smart discovery into a Nexus instance.
+
+Works with both of Nexus's plugin systems: the name-based registry
+(``app.use_plugin("dataflow_compatible")`` calls ``apply``) and the instance
+protocol (``app.add_plugin(DataFlowCompatiblePlugin(...))`` calls ``install``
+and the lifecycle hooks). Either way the app's ``_auto_discover_workflows``
+is replaced, so discovery, when ``start()`` runs it, imports nothing into the
+server process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import types
+import weakref
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kailash.workflow import Workflow
+from nexus.plugins import NexusPlugin
+
+from . import report as r
+from ._probe import probe
+from .config import Settings, load_settings
+from .discovery import SmartDiscovery, workflow_name
+from .screen import analyze
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "dataflow_compatible"
+REPORT_ATTR = "_dataflow_discovery_report"
+PLUGIN_ATTR = "_dataflow_compatible_plugin"
+REQUIRED_INTERNALS = ("_auto_discover_workflows", "_workflows", "register")
+
+MSG_INCOMPATIBLE = (
+    "nexus-dataflow-plugin cannot install into Nexus {version}: Nexus no longer has {missing}. "
+    "Pin kailash-nexus to a version this plugin supports, or upgrade the plugin."
+)
+MSG_REJECTED = "Nexus rejected the name {name!r} ({error}); rename the file or object."
+MSG_EXPLICIT_WINS = "{name!r} was registered explicitly; the explicit workflow wins."
+MSG_LOAD_MISSING = "Cannot load workflows from {path}: no such file."
+
+
+def _nexus_version() -> str:
+    try:
+        import nexus
+
+        return str(getattr(nexus, "__version__", "unknown"))
+    except ImportError:  # pragma: no cover - nexus is a dependency
+        return "unknown"
+
+
+def check_compatible(app: Any) -> None:
+    """Fail fast, naming the Nexus version, if internals we replace are gone."""
+    missing = [name for name in REQUIRED_INTERNALS if not hasattr(app, name)]
+    if missing:
+        raise RuntimeError(
+            MSG_INCOMPATIBLE.format(version=_nexus_version(), missing=", ".join(missing))
+        )
+
+
+def log_report(report: r.DiscoveryReport) -> None:
+    """One INFO summary, then each file that needs a look at WARNING, skips at INFO."""
+    logger.info("dataflow_compatible discovery: %s", report.summary())
+    for entry in report.files:
+        if entry.status in r.PROBLEM_STATUSES:
+            logger.warning("  %s [%s] %s", entry.path, entry.status, entry.reason)
+        elif entry.status in (r.SKIPPED_MODEL, r.SKIPPED_DEPENDENT):
+            logger.info("  %s [%s] %s", entry.path, entry.status, entry.reason)
+        else:
+            logger.debug("  %s [%s] %s", entry.path, entry.status, entry.reason)
+
+
+def register_discovered(app: Any, report: r.DiscoveryReport) -> list[str]:
+    """Register the report's workflows as Nexus does: explicit names win, bad names skip."""
+    registered: list[str] = []
+    owners = {name: entry for entry in report.files for name in entry.workflows}
+    for name, workflow in report.workflows.items():
+        entry = owners.get(name)
+        if name in app._workflows:
+            logger.info(MSG_EXPLICIT_WINS.format(name=name))
+            if entry is not None:
+                entry.reason += " " + MSG_EXPLICIT_WINS.format(name=name)
+            continue
+        try:
+            app.register(name, workflow)
+        except ValueError as exc:
+            message = MSG_REJECTED.format(name=name, error=exc)
+            logger.warning(message)
+            if entry is not None:
+                entry.workflows.remove(name)
+                entry.reason += " " + message
+                if not entry.workflows:
+                    entry.status = r.ERROR
+            continue
+        registered.append(name)
+    return registered
+
+
+def smart_auto_discover(app: Any, settings: Settings) -> r.DiscoveryReport:
+    """What ``Nexus._auto_discover_workflows`` does, via isolated smart discovery."""
+    report = SmartDiscovery(os.getcwd(), **settings.discovery_options()).run()
+    register_discovered(app, report)
+    log_report(report)
+    setattr(app, REPORT_ATTR, report)
+    return report
+
+
+class DataFlowCompatiblePlugin(NexusPlugin):
+    """Smart, isolated workflow discovery that is safe next to DataFlow models.
+
+    Options (all optional; unset ones come from the environment, then
+    ``[tool.nexus]`` in the project's pyproject.toml, then defaults):
+    ``timeout`` per file in seconds, ``workers``, ``exclude`` glob patterns,
+    ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float | None = None,
+        workers: int | None = None,
+        exclude: Sequence[str] | None = None,
+        max_file_bytes: int | None = None,
+        memory_limit_mb: int | None = None,
+        cpu_limit_s: int | None = None,
+    ) -> None:
+        self.options: dict[str, Any] = {
+            "timeout": timeout,
+            "workers": workers,
+            "exclude": tuple(exclude) if exclude is not None else None,
+            "max_file_bytes": max_file_bytes,
+            "memory_limit_mb": memory_limit_mb,
+            "cpu_limit_s": cpu_limit_s,
+        }
+        # Validate now: a bad argument is an error at construction, naming the setting.
+        load_settings(Path.cwd(), self.options)
+        self.report: r.DiscoveryReport | None = None
+        self._last_app: weakref.ReferenceType[Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return PLUGIN_NAME
+
+    @property
+    def description(self) -> str:
+        return "Isolated workflow auto-discovery that never executes DataFlow model files"
+
+    # -- both plugin systems ---------------------------------------------------------
+
+    def apply(self, nexus_instance: Any) -> None:
+        """Name-based registry entry point (``app.use_plugin``)."""
+        self.install(nexus_instance)
+
+    def install(self, app: Any) -> None:
+        """Replace the app's discovery with the isolated one."""
+        check_compatible(app)
+        plugin = self
+
+        def _auto_discover_workflows(nexus_self: Any) -> None:
+            settings = load_settings(Path.cwd(), plugin.options)
+            plugin.report = smart_auto_discover(nexus_self, settings)
+
+        app._auto_discover_workflows = types.MethodType(_auto_discover_workflows, app)
+        setattr(app, PLUGIN_ATTR, self)
+        self._last_app = weakref.ref(app)
+        logger.info("dataflow_compatible discovery installed")
+
+    def on_startup(self) -> None:
+        """Nothing to start: workers live only while a scan runs."""
+
+    def on_shutdown(self) -> None:
+        """Nothing outlives a scan; kept for the plugin protocol."""
+
+    # -- explicit registration -------------------------------------------------------
+
+    def _app(self, app: Any | None) -> Any:
+        if app is None and self._last_app is not None:
+            app = self._last_app()
+        if app is None:
+            raise RuntimeError("The plugin is not installed in a Nexus app yet; pass app=...")
+        return app
+
+    def load_workflows(
+        self, *paths: str | os.PathLike[str], app: Any | None = None
+    ) -> dict[str, Workflow]:
+        """Import workflow files IN THIS PROCESS, on the user's explicit request.
+
+        For files discovery skipped because they import your models: call this
+        after your models exist, so the file reuses them instead of re-running
+        them in isolation. Returns the workflows registered, by name.
+        """
+        return load_workflow_files(self._app(app), paths)
+
+    def register_dataflow_workflows(self, db: Any, **kwargs: Any) -> dict[str, Workflow]:
+        """Register CRUD workflows for ``db``'s models into the installed app."""
+        from .dataflow_workflows import register_dataflow_workflows
+
+        return register_dataflow_workflows(self._app(kwargs.pop("app", None)), db, **kwargs)
+
+
+def load_workflow_files(app: Any, paths: Iterable[str | os.PathLike[str]]) -> dict[str, Workflow]:
+    """Execute each file in-process (like native discovery) and register its workflows."""
+    registered: dict[str, Workflow] = {}
+    for raw in paths:
+        path = Path(raw).absolute()
+        if not path.is_file():
+            raise FileNotFoundError(MSG_LOAD_MISSING.format(path=path))
+        facts = analyze(path.read_bytes())
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"Cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        probed = probe(vars(module), str(path), facts.factories)
+        for failure in probed.failures:
+            logger.warning("%s: %s", path, failure)
+        for attr, workflow in probed.workflows.items():
+            name = workflow_name(path.name, attr)
+            app.register(name, workflow)
+            registered[name] = workflow
+    return registered
