@@ -3,12 +3,13 @@
 Shared by both sides, so it imports only the standard library. Everything is
 JSON, one object per line; nothing is ever pickled. Two channels exist:
 
-- the task pipe (parent -> worker): ``init`` once, then ``task`` messages;
-- the event pipe (worker -> parent): ``ready``, ``started``, ``done``.
+- the task pipe (parent -> worker): ``init`` once, then one ``task`` per batch;
+- the event pipe (worker -> parent): ``ready``, ``started``, ``file_done``, ``done``.
 
-The event pipe is closed in the forked child before any user code runs, so a
-candidate file has no handle on it. A child's result is a JSON file written
-after the candidate has finished, into a private directory the parent made.
+Both pipes are closed in the forked child before any user code runs, so a
+candidate file has no handle on them. A child's result is a JSON file written
+after the candidate has finished, into a private directory the parent made;
+the child then names the finished file on a progress pipe the worker reads.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ WORKER_MODULE = "nexus_dataflow_plugin._worker"
 # Worker -> parent events
 READY = "ready"
 STARTED = "started"
+FILE_DONE = "file_done"
 DONE = "done"
 
 # Parent -> worker operations

@@ -5,15 +5,17 @@ import only the standard library, Kailash, ``_protocol``, ``_probe`` and
 ``transfer`` (which themselves import only those): never Nexus, DataFlow or this package's
 server-side modules, so what it preloads is exactly what the parent asks for.
 
-Shape: the worker warms up once (imports Kailash and the node libraries the
-server has loaded), then for each task forks a child from this clean,
-single-threaded process. The child closes both pipes, runs the candidate, and
-publishes a JSON result file; the worker reports ``started`` / ``done`` and
-kills whatever the child left behind. The parent owns the timeouts.
+Shape: the worker warms up once (imports Kailash's core), then for each batch
+of files forks a child from this clean, single-threaded process. The child
+closes both pipes, runs the candidates one by one, publishes a JSON result
+file for each and reports its id on a progress pipe; the worker relays
+``started`` / ``file_done`` / ``done`` and kills whatever the child left
+behind. The parent owns the timeouts.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import os
@@ -108,51 +110,85 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise _ImportTimeout()
 
 
-def _child(task: dict[str, Any], directory: str, limits: dict[str, Any]) -> None:
-    """Runs in the forked child: isolate, import, probe, publish. Never returns."""
-    result: dict[str, Any]
+def _run_file(task: dict[str, Any], inner_timeout: float) -> dict[str, Any]:
+    """Import one candidate and probe it; every way it can fail becomes a result."""
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, inner_timeout)
+    try:
+        return _probe(_load(task), task)
+    except _ImportTimeout as exc:
+        return {"timeout": f"still running{where(exc, task['path'])}"}
+    except MemoryError as exc:
+        return {"error": f"Hit the memory limit while importing{where(exc, task['path'])}."}
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, anything
+        return {
+            "error": f"Raised {type(exc).__name__} while importing{where(exc, task['path'])}: "
+            f"{describe(exc)}"
+        }
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+
+
+def _limit_cpu(seconds: int | None) -> None:
+    """Give the next file ``seconds`` of CPU on top of what the batch already used."""
+    if not seconds:
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cap = int(usage.ru_utime + usage.ru_stime) + int(seconds)
+    resource.setrlimit(resource.RLIMIT_CPU, (cap, cap + 1))
+
+
+def _child(batch: dict[str, Any], init: dict[str, Any], progress_fd: int) -> None:
+    """Runs in the forked child: import each file of the batch in turn. Never returns.
+
+    After each file the result is published as a file, then its id is written
+    to the progress pipe, so the parent can time every file on its own.
+    State a file may have changed (cwd, sys.path) is restored before the next.
+    """
+    code = 0
     try:
         os.setpgid(0, 0)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         null = os.open(os.devnull, os.O_RDWR)
-        err = os.open(proto.stderr_path(directory, task["id"]), os.O_WRONLY | os.O_CREAT, 0o600)
         os.dup2(null, 0)
         os.dup2(null, 1)
-        os.dup2(err, 2)
+        limits = init["limits"]
         if limits.get("memory_bytes"):
             cap = int(limits["memory_bytes"])
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-        if limits.get("cpu_seconds"):
-            cap = int(limits["cpu_seconds"])
-            resource.setrlimit(resource.RLIMIT_CPU, (cap, cap + 1))
-        signal.signal(signal.SIGALRM, _on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, float(task["inner_timeout"]))
-        try:
-            module = _load(task)
-            result = _probe(module, task)
-        except _ImportTimeout as exc:
-            result = {"timeout": f"still running{where(exc, task['path'])}"}
-        except MemoryError as exc:
-            result = {"error": f"hit the memory limit{where(exc, task['path'])}"}
-        except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, anything
-            result = {
-                "error": f"Raised {type(exc).__name__} while importing{where(exc, task['path'])}: "
-                f"{describe(exc)}"
-            }
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, signal.SIG_IGN)
-        proto.write_result(directory, task["id"], result)
-        code = 0
+        directory = init["directory"]
+        clean_path = list(sys.path)
+        for task in batch["files"]:
+            err = os.open(proto.stderr_path(directory, task["id"]), os.O_WRONLY | os.O_CREAT, 0o600)
+            os.dup2(err, 2)
+            os.close(err)
+            os.chdir(init["base"])
+            sys.path[:] = clean_path
+            _limit_cpu(limits.get("cpu_seconds"))
+            result = _run_file(task, float(batch["inner_timeout"]))
+            proto.write_result(directory, task["id"], result)
+            proto.write_all(progress_fd, f"{task['id']}\n".encode())
     except BaseException:  # noqa: BLE001 - report via exit status; the parent explains
         code = 70
     os._exit(code)
 
 
-def _wait_child(pid: int, task_fd: int) -> tuple[int | None, int | None, bool]:
-    """Wait for the child; return (exit code, signal, parent_gone).
+def _relay_progress(data: bytes, buffer: bytes, event_fd: int) -> bytes:
+    """Forward each completed file id from the child's progress pipe as an event."""
+    buffer += data
+    while b"\n" in buffer:
+        line, buffer = buffer.split(b"\n", 1)
+        if line.strip().isdigit():
+            proto.write_all(event_fd, proto.encode({"event": proto.FILE_DONE, "id": int(line)}))
+    return buffer
 
-    The parent never writes while a task runs, so the task pipe turning
+
+def _supervise(pid: int, progress_fd: int, task_fd: int, event_fd: int) -> dict[str, Any] | None:
+    """Relay the child's progress until it exits; None when the parent is gone.
+
+    The parent never writes while a batch runs, so the task pipe turning
     readable means it reached EOF: the parent is gone and so should we be.
     """
     pidfd = None
@@ -160,17 +196,29 @@ def _wait_child(pid: int, task_fd: int) -> tuple[int | None, int | None, bool]:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         pass
-    watch = [task_fd] + ([pidfd] if pidfd is not None else [])
+    watch = [task_fd, progress_fd] + ([pidfd] if pidfd is not None else [])
+    buffer = b""
     try:
         while True:
-            waited, status = os.waitpid(pid, os.WNOHANG)
-            if waited:
-                if os.WIFSIGNALED(status):
-                    return None, os.WTERMSIG(status), False
-                return os.waitstatus_to_exitcode(status), None, False
             ready, _, _ = select.select(watch, [], [], 1.0 if pidfd is not None else 0.02)
             if task_fd in ready:
-                return None, None, True
+                return None
+            if progress_fd in ready:
+                data = os.read(progress_fd, 65536)
+                if data:
+                    buffer = _relay_progress(data, buffer, event_fd)
+                else:
+                    watch.remove(progress_fd)
+            waited, status = os.waitpid(pid, os.WNOHANG)
+            if waited:
+                os.set_blocking(progress_fd, False)
+                try:
+                    _relay_progress(os.read(progress_fd, 1 << 20), buffer, event_fd)
+                except (BlockingIOError, OSError):
+                    pass
+                if os.WIFSIGNALED(status):
+                    return {"exit": None, "signal": os.WTERMSIG(status)}
+                return {"exit": os.waitstatus_to_exitcode(status), "signal": None}
     finally:
         if pidfd is not None:
             os.close(pidfd)
@@ -189,13 +237,27 @@ def _lines(fd: int) -> Iterator[bytes]:
         yield line
 
 
-def _preload(modules: list[str]) -> None:
-    """Import the node libraries the server has, so the same node types resolve here."""
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - a missing optional library is not fatal
-            pass
+def _lazy_node_library(node_modules: dict[str, str]) -> None:
+    """Resolve a missing node type by importing the library module the server has it from.
+
+    Kailash registers its node library lazily, by category; the server has
+    imported Nexus (and more), so it knows node types a bare worker does not.
+    Importing on first use keeps the worker's warm-up to Kailash's core.
+    """
+    from kailash.nodes.base import NodeRegistry
+
+    original = NodeRegistry.get.__func__
+
+    def get(cls: Any, node_name: str) -> Any:
+        module = node_modules.get(node_name)
+        if node_name not in cls._nodes and module:
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001 - fall through to Kailash's own error
+                pass
+        return original(cls, node_name)
+
+    NodeRegistry.get = classmethod(get)  # type: ignore[method-assign]
 
 
 def main(argv: list[str]) -> int:
@@ -206,26 +268,30 @@ def main(argv: list[str]) -> int:
     init = proto.decode(next(lines))
     sys.path[:] = init["sys_path"]
     os.chdir(init["base"])
-    _preload(init["preload"])
+    _lazy_node_library(init["node_modules"])
+    gc.collect()
+    gc.freeze()  # forked children then share these pages instead of copying them
     proto.write_all(event_fd, proto.encode({"event": proto.READY, "pid": os.getpid()}))
     for line in lines:
-        task = proto.decode(line)
+        batch = proto.decode(line)
+        progress_r, progress_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(task_fd)
             os.close(event_fd)
-            _child(task, init["directory"], init["limits"])
+            os.close(progress_r)
+            _child(batch, init, progress_w)
+        os.close(progress_w)
         proto.write_all(
-            event_fd, proto.encode({"event": proto.STARTED, "id": task["id"], "pid": pid})
+            event_fd, proto.encode({"event": proto.STARTED, "batch": batch["batch"], "pid": pid})
         )
-        code, sig, parent_gone = _wait_child(pid, task_fd)
+        status = _supervise(pid, progress_r, task_fd, event_fd)
+        os.close(progress_r)
         _kill_leftovers(pid)
-        if parent_gone:
+        if status is None:
             return 0
-        proto.write_all(
-            event_fd,
-            proto.encode({"event": proto.DONE, "id": task["id"], "exit": code, "signal": sig}),
-        )
+        message = {"event": proto.DONE, "batch": batch["batch"], **status}
+        proto.write_all(event_fd, proto.encode(message))
     return 0
 
 

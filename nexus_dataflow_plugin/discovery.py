@@ -28,7 +28,7 @@ from .isolation import (
     Outcome,
     Task,
     WorkerPool,
-    library_modules,
+    library_node_modules,
 )
 from .screen import Facts, analyze
 from .transfer import decode
@@ -103,6 +103,7 @@ class SmartDiscovery:
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         memory_limit_mb: int | None = 4096,
         cpu_limit_s: int | None = 60,
+        pool: WorkerPool | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -118,6 +119,7 @@ class SmartDiscovery:
             memory_bytes=memory_limit_mb * 1024 * 1024 if memory_limit_mb else None,
             cpu_seconds=cpu_limit_s,
         )
+        self.pool = pool
 
     def run(self) -> r.DiscoveryReport:
         started = time.monotonic()
@@ -191,13 +193,8 @@ class SmartDiscovery:
             Task(tid, str(c.path), Path(c.rel).stem, facts.factories)
             for tid, (c, facts) in tasks.items()
         ]
-        pool = WorkerPool(
-            self.base,
-            workers=min(self.workers, len(jobs)),
-            limits=self.limits,
-            preload=library_modules(self.base),
-        )
-        with pool:
+        pool = self.pool or self.make_pool(len(jobs))
+        try:
             for outcome in pool.run(jobs):
                 candidate = tasks[outcome.task.id][0]
                 entry, files_loaded = self._entry(candidate, outcome)
@@ -205,6 +202,18 @@ class SmartDiscovery:
                 entries[candidate.rel] = entry
                 if files_loaded is not None:
                     loaded[candidate.rel] = files_loaded
+        finally:
+            if pool is not self.pool:
+                pool.close()
+
+    def make_pool(self, files: int | None = None) -> WorkerPool:
+        """A worker pool for this scan's settings; ``start()`` it early to hide its warm-up."""
+        return WorkerPool(
+            self.base,
+            workers=min(self.workers, files or self.workers),
+            limits=self.limits,
+            node_modules=library_node_modules(self.base),
+        )
 
     def _entry(self, candidate: Candidate, outcome: Outcome) -> tuple[r.FileResult, _Loaded | None]:
         rel = candidate.rel

@@ -2,14 +2,16 @@
 
 The parent (the server) owns every deadline. Each worker is a warm process
 (``python -m nexus_dataflow_plugin._worker``, its own session) that forks one
-child per file; a child that overruns its timeout is killed with its whole
-process group, a worker that stops answering is killed with its session and
-replaced, and the scan goes on with the remaining files.
+child per batch of files; the child reports each file as it finishes, so each
+file has its own timeout. A child that overruns is killed with its whole
+process group and the rest of its batch goes to a fresh child; a worker that
+stops answering is killed with its session and replaced; the scan goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import selectors
 import shutil
@@ -32,6 +34,9 @@ logger = logging.getLogger(__name__)
 WARMUP_TIMEOUT_S = 120.0
 # After a child is killed, how long its worker has to report before it is replaced.
 KILL_GRACE_S = 2.0
+# Files per child: enough to amortise a fork, small enough to spread the work.
+MAX_BATCH = 32
+BATCHES_PER_WORKER = 4
 
 OUTCOME_RESULT = "result"
 OUTCOME_TIMEOUT = "timeout"
@@ -70,6 +75,19 @@ class Outcome:
 
 
 @dataclass
+class _Batch:
+    """Files one child imports in turn; ``index`` is the file running now."""
+
+    id: int
+    tasks: list[Task]
+    index: int = 0
+
+    @property
+    def current(self) -> Task | None:
+        return self.tasks[self.index] if self.index < len(self.tasks) else None
+
+
+@dataclass
 class _Worker:
     process: subprocess.Popen[bytes]
     task_fd: int
@@ -77,35 +95,33 @@ class _Worker:
     ready: bool = False
     started_at: float = field(default_factory=time.monotonic)
     buffer: bytes = b""
-    task: Task | None = None
+    batch: _Batch | None = None
     child_pid: int | None = None
-    dispatched_at: float = 0.0
+    file_started_at: float = 0.0
     deadline: float = 0.0
     killed: bool = False
 
 
-def library_modules(project_root: Path) -> list[str]:
-    """Modules that define the node classes the server has, outside the project.
+def library_node_modules(project_root: Path) -> dict[str, str]:
+    """Node type -> the installed library module that defines it, as the server has them.
 
-    The worker imports these at warm-up so that a workflow resolves the same
-    node types there as natively in the server.
+    The worker imports a module from this map the first time a workflow asks
+    for its node type, so node types resolve there as they do in the server.
+    Project modules and DataFlow's generated model nodes are left out.
     """
     from kailash.nodes.base import NodeRegistry
 
-    root = str(project_root.resolve())
-    modules: dict[str, None] = {"kailash.workflow.builder": None}
-    for cls in list(NodeRegistry._nodes.values()):
-        name = getattr(cls, "__module__", "")
-        module = sys.modules.get(name)
-        origin = getattr(module, "__file__", None) or ""
-        if not name or name == "__main__" or not origin:
+    root = os.path.realpath(project_root) + os.sep
+    modules: dict[str, str] = {}
+    for node_type, cls in list(NodeRegistry._nodes.items()):
+        name = getattr(cls, "__module__", "") or ""
+        origin = getattr(sys.modules.get(name), "__file__", None) or ""
+        if not origin or name == "__main__" or name.split(".")[0] == "dataflow":
             continue
-        if os.path.realpath(origin).startswith(root + os.sep):
+        if os.path.realpath(origin).startswith(root):
             continue
-        if name.split(".")[0] in {"dataflow"}:
-            continue  # generated model nodes live in the app; never re-create them
-        modules[name] = None
-    return list(modules)
+        modules[node_type] = name
+    return modules
 
 
 def _tail(path: str, limit: int = 2000) -> str:
@@ -135,19 +151,20 @@ class WorkerPool:
         *,
         workers: int,
         limits: Limits,
-        preload: Sequence[str] = (),
+        node_modules: dict[str, str] | None = None,
         sys_path: Sequence[str] | None = None,
     ) -> None:
         self.base = base
         self.size = max(1, workers)
         self.limits = limits
-        self.preload = list(preload)
+        self.node_modules = dict(node_modules or {})
         self.sys_path = [str(base)] + [
             p for p in (sys_path if sys_path is not None else sys.path) if p and p != str(base)
         ]
         self.directory = tempfile.mkdtemp(prefix="nexus-dataflow-")
         self._workers: list[_Worker] = []
         self._selector = selectors.DefaultSelector()
+        self._batches = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -179,7 +196,7 @@ class WorkerPool:
             "sys_path": self.sys_path,
             "base": str(self.base),
             "directory": self.directory,
-            "preload": self.preload,
+            "node_modules": self.node_modules,
             "limits": {
                 "memory_bytes": self.limits.memory_bytes,
                 "cpu_seconds": self.limits.cpu_seconds,
@@ -191,10 +208,11 @@ class WorkerPool:
         self._workers.append(worker)
         return worker
 
-    def start(self, count: int | None = None) -> None:
+    def start(self, count: int | None = None) -> WorkerPool:
         """Start workers now, so their warm-up overlaps the caller's own work."""
         while len(self._workers) < min(self.size, count or self.size):
             self._spawn()
+        return self
 
     def _retire(self, worker: _Worker) -> None:
         """Kill a worker's whole session and forget it."""
@@ -235,94 +253,108 @@ class WorkerPool:
         """Run every task; yield one outcome per task, in completion order."""
         pending = deque(tasks)
         total = len(pending)
+        batch_size = max(1, min(MAX_BATCH, math.ceil(total / (self.size * BATCHES_PER_WORKER))))
         finished = 0
         self.start(total)
         while finished < total:
             for worker in list(self._workers):
-                if worker.ready and worker.task is None and pending:
-                    self._dispatch(worker, pending.popleft())
+                if worker.ready and worker.batch is None and pending:
+                    chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                    self._dispatch(worker, chunk)
             now = time.monotonic()
-            deadlines = [w.deadline for w in self._workers if w.task is not None]
+            deadlines = [w.deadline for w in self._workers if w.batch is not None]
             deadlines += [w.started_at + WARMUP_TIMEOUT_S for w in self._workers if not w.ready]
             wait = max(0.0, min(deadlines) - now) if deadlines else 1.0
             for key, _ in self._selector.select(timeout=min(wait, 1.0)):
-                outcome = self._read(key.data)
-                if outcome is not None:
+                for outcome in self._read(key.data, pending):
                     finished += 1
                     yield outcome
             for outcome in self._enforce(pending):
                 finished += 1
                 yield outcome
 
-    def _dispatch(self, worker: _Worker, task: Task) -> None:
+    def _dispatch(self, worker: _Worker, tasks: list[Task]) -> None:
+        self._batches += 1
         inner = max(self.limits.timeout_s * 0.8, self.limits.timeout_s - 1.0)
         message = {
             "op": proto.TASK,
-            "id": task.id,
-            "path": task.path,
-            "module": task.module,
-            "factories": list(task.factories),
-            "base": str(self.base),
+            "batch": self._batches,
             "inner_timeout": inner,
+            "files": [
+                {
+                    "id": t.id,
+                    "path": t.path,
+                    "module": t.module,
+                    "factories": list(t.factories),
+                    "base": str(self.base),
+                }
+                for t in tasks
+            ],
         }
-        worker.task = task
+        worker.batch = _Batch(self._batches, tasks)
         worker.child_pid = None
         worker.killed = False
-        worker.dispatched_at = time.monotonic()
-        worker.deadline = worker.dispatched_at + self.limits.timeout_s
+        worker.file_started_at = time.monotonic()
+        worker.deadline = worker.file_started_at + self.limits.timeout_s
         proto.write_all(worker.task_fd, proto.encode(message))
 
-    def _read(self, worker: _Worker) -> Outcome | None:
+    def _read(self, worker: _Worker, pending: deque[Task]) -> list[Outcome]:
         try:
             chunk = os.read(worker.event_fd, 65536)
         except BlockingIOError:
-            return None
+            return []
         if not chunk:
-            return self._worker_died(worker)
+            return self._worker_died(worker, pending)
         worker.buffer += chunk
-        outcome = None
+        outcomes: list[Outcome] = []
         while b"\n" in worker.buffer:
             line, worker.buffer = worker.buffer.split(b"\n", 1)
-            outcome = self._event(worker, proto.decode(line)) or outcome
+            try:
+                event = proto.decode(line)
+            except ValueError:
+                return outcomes + self._worker_died(worker, pending)
+            outcomes += self._event(worker, event, pending)
         if len(worker.buffer) > proto.MAX_EVENT_BYTES:
-            return self._worker_died(worker)
-        return outcome
+            return outcomes + self._worker_died(worker, pending)
+        return outcomes
 
-    def _event(self, worker: _Worker, event: dict[str, Any]) -> Outcome | None:
+    def _event(self, worker: _Worker, event: dict[str, Any], pending: deque[Task]) -> list[Outcome]:
         kind = event.get("event")
         if kind == proto.READY:
             worker.ready = True
-            return None
-        task = worker.task
-        if task is None or event.get("id") != task.id:
-            return None
-        if kind == proto.STARTED:
+            return []
+        batch = worker.batch
+        if batch is None:
+            return []
+        now = time.monotonic()
+        if kind == proto.STARTED and event.get("batch") == batch.id:
             worker.child_pid = int(event["pid"])
-            return None
-        if kind != proto.DONE:
-            return None
-        duration = time.monotonic() - worker.dispatched_at
-        worker.task = None
-        worker.child_pid = None
-        if worker.killed:
-            return None  # already reported as a timeout
-        return self._finish(task, event, duration)
-
-    def _finish(self, task: Task, event: dict[str, Any], duration: float) -> Outcome:
-        result_file = proto.result_path(self.directory, task.id)
-        err_file = proto.stderr_path(self.directory, task.id)
-        tail = _tail(err_file)
-        try:
+        elif kind == proto.FILE_DONE and batch.current and event.get("id") == batch.current.id:
+            outcome = self._result(batch.current, now - worker.file_started_at)
+            batch.index += 1
+            worker.file_started_at = now
+            worker.deadline = now + self.limits.timeout_s
+            return [outcome]
+        elif kind == proto.DONE and event.get("batch") == batch.id:
+            worker.batch = None
+            worker.child_pid = None
+            current = batch.current
+            if current is None:
+                return []
+            pending.extendleft(reversed(batch.tasks[batch.index + 1 :]))
+            detail = f"exited with status {event.get('exit')} before reporting"
             if event.get("signal"):
-                detail = f"killed by {_signal_name(int(event['signal']))}"
-                if int(event["signal"]) == signal.SIGXCPU:
+                number = int(event["signal"])
+                detail = f"killed by {_signal_name(number)}"
+                if number == signal.SIGXCPU:
                     detail = "hit the CPU limit (SIGXCPU)"
-                return Outcome(task, OUTCOME_CRASHED, detail=detail, stderr_tail=tail,
-                               duration_s=duration)
-            if not os.path.exists(result_file):
-                detail = f"exited with status {event.get('exit')} before reporting"
-                return Outcome(task, OUTCOME_CRASHED, detail=detail, stderr_tail=tail,
-                               duration_s=duration)
+            return [self._failed(current, OUTCOME_CRASHED, detail, now - worker.file_started_at)]
+        return []
+
+    def _result(self, task: Task, duration: float) -> Outcome:
+        result_file = proto.result_path(self.directory, task.id)
+        tail = _tail(proto.stderr_path(self.directory, task.id))
+        try:
             with open(result_file, encoding="utf-8") as handle:
                 result = proto.decode(handle.read().encode())
             return Outcome(task, OUTCOME_RESULT, result=result, stderr_tail=tail,
@@ -331,24 +363,33 @@ class WorkerPool:
             return Outcome(task, OUTCOME_CRASHED, detail=f"unreadable result: {exc}",
                            stderr_tail=tail, duration_s=duration)
         finally:
-            for path in (result_file, err_file):
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+            self._forget(task)
 
-    def _worker_died(self, worker: _Worker) -> Outcome | None:
-        task = worker.task
-        killed = worker.killed
+    def _failed(self, task: Task, kind: str, detail: str, duration: float) -> Outcome:
+        tail = _tail(proto.stderr_path(self.directory, task.id))
+        self._forget(task)
+        return Outcome(task, kind, detail=detail, stderr_tail=tail, duration_s=duration)
+
+    def _forget(self, task: Task) -> None:
+        for path in (proto.result_path(self.directory, task.id),
+                     proto.stderr_path(self.directory, task.id)):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _worker_died(self, worker: _Worker, pending: deque[Task]) -> list[Outcome]:
+        batch = worker.batch
+        was_ready = worker.ready
         self._retire(worker)
-        tail = _tail(os.path.join(self.directory, "worker.err"))
-        if task is None or killed:
-            if not worker.ready:
-                logger.error("discovery worker failed to start: %s", tail or "no output")
-            return None
-        duration = time.monotonic() - worker.dispatched_at
-        return Outcome(task, OUTCOME_CRASHED, detail="the worker process died",
-                       stderr_tail=tail, duration_s=duration)
+        if not was_ready:
+            tail = _tail(os.path.join(self.directory, "worker.err"))
+            raise RuntimeError(f"discovery worker failed to start: {tail or 'no output'}")
+        if batch is None or batch.current is None:
+            return []
+        pending.extendleft(reversed(batch.tasks[batch.index + 1 :]))
+        duration = time.monotonic() - worker.file_started_at
+        return [self._failed(batch.current, OUTCOME_CRASHED, "the worker process died", duration)]
 
     def _enforce(self, pending: deque[Task]) -> Iterator[Outcome]:
         """Kill what overran; replace workers that are gone or stuck."""
@@ -360,27 +401,27 @@ class WorkerPool:
                     "discovery worker did not start within "
                     f"{WARMUP_TIMEOUT_S:.0f}s: {_tail(os.path.join(self.directory, 'worker.err'))}"
                 )
-            task = worker.task
-            if task is None or now < worker.deadline:
+            batch = worker.batch
+            if batch is None or now < worker.deadline:
                 continue
-            if worker.killed:
-                self._retire(worker)  # it did not report the kill in time
-                continue
-            worker.killed = True
-            worker.deadline = now + KILL_GRACE_S
-            if worker.child_pid:
+            if worker.killed or worker.child_pid is None:
+                self._retire(worker)  # stuck: it did not report the kill, or never forked
+                if batch.current is None:
+                    continue
+            else:
+                worker.killed = True
+                worker.deadline = now + KILL_GRACE_S
                 try:
                     os.killpg(worker.child_pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-            else:
-                self._retire(worker)
-            yield Outcome(
-                task,
-                OUTCOME_TIMEOUT,
-                stderr_tail=_tail(proto.stderr_path(self.directory, task.id)),
-                duration_s=now - worker.dispatched_at,
-            )
-        active = sum(1 for w in self._workers if w.task is not None)
+            current = batch.current
+            if current is None:
+                continue
+            pending.extendleft(reversed(batch.tasks[batch.index + 1 :]))
+            del batch.tasks[batch.index + 1 :]
+            batch.index += 1
+            yield self._failed(current, OUTCOME_TIMEOUT, "", now - worker.file_started_at)
+        active = sum(1 for w in self._workers if w.batch is not None)
         while len(self._workers) < min(self.size, active + len(pending)):
             self._spawn()
