@@ -3,7 +3,8 @@
 Runs as ``python -m nexus_dataflow_plugin._worker TASK_FD EVENT_FD``. It may
 import only the standard library, Kailash, ``_protocol``, ``_probe`` and
 ``transfer`` (which themselves import only those): never Nexus, DataFlow or this package's
-server-side modules, so what it preloads is exactly what the parent asks for.
+server-side modules: a candidate must find the process as a bare Kailash
+program would, plus the node libraries the server has (imported on first use).
 
 Shape: the worker warms up once (imports Kailash's core), then for each batch
 of files forks a child from this clean, single-threaded process. The child

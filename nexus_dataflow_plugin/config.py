@@ -91,6 +91,7 @@ class Settings:
     max_file_bytes: int = 5 * 1024 * 1024
     memory_limit_mb: int | None = 4096
     cpu_limit_s: int | None = 60
+    cache: bool = True
 
     def discovery_options(self) -> dict[str, Any]:
         """Keyword arguments for ``SmartDiscovery``."""
@@ -106,6 +107,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "max_file_bytes": ("max_file_bytes", _positive_int),
     "memory_limit_mb": ("memory_limit_mb", _optional_positive_int),
     "cpu_limit_s": ("cpu_limit_s", _optional_positive_int),
+    "cache": ("cache", _boolean),
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from kailash.workflow import Workflow
 
 from . import report as r
+from .cache import ScreenCache
 from .finder import DEFAULT_MAX_FILE_BYTES, Candidate, find_candidates, resolve_base
 from .imports import ImportGraph
 from .isolation import (
@@ -30,7 +31,7 @@ from .isolation import (
     WorkerPool,
     library_node_modules,
 )
-from .screen import Facts, analyze
+from .screen import Facts
 from .transfer import decode
 
 logger = logging.getLogger(__name__)
@@ -43,15 +44,6 @@ def workflow_name(rel: str, attr: str) -> str:
     """The name native discovery gives: the file's stem, or ``stem.attr``."""
     stem = Path(rel).stem
     return stem if attr.lower() in GENERIC_NAMES else f"{stem}.{attr}"
-
-
-def read_facts(path: Path) -> Facts:
-    """Screen a file from disk; an unreadable file is an error fact, not an exception."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return Facts(error=r.MSG_UNREADABLE.format(what=exc.strerror or exc))
-    return analyze(data)
 
 
 @dataclass
@@ -103,6 +95,8 @@ class SmartDiscovery:
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         memory_limit_mb: int | None = 4096,
         cpu_limit_s: int | None = 60,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
         pool: WorkerPool | None = None,
     ) -> None:
         if timeout <= 0:
@@ -119,6 +113,8 @@ class SmartDiscovery:
             memory_bytes=memory_limit_mb * 1024 * 1024 if memory_limit_mb else None,
             cpu_seconds=cpu_limit_s,
         )
+        self.cache = cache
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.pool = pool
 
     def run(self) -> r.DiscoveryReport:
@@ -143,14 +139,8 @@ class SmartDiscovery:
         self, candidates: Sequence[Candidate], entries: dict[str, r.FileResult]
     ) -> dict[int, tuple[Candidate, Facts]]:
         """Static screen and import graph: decide which files may be imported at all."""
-        facts_cache: dict[Path, Facts] = {}
-
-        def facts_of(path: Path) -> Facts:
-            if path not in facts_cache:
-                facts_cache[path] = read_facts(path)
-            return facts_cache[path]
-
-        graph = ImportGraph(self._roots(), facts_of)
+        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
+        graph = ImportGraph(self._roots(), cache.facts)
         tasks: dict[int, tuple[Candidate, Facts]] = {}
         for candidate in candidates:
             began = time.monotonic()
@@ -158,7 +148,7 @@ class SmartDiscovery:
                 entries[candidate.rel] = r.FileResult(candidate.rel, r.ERROR, candidate.refusal)
                 continue
             real = candidate.path.resolve()
-            facts = facts_of(real)
+            facts = cache.facts(real)
             entry = None
             if facts.error:
                 entry = r.FileResult(candidate.rel, r.ERROR, facts.error)
@@ -180,6 +170,7 @@ class SmartDiscovery:
                 entries[candidate.rel] = entry
             else:
                 tasks[len(tasks)] = (candidate, facts)
+        cache.save()
         return tasks
 
     def _isolate(
