@@ -26,6 +26,7 @@ from . import report as r
 from ._probe import probe
 from .config import Settings, load_settings
 from .discovery import SmartDiscovery, workflow_name
+from .isolation import WorkerPool
 from .screen import analyze
 
 logger = logging.getLogger(__name__)
@@ -100,9 +101,11 @@ def register_discovered(app: Any, report: r.DiscoveryReport) -> list[str]:
     return registered
 
 
-def smart_auto_discover(app: Any, settings: Settings) -> r.DiscoveryReport:
+def smart_auto_discover(
+    app: Any, settings: Settings, pool: WorkerPool | None = None
+) -> r.DiscoveryReport:
     """What ``Nexus._auto_discover_workflows`` does, via isolated smart discovery."""
-    report = SmartDiscovery(os.getcwd(), **settings.discovery_options()).run()
+    report = SmartDiscovery(os.getcwd(), pool=pool, **settings.discovery_options()).run()
     register_discovered(app, report)
     log_report(report)
     setattr(app, REPORT_ATTR, report)
@@ -140,6 +143,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         load_settings(Path.cwd(), self.options)
         self.report: r.DiscoveryReport | None = None
         self._last_app: weakref.ReferenceType[Any] | None = None
+        self._pool: tuple[Path, Settings, WorkerPool] | None = None
 
     @property
     def name(self) -> str:
@@ -156,24 +160,57 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         self.install(nexus_instance)
 
     def install(self, app: Any) -> None:
-        """Replace the app's discovery with the isolated one."""
+        """Replace the app's discovery with the isolated one.
+
+        When the app will discover, workers start now: their Kailash import
+        overlaps the app's own start-up instead of adding to ``start()``.
+        """
         check_compatible(app)
         plugin = self
+        settings = load_settings(Path.cwd(), self.options)
+        if getattr(app, "_auto_discovery_enabled", False):
+            self._prestart(Path.cwd(), settings)
 
         def _auto_discover_workflows(nexus_self: Any) -> None:
             settings = load_settings(Path.cwd(), plugin.options)
-            plugin.report = smart_auto_discover(nexus_self, settings)
+            pool = plugin._take_pool(Path.cwd(), settings)
+            try:
+                plugin.report = smart_auto_discover(nexus_self, settings, pool)
+            finally:
+                if pool is not None:
+                    pool.close()
 
         app._auto_discover_workflows = types.MethodType(_auto_discover_workflows, app)
         setattr(app, PLUGIN_ATTR, self)
         self._last_app = weakref.ref(app)
         logger.info("dataflow_compatible discovery installed")
 
+    def _prestart(self, base: Path, settings: Settings) -> None:
+        self._close_pool()
+        discovery = SmartDiscovery(base, **settings.discovery_options())
+        self._pool = (base, settings, discovery.make_pool().start())
+
+    def _take_pool(self, base: Path, settings: Settings) -> WorkerPool | None:
+        """The pre-started pool, if it was made for this directory and these settings."""
+        prepared, self._pool = self._pool, None
+        if prepared is None:
+            return None
+        if prepared[:2] == (base, settings):
+            return prepared[2]
+        prepared[2].close()
+        return None
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool[2].close()
+            self._pool = None
+
     def on_startup(self) -> None:
-        """Nothing to start: workers live only while a scan runs."""
+        """Nothing to start: workers start at install and end with the scan."""
 
     def on_shutdown(self) -> None:
-        """Nothing outlives a scan; kept for the plugin protocol."""
+        """End pre-started workers that a discovery never used."""
+        self._close_pool()
 
     # -- explicit registration -------------------------------------------------------
 
