@@ -144,10 +144,11 @@ class SmartDiscovery:
         tasks: dict[int, tuple[Candidate, Facts]] = {}
         for candidate in candidates:
             began = time.monotonic()
-            if candidate.refusal:
-                entries[candidate.rel] = r.FileResult(candidate.rel, r.ERROR, candidate.refusal)
+            if candidate.refusal or candidate.real is None:
+                reason = candidate.refusal or r.MSG_UNREADABLE.format(what="not found")
+                entries[candidate.rel] = r.FileResult(candidate.rel, r.ERROR, reason)
                 continue
-            real = candidate.path.resolve()
+            real = candidate.real
             facts = cache.facts(real)
             entry = None
             if facts.error:

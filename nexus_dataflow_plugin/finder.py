@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ class Candidate:
     path: Path
     rel: str
     refusal: str | None = None
+    real: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -62,20 +64,33 @@ def _excluded(rel: str, name: str, exclude: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(rel, pattern) for pattern in exclude)
 
 
-def _refusal(path: Path, base_real: Path, max_file_bytes: int) -> str | None:
+def _check(
+    path: Path, rel: str, base_real: Path, max_file_bytes: int, dirs: dict[Path, Path]
+) -> Candidate | None:
+    """A candidate, refused if it leaves the project, loops, or is too large to read.
+
+    None for what is not a regular file (native skips those too). One ``lstat``
+    per plain file; symlinks (and each directory, once) are resolved.
+    """
     try:
-        real = path.resolve(strict=True)
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            real = path.resolve(strict=True)
+            info = real.stat()
+        else:
+            if path.parent not in dirs:
+                dirs[path.parent] = path.parent.resolve(strict=True)
+            real = dirs[path.parent] / path.name
     except (OSError, RuntimeError) as exc:
-        return MSG_BROKEN_LINK.format(what=exc)
+        return Candidate(path, rel, MSG_BROKEN_LINK.format(what=exc))
     if not real.is_relative_to(base_real):
-        return MSG_OUTSIDE.format(target=real, base=base_real)
-    try:
-        size = real.stat().st_size
-    except OSError as exc:
-        return MSG_BROKEN_LINK.format(what=exc)
+        return Candidate(path, rel, MSG_OUTSIDE.format(target=real, base=base_real))
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    size = info.st_size
     if size > max_file_bytes:
-        return MSG_TOO_LARGE.format(size=size, limit=max_file_bytes)
-    return None
+        return Candidate(path, rel, MSG_TOO_LARGE.format(size=size, limit=max_file_bytes))
+    return Candidate(path, rel, real=real)
 
 
 def _matches(base: Path, pattern: str) -> Iterable[Path]:
@@ -96,14 +111,16 @@ def find_candidates(
     base_real = base.resolve()
     candidates: dict[str, Candidate] = {}
     order: list[str] = []
+    dirs: dict[Path, Path] = {}
     for pattern in patterns:
         for path in _matches(base, pattern):
             rel = path.relative_to(base).as_posix()
             if _excluded(rel, path.name, exclude):
                 continue
-            if not (path.is_file() or path.is_symlink()):
-                continue
             if rel not in candidates:
-                candidates[rel] = Candidate(path, rel, _refusal(path, base_real, max_file_bytes))
+                candidate = _check(path, rel, base_real, max_file_bytes, dirs)
+                if candidate is None:
+                    continue
+                candidates[rel] = candidate
             order.append(rel)
     return Found(base=base, candidates=tuple(candidates.values()), order=tuple(order))

@@ -57,6 +57,7 @@ class ImportGraph:
         self._taint: dict[Path, Taint | None] = {}
         self._own: dict[Path, str | None] = {}
         self._edges: dict[Path, list[Path]] = {}
+        self._modules: dict[tuple[Path, str], list[Path]] = {}
 
     def _inside(self, path: Path) -> bool:
         return any(path.is_relative_to(root) for root in self.roots)
@@ -70,18 +71,24 @@ class ImportGraph:
             bases = [base]
         else:
             bases = list(self.roots)
-        found: list[Path] = []
         for base in bases:
-            files = _module_files(base, ref.module) if ref.module else []
+            files = self._files(base, ref.module) if ref.module else []
             for name in ref.names:
                 if name == "*":
                     continue
                 sub = f"{ref.module}.{name}" if ref.module else name
-                files += [f for f in _module_files(base, sub) if f not in files]
+                files += [f for f in self._files(base, sub) if f not in files]
             if files:
-                found = files
-                break
-        return [f.resolve() for f in found if self._inside(f.resolve())]
+                return files
+        return []
+
+    def _files(self, base: Path, dotted: str) -> list[Path]:
+        """Resolved project files for one module name, memoised: most files share imports."""
+        key = (base, dotted)
+        if key not in self._modules:
+            found = [f.resolve() for f in _module_files(base, dotted)]
+            self._modules[key] = [f for f in found if self._inside(f)]
+        return list(self._modules[key])
 
     def edges(self, path: Path) -> list[Path]:
         """Project files ``path`` imports, directly (memoised)."""
@@ -94,8 +101,7 @@ class ImportGraph:
         return self._edges[path]
 
     def taint(self, path: Path) -> Taint | None:
-        """The shortest chain from ``path`` to a module that defines DataFlow models."""
-        path = path.resolve()
+        """The shortest chain from ``path`` (resolved) to a module that defines DataFlow models."""
         if path in self._taint:
             return self._taint[path]
         self._taint[path] = None  # guards recursion through own_model

@@ -169,7 +169,8 @@ class _Scanner:
         self.instances: dict[str, int] = {}
         self.model_uses: list[tuple[str, str, int]] = []
 
-    def scan(self, tree: ast.Module) -> None:
+    def scan(self, tree: ast.Module, models_possible: bool = True) -> None:
+        """Collect imports; look for DataFlow bindings only where the bytes allow any."""
         nodes = list(ast.walk(tree))
         # Imports first: bindings must be known before calls are classified.
         for node in nodes:
@@ -177,6 +178,8 @@ class _Scanner:
                 self._import(node)
             elif isinstance(node, ast.ImportFrom):
                 self._import_from(node)
+        if not models_possible:
+            return
         for node in nodes:
             if isinstance(node, (ast.Assign, ast.AnnAssign)):
                 self._assign(node)
@@ -289,7 +292,8 @@ def analyze(data: bytes) -> Facts:
         return Facts(error=parsed)
     try:
         scanner = _Scanner()
-        scanner.scan(parsed)
+        # A file without these bytes can neither import dataflow nor use `.model`.
+        scanner.scan(parsed, models_possible=b"dataflow" in data or b"model" in data)
         model, external = scanner.verdict()
         return Facts(
             model=model,
