@@ -62,7 +62,7 @@ MSG_CRASHED = (
 )
 MSG_SYNTAX = "Cannot be parsed: {what} at line {line}. Fix the syntax error."
 MSG_DECODE = "Cannot be decoded as Python source: {what}."
-MSG_NUL = "Contains NUL bytes (byte offset {offset}); not a Python source file."
+MSG_NUL = "Contains a NUL byte at line {line} (byte offset {offset}); not a Python source file."
 MSG_UNREADABLE = "Cannot be read: {what}."
 MSG_IMPORT_ERROR = "Raised {exc} while importing: {message}"
 MSG_FACTORY_FAILED = "factory {name}() raised {exc}: {message}"

@@ -276,7 +276,7 @@ def _parse(data: bytes) -> ast.Module | str:
     """The AST, or an error message with the line."""
     nul = data.find(b"\0")
     if nul >= 0:
-        return MSG_NUL.format(offset=nul)
+        return MSG_NUL.format(line=data.count(b"\n", 0, nul) + 1, offset=nul)
     try:
         return ast.parse(data)
     except SyntaxError as exc:
