@@ -20,7 +20,7 @@ from kailash.workflow import Workflow
 
 from . import report as r
 from .cache import ScreenCache
-from .finder import DEFAULT_MAX_FILE_BYTES, Candidate, find_candidates, resolve_base
+from .finder import DEFAULT_MAX_FILE_BYTES, Candidate, Found, find_candidates, resolve_base
 from .imports import ImportGraph
 from .isolation import (
     OUTCOME_CRASHED,
@@ -117,11 +117,18 @@ class SmartDiscovery:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.pool = pool
 
+    def screen(self) -> list[r.FileResult]:
+        """The static stages alone: entries for files decided without importing anything
+        (skipped_model, skipped_dependent, error). No worker is started."""
+        found = self._find()
+        entries: dict[str, r.FileResult] = {}
+        self._screen(found.candidates, entries)
+        return [entries[c.rel] for c in found.candidates if c.rel in entries]
+
     def run(self) -> r.DiscoveryReport:
+        """Every stage: the report holds the workflows to register and one entry per file."""
         started = time.monotonic()
-        found = find_candidates(
-            self.base, exclude=self.exclude, max_file_bytes=self.max_file_bytes
-        )
+        found = self._find()
         entries: dict[str, r.FileResult] = {}
         loaded: dict[str, _Loaded] = {}
         tasks = self._screen(found.candidates, entries)
@@ -260,6 +267,9 @@ class SmartDiscovery:
                     )
 
     # -- helpers -----------------------------------------------------------------
+
+    def _find(self) -> Found:
+        return find_candidates(self.base, exclude=self.exclude, max_file_bytes=self.max_file_bytes)
 
     def _roots(self) -> list[Path]:
         """Where local imports resolve: the base path and sys.path entries inside it."""
