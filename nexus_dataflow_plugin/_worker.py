@@ -161,6 +161,7 @@ def _child(batch: dict[str, Any], init: dict[str, Any], progress_fd: int) -> Non
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         directory = init["directory"]
         clean_path = list(sys.path)
+        me = os.getpid()
         for task in batch["files"]:
             err = os.open(proto.stderr_path(directory, task["id"]), os.O_WRONLY | os.O_CREAT, 0o600)
             os.dup2(err, 2)
@@ -169,6 +170,8 @@ def _child(batch: dict[str, Any], init: dict[str, Any], progress_fd: int) -> Non
             sys.path[:] = clean_path
             _limit_cpu(limits.get("cpu_seconds"))
             result = _run_file(task, float(batch["inner_timeout"]))
+            if os.getpid() != me:
+                os._exit(0)  # a copy forked by the candidate: only the child itself reports
             proto.write_result(directory, task["id"], result)
             proto.write_all(progress_fd, f"{task['id']}\n".encode())
     except BaseException:  # noqa: BLE001 - report via exit status; the parent explains

@@ -342,6 +342,10 @@ class WorkerPool:
             if current is None:
                 return []
             pending.extendleft(reversed(batch.tasks[batch.index + 1 :]))
+            if os.path.exists(proto.result_path(self.directory, current.id)):
+                # The result was published but the progress pipe was lost (a candidate
+                # closed or reused its descriptor): the result file is what counts.
+                return [self._result(current, now - worker.file_started_at)]
             detail = f"exited with status {event.get('exit')} before reporting"
             if event.get("signal"):
                 number = int(event["signal"])
