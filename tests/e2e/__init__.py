@@ -1,0 +1,1 @@
+"""End-to-end tests: a real Nexus server over HTTP (helpers in server.py)."""
