@@ -1,0 +1,390 @@
+"""Stage 1, the static screen: which files are DataFlow model files, which are broken,
+and which of a file's functions discovery may call as factories.
+
+Every model fixture writes a marker with its pid the moment it runs, so "skipped"
+is checked at the process level: after a real scan, no model file has a marker.
+A control test runs the same fixtures on purpose to prove they are genuine
+DataFlow model files and that the marker mechanism works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from nexus_dataflow_plugin import SmartDiscovery
+from nexus_dataflow_plugin.screen import analyze
+
+FIXTURES = Path(__file__).parent / "fixtures" / "engine"
+
+# fixture file -> the model class the reason must name
+MODEL_FILES = {
+    "models_from_dataflow_import.py": "User",
+    "models_from_dataflow_core_engine.py": "Invoice",
+    "models_import_dataflow_as_alias.py": "Product",
+    "models_dataflow_class_aliased.py": "Customer",
+    "models_registered_by_call.py": "Shipment",
+    "models_in_function.py": "User",
+    "models_on_self_db_in_method.py": "User",
+    "models_on_db_from_local_module.py": "Order",
+}
+NOT_MODEL_FILES = (
+    "mentions_dataflow_in_comment_and_string.py",
+    "unrelated_model_decorator.py",
+)
+ERROR_FILES = {
+    "syntax_error_at_line_4.py": "line 4",
+    "latin1_without_coding_cookie.py": "line 3",
+    "contains_nul_bytes.py": "line 3",
+}
+
+
+def place(base: Path, layout: dict[str, str]) -> Path:
+    """Copy fixtures into ``base``: destination (relative) -> fixture file name."""
+    for dest, src in layout.items():
+        target = base / dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(FIXTURES / src, target)
+    return base
+
+
+def runs(path: Path) -> list[int]:
+    """The pids that executed the fixture at ``path`` (one line per execution)."""
+    marker = Path(f"{path}.ran")
+    if not marker.exists():
+        return []
+    return [int(line) for line in marker.read_text().split()]
+
+
+# --- one real scan over every spelling ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def screen_tree(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("screen")
+    layout = {f"workflows/{name}": name for name in MODEL_FILES}
+    layout.update({f"workflows/{name}": name for name in NOT_MODEL_FILES})
+    layout["workflows/latin1_with_coding_cookie.py"] = "latin1_with_coding_cookie.py"
+    # The module that creates the DataFlow instance the last model file decorates with.
+    layout["dataflow_db_module.py"] = "dataflow_db_module.py"
+    return place(base, layout)
+
+
+@pytest.fixture(scope="module")
+def screen_report(screen_tree):
+    return SmartDiscovery(screen_tree, timeout=5, cache=False).run()
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_FILES))
+def test_every_model_spelling_is_skipped_with_the_model_named(screen_report, name):
+    entry = screen_report.file(f"workflows/{name}")
+    assert entry is not None
+    assert entry.status == "skipped_model", entry.reason
+    assert MODEL_FILES[name] in entry.reason
+    assert "line" in entry.reason
+    assert entry.workflows == []
+
+
+def test_model_files_never_run_in_any_process(screen_report, screen_tree):
+    never_ran = [f"workflows/{name}" for name in MODEL_FILES] + ["dataflow_db_module.py"]
+    executed = {rel: runs(screen_tree / rel) for rel in never_ran if runs(screen_tree / rel)}
+    assert executed == {}
+    # No DataFlow database file was created by anything the scan did.
+    assert list(screen_tree.rglob("*.db")) == []
+
+
+@pytest.mark.parametrize("name", NOT_MODEL_FILES)
+def test_dataflow_in_comments_strings_or_unrelated_model_decorator_is_not_skipped(
+    screen_report, screen_tree, name
+):
+    entry = screen_report.file(f"workflows/{name}")
+    assert entry.status == "registered", entry.reason
+    assert entry.workflows == [Path(name).stem]
+    pids = runs(screen_tree / "workflows" / name)
+    assert len(pids) == 1 and pids[0] != os.getpid()
+
+
+def test_unrelated_model_decorator_really_ran_its_own_registry(screen_report):
+    workflow = screen_report.workflows["unrelated_model_decorator"]
+    code = workflow.nodes["list_models"].config["code"]
+    assert "['Chart', 'Report']" in code
+
+
+def test_latin1_with_a_coding_cookie_is_valid_python(screen_report):
+    entry = screen_report.file("workflows/latin1_with_coding_cookie.py")
+    assert entry.status == "registered", entry.reason
+
+
+# --- analyze() alone: the screen on bytes, no scan --------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(set(MODEL_FILES) - {"models_on_db_from_local_module.py"}))
+def test_analyze_flags_in_file_model_definitions(name):
+    facts = analyze((FIXTURES / name).read_bytes())
+    assert facts.error is None
+    assert facts.model is not None and MODEL_FILES[name] in facts.model
+
+
+def test_analyze_defers_a_db_imported_from_a_local_module_to_the_import_graph():
+    facts = analyze((FIXTURES / "models_on_db_from_local_module.py").read_bytes())
+    assert facts.model is None
+    [use] = facts.external_model_uses
+    assert (use.name, use.cls, use.source.module) == ("db", "Order", "dataflow_db_module")
+
+
+@pytest.mark.parametrize("name", NOT_MODEL_FILES)
+def test_analyze_does_not_flag_mentions_or_unrelated_decorators(name):
+    facts = analyze((FIXTURES / name).read_bytes())
+    assert facts.error is None
+    assert facts.model is None
+    assert facts.external_model_uses == ()
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("from dataflow import DataFlow\n", "line 1"),
+        ("import dataflow\n\ndb = dataflow.DataFlow('sqlite:///x.db')\n", "line 3"),
+        ("from dataflow import DataFlow as DF\n\n\ndb = DF('sqlite:///x.db')\n", "line 4"),
+        (
+            "import dataflow as d\n\nstore = d.DataFlow('sqlite:///x.db')\n\n"
+            "class A:\n    pass\n\nstore.model(A)\n",
+            "A at line 8",
+        ),
+    ],
+    ids=["bare-import", "module-attribute", "class-alias", "package-alias-call-form"],
+)
+def test_analyze_reports_where_dataflow_is_used(source, expected):
+    facts = analyze(source.encode())
+    assert facts.model is not None and expected in facts.model
+
+
+# --- broken files: error with the line, nothing spawned ------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ERROR_FILES))
+def test_analyze_alone_reports_broken_files_with_the_line(name):
+    facts = analyze((FIXTURES / name).read_bytes())
+    assert facts.error is not None
+    assert ERROR_FILES[name] in facts.error
+
+
+def test_nul_byte_error_says_nul():
+    facts = analyze((FIXTURES / "contains_nul_bytes.py").read_bytes())
+    assert "NUL" in facts.error
+
+
+def test_latin1_without_cookie_error_says_it_cannot_be_decoded():
+    facts = analyze((FIXTURES / "latin1_without_coding_cookie.py").read_bytes())
+    assert "utf-8" in facts.error.lower() and "decode" in facts.error.lower()
+
+
+def _child_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_broken_files_are_errors_without_spawning_a_worker(tmp_path):
+    place(tmp_path, {f"workflows/{name}": name for name in ERROR_FILES})
+    cpu_before = _child_cpu_seconds()
+    started = time.monotonic()
+    report = SmartDiscovery(tmp_path, timeout=2, cache=False).run()
+    elapsed = time.monotonic() - started
+    assert {e.path: e.status for e in report.files} == {
+        f"workflows/{name}": "error" for name in ERROR_FILES
+    }
+    assert "line 4" in report.file("workflows/syntax_error_at_line_4.py").reason
+    assert "line 3" in report.file("workflows/latin1_without_coding_cookie.py").reason
+    assert "NUL" in report.file("workflows/contains_nul_bytes.py").reason
+    # A worker has to import Kailash (well over a second); none was started and reaped.
+    assert elapsed < 0.5
+    assert _child_cpu_seconds() - cpu_before < 0.05
+    assert report.workflows == {}
+
+
+# --- factory detection ---------------------------------------------------------------------
+
+
+def test_factory_shapes_fixture_has_exactly_three_factories():
+    facts = analyze((FIXTURES / "factory_shapes.py").read_bytes())
+    assert facts.factories == ("make_orders", "make_invoices", "make_lambda")
+
+
+def _factories(source: str) -> tuple[str, ...]:
+    return analyze(textwrap.dedent(source).encode()).factories
+
+
+def test_factories_only_functions_that_return_a_value():
+    assert _factories(
+        """
+        def returns_value():
+            return 1
+
+        def returns_nothing():
+            print("x")
+
+        def bare_return():
+            return
+
+        def returns_none():
+            return None
+
+        def conditional(flag=False):
+            if flag:
+                return 2
+        """
+    ) == ("returns_value", "conditional")
+
+
+def test_generators_and_async_functions_are_not_factories():
+    assert _factories(
+        """
+        def gen():
+            yield 1
+            return 2
+
+        def gen_from():
+            yield from range(3)
+
+        async def coro():
+            return 1
+        """
+    ) == ()
+
+
+def test_returns_in_nested_scopes_do_not_make_a_factory():
+    assert _factories(
+        """
+        def outer():
+            def inner():
+                return 1
+            class Local:
+                def method(self):
+                    return 2
+            helper = lambda: 3
+            inner()
+        """
+    ) == ()
+
+
+def test_functions_called_under_main_guard_are_excluded():
+    assert _factories(
+        """
+        def main():
+            return build()
+
+        def build():
+            return 1
+
+        def serve():
+            return 2
+
+        if __name__ == "__main__":
+            app = serve()
+            main()
+        """
+    ) == ("build",)
+
+
+def test_functions_defined_only_under_main_guard_are_not_factories():
+    assert _factories(
+        """
+        if __name__ == "__main__":
+            def script_only():
+                return 1
+        """
+    ) == ()
+
+
+def test_module_level_lambdas_and_conditionally_defined_functions_are_factories():
+    assert _factories(
+        """
+        import sys
+
+        make_a = lambda: 1
+        make_b, other = (lambda: 2), 3
+
+        try:
+            def make_c():
+                return 3
+        except ImportError:
+            pass
+
+        if sys.version_info >= (3, 8):
+            def make_d():
+                return 4
+
+        def _private():
+            return 5
+
+        class Builder:
+            def __call__(self):
+                return 6
+        """
+    ) == ("make_a", "make_c", "make_d")
+
+
+def test_imported_names_are_never_factories():
+    assert _factories(
+        """
+        from os import getpid, fork
+        from sys import exit
+        from kailash.runtime.local import LocalRuntime
+        import os
+        exit_now = exit
+        """
+    ) == ()
+
+
+# --- control: the fixtures are real DataFlow model files ----------------------------------
+
+
+_CONTROL = r"""
+import json, runpy, sys
+from dataflow import DataFlow
+found = {}
+for path in sys.argv[1:]:
+    ns = runpy.run_path(path)
+    if "setup_dataflow_models" in ns:
+        dbs = [ns["setup_dataflow_models"]()]
+    elif "DataFlowNexusApp" in ns:
+        dbs = [ns["DataFlowNexusApp"]().db]
+    else:
+        dbs = [v for v in ns.values() if isinstance(v, DataFlow)]
+    found[path] = sorted(m for db in dbs for m in db.get_models())
+print(json.dumps(found))
+"""
+
+
+def test_control_model_fixtures_are_genuine_and_markers_work(tmp_path):
+    """Executed on purpose, each model fixture writes its marker and registers its models.
+
+    Without this, "no marker after a scan" would prove nothing.
+    """
+    place(tmp_path, {name: name for name in MODEL_FILES})
+    place(tmp_path, {"dataflow_db_module.py": "dataflow_db_module.py"})
+    paths = [str(tmp_path / name) for name in sorted(MODEL_FILES)]
+    proc = subprocess.run(
+        [sys.executable, "-c", _CONTROL, *paths],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, cls in MODEL_FILES.items():
+        path = tmp_path / name
+        assert cls in found[str(path)], (name, found[str(path)])
+        pids = runs(path)
+        assert len(pids) == 1 and pids[0] != os.getpid()
