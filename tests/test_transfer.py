@@ -1,0 +1,195 @@
+"""Stage 3, transfer: workflows come back from the worker as ``Workflow.to_dict()`` JSON
+and are rebuilt in the parent. What cannot make the trip is ``not_transferable``
+with a reason naming the node; library nodes are resolved by importing their
+library module, never a project file; a rebuilt workflow runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from kailash.runtime.local import LocalRuntime
+from kailash.workflow import Workflow
+from kailash.workflow.builder import WorkflowBuilder
+
+from nexus_dataflow_plugin import SmartDiscovery, transfer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "engine"
+
+TRANSFER_FILES = (
+    "node_from_function.py",
+    "function_in_node_config.py",
+    "project_defined_node.py",
+    "project_node_from_local_module.py",
+    "cyclic_workflow.py",
+    "secret_in_node_config.py",
+    "library_nodes_csv_http.py",
+    "library_node_the_server_has_not_loaded.py",
+    "runnable_pipeline.py",
+    "one_transferable_one_not.py",
+)
+
+# file -> words its not_transferable reason must contain (node id first)
+NOT_TRANSFERABLE = {
+    "node_from_function.py": ("score_lead_node", "function"),
+    "function_in_node_config.py": ("doubler", "function"),
+    "project_defined_node.py": ("discount", "DiscountNode"),
+    "project_node_from_local_module.py": ("tax", "TaxNode", "custom_nodes"),
+    "cyclic_workflow.py": ("evaluate", "improve", "cycle"),
+    "secret_in_node_config.py": ("call_crm", "api_key"),
+}
+
+
+def runs(path: Path) -> list[int]:
+    marker = Path(f"{path}.ran")
+    return [int(x) for x in marker.read_text().split()] if marker.exists() else []
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("transfer")
+    (base / "workflows").mkdir()
+    for name in TRANSFER_FILES:
+        shutil.copyfile(FIXTURES / name, base / "workflows" / name)
+    shutil.copyfile(FIXTURES / "custom_nodes.py", base / "custom_nodes.py")
+    return base
+
+
+@pytest.fixture(scope="module")
+def report(tree):
+    return SmartDiscovery(tree, timeout=5, cache=False).run()
+
+
+@pytest.mark.parametrize("name", sorted(NOT_TRANSFERABLE))
+def test_what_cannot_travel_is_not_transferable_naming_the_node(report, name):
+    entry = report.file(f"workflows/{name}")
+    assert entry.status == "not_transferable", entry.reason
+    for word in NOT_TRANSFERABLE[name]:
+        assert word in entry.reason, (word, entry.reason)
+    assert "register" in entry.reason.lower()  # tells the user what to do instead
+    assert entry.workflows == []
+    assert not any(n.startswith(Path(name).stem) for n in report.workflows)
+
+
+def test_project_node_classes_are_never_imported_in_the_parent(report, tree):
+    assert "custom_nodes" not in sys.modules
+    assert "project_defined_node" not in sys.modules
+    pids = runs(tree / "custom_nodes.py")
+    assert pids and os.getpid() not in pids  # it ran, but only in a worker
+    from kailash.nodes.base import NodeRegistry
+
+    assert "TaxNode" not in NodeRegistry._nodes
+    assert "DiscountNode" not in NodeRegistry._nodes
+
+
+def test_library_nodes_travel_and_come_back_as_workflows(report):
+    entry = report.file("workflows/library_nodes_csv_http.py")
+    assert entry.status == "registered", entry.reason
+    workflow = report.workflows["library_nodes_csv_http"]
+    assert isinstance(workflow, Workflow)
+    assert {nid: n.node_type for nid, n in workflow.nodes.items()} == {
+        "read_customers": "CSVReaderNode",
+        "notify": "HTTPRequestNode",
+    }
+    assert workflow.nodes["read_customers"].config["file_path"] == "customers.csv"
+    assert workflow.nodes["notify"].config["url"] == "https://hooks.example.invalid/x"
+
+
+def test_library_node_module_is_imported_in_the_parent_on_demand(report):
+    entry = report.file("workflows/library_node_the_server_has_not_loaded.py")
+    assert entry.status == "registered", entry.reason
+    workflow = report.workflows["library_node_the_server_has_not_loaded"]
+    assert workflow.nodes["check_code"].node_type == "CodeValidationNode"
+    from kailash.nodes.base import NodeRegistry
+
+    assert NodeRegistry._nodes["CodeValidationNode"].__module__.startswith("kailash.nodes.")
+
+
+def test_round_tripped_workflow_executes(report):
+    workflow = report.workflows["runnable_pipeline"]
+    assert isinstance(workflow, Workflow)
+    with LocalRuntime() as runtime:
+        results, _run_id = runtime.execute(workflow)
+    assert results["total"]["result"] == {"sum": 12, "count": 3}
+
+
+def test_one_bad_workflow_does_not_block_the_good_one_in_the_same_file(report):
+    entry = report.file("workflows/one_transferable_one_not.py")
+    assert entry.status == "registered"
+    assert entry.workflows == ["one_transferable_one_not.plain"]
+    assert "with_function" in entry.reason and "shout" in entry.reason
+
+
+# --- transfer.encode / decode directly, on workflows built here ---------------------------
+
+
+def _pipeline() -> Workflow:
+    builder = WorkflowBuilder()
+    builder.add_node("PythonCodeNode", "a", {"code": "result = {'n': 2}"})
+    builder.add_node("PythonCodeNode", "b", {"code": "result = {'m': n * 10}"})
+    builder.add_connection("a", "result.n", "b", "n")
+    return builder.build()
+
+
+def test_encode_is_plain_json_and_decode_rebuilds_the_same_graph(tmp_path):
+    import json
+
+    original = _pipeline()
+    encoded = transfer.encode(original, str(tmp_path), set())
+    assert encoded.problems == ()
+    data = json.loads(json.dumps(encoded.data))  # survives a JSON trip unchanged
+    rebuilt = transfer.decode(data, encoded.node_modules, tmp_path)
+    assert set(rebuilt.nodes) == {"a", "b"}
+    assert sorted(rebuilt.graph.edges(data=True), key=repr) == sorted(
+        original.graph.edges(data=True), key=repr
+    )
+
+
+def test_encode_refuses_a_cycle_built_in_process(tmp_path):
+    workflow = _pipeline()
+    workflow.create_cycle("loop").connect("b", "a", {"result": "input"}).max_iterations(3).build()
+    encoded = transfer.encode(workflow, str(tmp_path), set())
+    assert encoded.data is None
+    assert any("cycle" in p and "b" in p and "a" in p for p in encoded.problems)
+
+
+@pytest.mark.parametrize("key", ["api_key", "password", "token"])
+def test_encode_refuses_a_redacted_secret(tmp_path, key):
+    builder = WorkflowBuilder()
+    builder.add_node("PythonCodeNode", "svc", {"code": "result = {}", key: "hunter2"})
+    encoded = transfer.encode(builder.build(), str(tmp_path), set())
+    assert encoded.data is None
+    assert any("svc" in p and key in p for p in encoded.problems)
+
+
+def test_decode_never_imports_a_project_module(tmp_path, monkeypatch):
+    """Even with the project on sys.path, a node module inside it is not imported."""
+    shutil.copyfile(FIXTURES / "custom_nodes.py", tmp_path / "custom_nodes.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = {
+        "name": "taxes",
+        "nodes": {"tax": {"node_id": "tax", "node_type": "TaxNode", "config": {}}},
+        "connections": [],
+    }
+    with pytest.raises(ValueError, match="TaxNode"):
+        transfer.decode(data, {"TaxNode": "custom_nodes"}, tmp_path)
+    assert runs(tmp_path / "custom_nodes.py") == []
+    assert "custom_nodes" not in sys.modules
+
+
+def test_decode_never_imports_a_module_outside_installed_libraries(tmp_path, monkeypatch):
+    """A module outside the project but not an installed library is refused too."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copyfile(FIXTURES / "custom_nodes.py", elsewhere / "custom_nodes.py")
+    monkeypatch.syspath_prepend(str(elsewhere))
+    project = tmp_path / "project"
+    project.mkdir()
+    data = {"nodes": {"tax": {"node_id": "tax", "node_type": "TaxNode", "config": {}}}}
+    with pytest.raises(ValueError, match="TaxNode"):
+        transfer.decode(data, {"TaxNode": "custom_nodes"}, project)
+    assert runs(elsewhere / "custom_nodes.py") == []
