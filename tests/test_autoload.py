@@ -1,0 +1,278 @@
+"""Entry-point autoload, in fresh interpreters (the .pth hook runs at start-up).
+
+No mocks: third-party plugins are real distributions made in tmp_path (a
+``*.dist-info`` directory with METADATA and entry_points.txt, next to their
+modules) and put on the subprocess's PYTHONPATH, so ``importlib-metadata``
+finds them the way it finds any installed package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BUILTIN_PLUGINS = ["auth", "monitoring", "rate_limit"]
+OURS = "dataflow_compatible"
+BROKEN = {
+    "broken_at_import": "ndp_broken_mod:Plugin",
+    "not_a_plugin": "ndp_good_mod:not_a_plugin",
+    "raises_in_init": "ndp_good_mod:ExplodingPlugin",
+}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NEXUS_") and k not in {"PYTHONPATH", "PYTHONSTARTUP"}
+    }
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, cwd: Path, env: dict[str, str], timeout: float = 90) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter; it prints one JSON object as its last line."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,  # Nexus loads *_plugin.py files from the working directory: keep it empty
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def make_distribution(site: Path, name: str, entry_points: dict[str, str]) -> None:
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    lines = "".join(f"{ep} = {target}\n" for ep, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[nexus.plugins]\n{lines}")
+
+
+@pytest.fixture
+def third_party(tmp_path: Path) -> tuple[Path, Path]:
+    """Two site directories with third-party Nexus plugins, good and broken.
+
+    ``ndp-omega`` (in ``a``) declares ``omega_plugin`` and ``broken_at_import``;
+    ``ndp-alpha`` (in ``b``) declares ``alpha_plugin``, ``not_a_plugin`` and
+    ``raises_in_init``. The names sort differently from the distributions and
+    from the path order, so the load order shows what decides it.
+    """
+    a, b = tmp_path / "site_a", tmp_path / "site_b"
+    a.mkdir()
+    b.mkdir()
+    (a / "ndp_broken_mod.py").write_text(
+        "raise RuntimeError('ndp_broken_mod is broken on purpose')\n"
+    )
+    (b / "ndp_good_mod.py").write_text(
+        textwrap.dedent(
+            """
+            from nexus.plugins import NexusPlugin
+
+            ORDER = []  # names, in the order the loader instantiated them
+
+
+            class _Recording(NexusPlugin):
+                plugin_name = ""
+
+                def __init__(self):
+                    ORDER.append(self.plugin_name)
+
+                @property
+                def name(self):
+                    return self.plugin_name
+
+                @property
+                def description(self):
+                    return "test plugin " + self.plugin_name
+
+                def apply(self, nexus_instance):
+                    nexus_instance.applied_by_test_plugin = self.plugin_name
+
+
+            class AlphaPlugin(_Recording):
+                plugin_name = "alpha_plugin"
+
+
+            class OmegaPlugin(_Recording):
+                plugin_name = "omega_plugin"
+
+
+            class ExplodingPlugin(_Recording):
+                def __init__(self):
+                    raise RuntimeError("cannot construct ExplodingPlugin")
+
+
+            def not_a_plugin():
+                return "just a function"
+            """
+        )
+    )
+    make_distribution(
+        a,
+        "ndp-omega",
+        {
+            "omega_plugin": "ndp_good_mod:OmegaPlugin",
+            "broken_at_import": BROKEN["broken_at_import"],
+        },
+    )
+    make_distribution(
+        b,
+        "ndp-alpha",
+        {
+            "alpha_plugin": "ndp_good_mod:AlphaPlugin",
+            "not_a_plugin": BROKEN["not_a_plugin"],
+            "raises_in_init": BROKEN["raises_in_init"],
+        },
+    )
+    return a, b
+
+
+REGISTRY_PROBE = """
+    import json, logging, sys
+
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append([record.name, record.levelname, record.getMessage()])
+
+    logging.getLogger().addHandler(Collect())
+    logging.getLogger().setLevel(logging.INFO)
+
+    from nexus import Nexus
+    from nexus.plugins import get_plugin_registry
+
+    registry_list = get_plugin_registry().list()
+    import ndp_good_mod
+
+    app = Nexus(enable_durability=False)
+    app.use_plugin("alpha_plugin")
+    app.use_plugin("dataflow_compatible")
+    print(json.dumps({
+        "registry": registry_list,
+        "order": ndp_good_mod.ORDER,
+        "alpha_applied": getattr(app, "applied_by_test_plugin", None),
+        "ours_installed": getattr(app, "_dataflow_compatible_plugin", None) is not None,
+        "records": records,
+    }))
+"""
+
+
+@pytest.mark.parametrize("path_order", ["a:b", "b:a"])
+def test_plugins_load_in_name_order_and_broken_ones_are_skipped(
+    tmp_path: Path, third_party: tuple[Path, Path], path_order: str
+) -> None:
+    a, b = third_party
+    sites = {"a": str(a), "b": str(b)}
+    pythonpath = os.pathsep.join(sites[key] for key in path_order.split(":"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    out = run_python(REGISTRY_PROBE, cwd, clean_env(PYTHONPATH=pythonpath))
+
+    # Deterministic: sorted by entry-point name, whatever the path or distribution order.
+    assert out["registry"] == BUILTIN_PLUGINS + ["alpha_plugin", OURS, "omega_plugin"]
+    assert out["order"] == ["alpha_plugin", "omega_plugin"]
+
+    # Nexus still works, with the good third-party plugin and ours.
+    assert out["alpha_applied"] == "alpha_plugin"
+    assert out["ours_installed"] is True
+
+    # Each broken plugin is logged with its name and target, then skipped.
+    warnings = [msg for name, level, msg in out["records"] if level == "WARNING"]
+    for name, target in BROKEN.items():
+        (message,) = [m for m in warnings if f"Skipped Nexus plugin {name!r}" in m]
+        assert f"({target})" in message and "'nexus.plugins'" in message
+    broken = [m for m in warnings if "'broken_at_import'" in m][0]
+    assert "RuntimeError: ndp_broken_mod is broken on purpose" in broken
+    exploding = [m for m in warnings if "'raises_in_init'" in m][0]
+    assert "cannot construct ExplodingPlugin" in exploding
+    assert "NexusPlugin" in [m for m in warnings if "'not_a_plugin'" in m][0]
+
+
+def test_disabled_autoload_leaves_nexus_alone(tmp_path: Path) -> None:
+    code = """
+        import json, sys
+        from nexus import Nexus
+
+        app = Nexus(enable_durability=False)
+        try:
+            app.use_plugin("dataflow_compatible")
+            error = None
+        except ValueError as exc:
+            error = str(exc)
+        print(json.dumps({
+            "error": error,
+            "ours": sorted(m for m in sys.modules if m.startswith("nexus_dataflow_plugin")),
+            "discovery_wrapped": hasattr(
+                Nexus._auto_discover_workflows, "__nexus_dataflow_patched__"
+            ),
+        }))
+    """
+    out = run_python(code, tmp_path, clean_env(NEXUS_DISABLE_PLUGIN_AUTOLOAD="1"))
+    assert out["error"] == "Plugin 'dataflow_compatible' not found"
+    assert out["ours"] == []  # the .pth line stopped before importing anything of ours
+    assert out["discovery_wrapped"] is False
+
+
+def test_process_that_never_imports_nexus_pays_nothing(tmp_path: Path) -> None:
+    code = """
+        import json, sys
+        import decimal, email.message, sqlite3  # ordinary work, no nexus
+        from nexus_dataflow_plugin._startup import _Finder
+
+        print(json.dumps({
+            "loaded": sorted(
+                m for m in sys.modules
+                if m.split(".")[0] in {"nexus", "nexus_dataflow_plugin", "importlib_metadata",
+                                       "kailash", "dataflow"}
+            ),
+            "finder_armed": any(isinstance(f, _Finder) for f in sys.meta_path),
+        }))
+    """
+    out = run_python(code, tmp_path, clean_env())
+    # Only the tiny start-up hook is loaded (which proves the .pth ran); no autoload,
+    # no entry-point scan (importlib_metadata), no Nexus.
+    assert out["loaded"] == ["nexus_dataflow_plugin", "nexus_dataflow_plugin._startup"]
+    assert out["finder_armed"] is True
+
+
+def test_importing_nexus_installs_the_autoload_once(tmp_path: Path) -> None:
+    code = """
+        import json, sys
+        before = "nexus_dataflow_plugin.autoload" in sys.modules
+        import nexus.core  # a submodule first: the package import still triggers the hook
+        from nexus_dataflow_plugin._startup import _Finder
+        import nexus.plugins
+
+        print(json.dumps({
+            "before": before,
+            "after": "nexus_dataflow_plugin.autoload" in sys.modules,
+            "registry_wrapped": hasattr(
+                nexus.plugins.get_plugin_registry, "__nexus_dataflow_patched__"
+            ),
+            "discovery_wrapped": hasattr(
+                nexus.core.Nexus._auto_discover_workflows, "__nexus_dataflow_patched__"
+            ),
+            "finder_left": any(isinstance(f, _Finder) for f in sys.meta_path),
+        }))
+    """
+    out = run_python(code, tmp_path, clean_env())
+    assert out == {
+        "before": False,
+        "after": True,
+        "registry_wrapped": True,
+        "discovery_wrapped": True,
+        "finder_left": False,  # removes itself after firing
+    }

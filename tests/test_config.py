@@ -1,0 +1,295 @@
+"""Settings: arguments > environment > pyproject ``[tool.nexus]`` > defaults.
+
+Every option is checked at every level with real files and environments:
+``load_settings(base, overrides, environ)`` reads ``base/pyproject.toml``.
+Invalid values and broken pyproject files are ``ConfigError``s that name the
+setting (as spelled in its source) and the source. The last test shows such an
+error stops a real server's start-up before discovery runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from nexus_dataflow_plugin import DataFlowCompatiblePlugin
+from nexus_dataflow_plugin.config import (
+    ConfigError,
+    Settings,
+    env_var,
+    load_settings,
+    pyproject_key,
+)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # keyword argument / Settings field
+    env: str  # environment variable
+    key: str  # [tool.nexus] key
+    argument: Any
+    environment: str
+    toml: str  # TOML literal
+    from_argument: Any
+    from_environment: Any
+    from_pyproject: Any
+    default: Any
+
+
+OPTIONS = [
+    Option(
+        "enabled", "NEXUS_DATAFLOW_COMPATIBLE", "dataflow_compatible",
+        True, "0", "true", True, False, True, False,
+    ),
+    Option(
+        "timeout", "NEXUS_DATAFLOW_TIMEOUT", "dataflow_timeout",
+        1.5, "2.5", "3.5", 1.5, 2.5, 3.5, 10.0,
+    ),
+    Option(
+        "workers", "NEXUS_DATAFLOW_WORKERS", "dataflow_workers",
+        2, "3", "4", 2, 3, 4, None,
+    ),
+    Option(
+        "exclude", "NEXUS_DATAFLOW_EXCLUDE", "dataflow_exclude",
+        ["a/*.py"], "b/*.py, c_workflow.py", '["d.py"]',
+        ("a/*.py",), ("b/*.py", "c_workflow.py"), ("d.py",), (),
+    ),
+    Option(
+        "max_file_bytes", "NEXUS_DATAFLOW_MAX_FILE_BYTES", "dataflow_max_file_bytes",
+        1000, "2000", "3000", 1000, 2000, 3000, 5 * 1024 * 1024,
+    ),
+    Option(
+        "memory_limit_mb", "NEXUS_DATAFLOW_MEMORY_LIMIT_MB", "dataflow_memory_limit_mb",
+        100, "200", "300", 100, 200, 300, 4096,
+    ),
+    Option(
+        "cpu_limit_s", "NEXUS_DATAFLOW_CPU_LIMIT_S", "dataflow_cpu_limit_s",
+        5, "6", "7", 5, 6, 7, 60,
+    ),
+    Option(
+        "cache", "NEXUS_DATAFLOW_CACHE", "dataflow_cache",
+        False, "yes", "false", False, True, False, True,
+    ),
+]  # fmt: skip
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def write_pyproject(base: Path, body: str) -> Path:
+    path = base / "pyproject.toml"
+    path.write_text('[project]\nname = "app"\nversion = "1"\n\n[tool.nexus]\n' + body)
+    return path
+
+
+def test_every_option_is_covered_and_named_three_ways() -> None:
+    assert {o.name for o in OPTIONS} == {
+        "enabled", "timeout", "workers", "exclude",
+        "max_file_bytes", "memory_limit_mb", "cpu_limit_s", "cache",
+    }  # fmt: skip
+    assert set(Settings.__dataclass_fields__) == set(BY_NAME)
+    for option in OPTIONS:
+        assert env_var(option.name) == option.env
+        assert pyproject_key(option.name) == option.key
+        assert getattr(Settings(), option.name) == option.default
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.name)
+def test_precedence(tmp_path: Path, option: Option) -> None:
+    name = option.name
+    write_pyproject(tmp_path, f"{option.key} = {option.toml}\n")
+    environ = {option.env: option.environment}
+    everything = load_settings(tmp_path, {name: option.argument}, environ)
+    assert getattr(everything, name) == option.from_argument
+    assert getattr(load_settings(tmp_path, {}, environ), name) == option.from_environment
+    assert getattr(load_settings(tmp_path, {}, {}), name) == option.from_pyproject
+    # an argument of None means "not given": the next level decides
+    assert getattr(load_settings(tmp_path, {name: None}, {}), name) == option.from_pyproject
+    assert getattr(load_settings(tmp_path / "nowhere", {}, {}), name) == option.default
+    # only the option itself changes
+    for other in OPTIONS:
+        if other.name != name:
+            assert getattr(everything, other.name) == other.default
+
+
+def test_all_levels_at_once(tmp_path: Path) -> None:
+    """Each option resolved from its own level in one call."""
+    write_pyproject(tmp_path, "dataflow_compatible = true\ndataflow_workers = 4\n")
+    settings = load_settings(
+        tmp_path,
+        {"timeout": 1.5},
+        {"NEXUS_DATAFLOW_WORKERS": "3", "NEXUS_DATAFLOW_EXCLUDE": "x.py"},
+    )
+    assert settings == Settings(enabled=True, timeout=1.5, workers=3, exclude=("x.py",))
+    options = settings.discovery_options()
+    assert "enabled" not in options  # the switch is not a discovery option
+    assert options == {o.name: getattr(settings, o.name) for o in OPTIONS if o.name != "enabled"}
+
+
+def test_process_environment_is_the_default_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_pyproject(tmp_path, "dataflow_timeout = 3.5\n")
+    monkeypatch.setenv("NEXUS_DATAFLOW_TIMEOUT", "2.5")
+    monkeypatch.setenv("NEXUS_DATAFLOW_COMPATIBLE", "yes")
+    settings = load_settings(tmp_path)
+    assert settings.timeout == 2.5 and settings.enabled is True
+
+
+def test_plugin_arguments_win_over_environment_and_pyproject(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_pyproject(tmp_path, "dataflow_timeout = 3.5\ndataflow_workers = 4\n")
+    monkeypatch.setenv("NEXUS_DATAFLOW_TIMEOUT", "2.5")
+    monkeypatch.setenv("NEXUS_DATAFLOW_WORKERS", "3")
+    plugin = DataFlowCompatiblePlugin(timeout=1.5)
+    settings = load_settings(tmp_path, plugin.options)
+    assert (settings.timeout, settings.workers) == (1.5, 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(t, True) for t in ("1", "true", "TRUE", "yes", "on", " On ")]
+    + [(f, False) for f in ("0", "false", "no", "off", "")],
+)
+def test_switch_spellings(text: str, expected: bool) -> None:
+    settings = load_settings(Path("/nonexistent"), {}, {"NEXUS_DATAFLOW_COMPATIBLE": text})
+    assert settings.enabled is expected
+
+
+@pytest.mark.parametrize("text", ["0", "none", "None", ""])
+def test_zero_or_none_means_no_limit(text: str) -> None:
+    environ = {"NEXUS_DATAFLOW_MEMORY_LIMIT_MB": text, "NEXUS_DATAFLOW_CPU_LIMIT_S": text}
+    settings = load_settings(Path("/nonexistent"), {}, environ)
+    assert settings.memory_limit_mb is None and settings.cpu_limit_s is None
+
+
+INVALID = [
+    ("enabled", "maybe", '"maybe"'),
+    ("enabled", "2", "2"),
+    ("timeout", "soon", '"soon"'),
+    ("timeout", "0", "0"),
+    ("timeout", "-1", "-1.0"),
+    ("timeout", "inf", "inf"),
+    ("timeout", "nan", "nan"),
+    ("workers", "lots", '"lots"'),
+    ("workers", "-2", "-2"),
+    ("workers", "1.5", "true"),
+    ("exclude", None, "5"),
+    ("exclude", None, '["ok.py", 1]'),
+    ("max_file_bytes", "0", "0"),
+    ("max_file_bytes", "big", "-1"),
+    ("memory_limit_mb", "-5", "-5"),
+    ("cpu_limit_s", "x", '"x"'),
+    ("cache", "sometimes", "1.5"),
+]
+
+
+@pytest.mark.parametrize(("name", "env_value", "toml"), INVALID)
+def test_invalid_value_names_setting_and_source(
+    tmp_path: Path, name: str, env_value: str | None, toml: str
+) -> None:
+    option = BY_NAME[name]
+    path = write_pyproject(tmp_path, f"{option.key} = {toml}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(tmp_path, {}, {})
+    message = str(raised.value)
+    assert option.key in message and str(path) in message and "[tool.nexus]" in message
+
+    if env_value is not None:
+        with pytest.raises(ConfigError) as raised:
+            load_settings(tmp_path / "nowhere", {}, {option.env: env_value})
+        message = str(raised.value)
+        assert option.env in message and "environment" in message and repr(env_value) in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("timeout", 0), ("timeout", "soon"), ("workers", 0.5), ("workers", True), ("exclude", 7)],
+)
+def test_invalid_argument_names_setting_and_source(name: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(Path("/nonexistent"), {name: value}, {})
+    message = str(raised.value)
+    assert f"{name} = {value!r}" in message and "from argument" in message
+
+
+def test_unknown_argument() -> None:
+    with pytest.raises(ConfigError, match="Unknown option.*timout"):
+        load_settings(Path("/nonexistent"), {"timout": 3}, {})
+
+
+def test_an_argument_beats_an_invalid_lower_level(tmp_path: Path) -> None:
+    """Only the value actually used is validated; a lower level it overrides is not read."""
+    write_pyproject(tmp_path, 'dataflow_timeout = "soon"\n')
+    settings = load_settings(tmp_path, {"timeout": 2}, {"NEXUS_DATAFLOW_TIMEOUT": "later"})
+    assert settings.timeout == 2.0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[tool.nexus\ndataflow_compatible = true\n",
+        "[tool.nexus]\ndataflow_compatible = true\ndataflow_compatible = false\n",
+        "[tool.nexus]\ndataflow_timeout = \n",
+        pytest.param(
+            b"\xff\xfe[\x00t\x00o\x00o\x00l\x00]\x00\n\x00",  # saved as UTF-16 by an editor
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=UnicodeDecodeError,
+                reason="BUG: config.read_pyproject catches OSError and TOMLDecodeError but not "
+                "UnicodeDecodeError, so a pyproject.toml that is not UTF-8 escapes as a raw "
+                "UnicodeDecodeError instead of a ConfigError naming the file",
+            ),
+        ),
+    ],
+    ids=["unclosed-table", "duplicate-key", "missing-value", "not-utf8"],
+)
+def test_broken_pyproject_is_a_clear_error(tmp_path: Path, content: str | bytes) -> None:
+    path = tmp_path / "pyproject.toml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(tmp_path, {}, {"NEXUS_DATAFLOW_COMPATIBLE": "1"})
+    assert f"Cannot read {path}" in str(raised.value)
+
+
+def test_pyproject_without_nexus_table_gives_defaults(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n[tool.other]\na = 1\n')
+    assert load_settings(tmp_path, {}, {}) == Settings()
+
+
+def _load_harness() -> ModuleType:
+    name = "project_shop_harness"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent / "fixtures/project_shop/harness/launch.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_invalid_pyproject_value_stops_server_start_up(tmp_path: Path) -> None:
+    """A real app with the pyproject flag: start() fails naming the setting, before discovery."""
+    harness = _load_harness()
+    project = harness.copy_project(tmp_path / "shop")
+    path = write_pyproject(project, 'dataflow_compatible = true\ndataflow_timeout = "soon"\n')
+    app = harness.AppProcess(
+        project, tmp_path / "run", {"way": "pyproject", "serve": False}, harness.clean_env()
+    )
+    with app:
+        with pytest.raises(AssertionError, match="app failed") as raised:
+            app.wait_result(timeout=120)
+    message = str(raised.value)
+    assert "ConfigError" in message
+    assert f"dataflow_timeout = 'soon' (from {path} [tool.nexus])" in message
+    assert harness.ran(project / "workflows/greet.py") == []  # discovery never started
+    assert harness.ran(project / "pricing_workflow.py") == []
