@@ -1,0 +1,222 @@
+"""Stage 2, isolated workers: one scan over a tree of hostile files (hangs, exits,
+a segfault, floods of output) next to good ones. Each hostile file gets the
+status it deserves, the scan carries on, every good file is still discovered,
+and nothing ran in the test process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nexus_dataflow_plugin import SmartDiscovery
+
+FIXTURES = Path(__file__).parent / "fixtures" / "engine"
+TIMEOUT = 2
+
+LAYOUT = {
+    "workflows/hang_at_import.py": "hang_at_import.py",
+    "workflows/hang_ignoring_alarm.py": "hang_ignoring_alarm.py",
+    "workflows/hang_after_spawning_grandchild.py": "hang_after_spawning_grandchild.py",
+    "workflows/hanging_factory.py": "hanging_factory.py",
+    "workflows/calls_os_exit.py": "calls_os_exit.py",
+    "workflows/calls_sys_exit_zero.py": "calls_sys_exit_zero.py",
+    "workflows/raises_system_exit.py": "raises_system_exit.py",
+    "workflows/segfaults_via_ctypes.py": "segfaults_via_ctypes.py",
+    "workflows/factory_raises_keyboard_interrupt.py": "factory_raises_keyboard_interrupt.py",
+    "workflows/prints_massive_noise.py": "prints_massive_noise.py",
+    "workflows/reads_stdin_at_import.py": "reads_stdin_at_import.py",
+    "workflows/slow_a.py": "slow_import_within_timeout.py",
+    "workflows/slow_b.py": "slow_import_within_timeout.py",
+    # Good files before, between and after the hostile ones, in several patterns.
+    "aa_good_workflow.py": "good_pipeline.py",
+    "workflows/good_pipeline.py": "good_pipeline.py",
+    "workflows/zz_good_last.py": "good_pipeline.py",
+    "src/workflows/good_in_src.py": "good_pipeline.py",
+}
+
+EXPECTED_STATUS = {
+    "workflows/hang_at_import.py": "timeout",
+    "workflows/hang_ignoring_alarm.py": "timeout",
+    "workflows/hang_after_spawning_grandchild.py": "timeout",
+    "workflows/hanging_factory.py": "timeout",
+    "workflows/calls_os_exit.py": "crashed",
+    "workflows/segfaults_via_ctypes.py": "crashed",
+    "workflows/calls_sys_exit_zero.py": "error",
+    "workflows/raises_system_exit.py": "error",
+    "workflows/factory_raises_keyboard_interrupt.py": "registered",
+    "workflows/prints_massive_noise.py": "registered",
+    "workflows/reads_stdin_at_import.py": "registered",
+    "workflows/slow_a.py": "registered",
+    "workflows/slow_b.py": "registered",
+    "aa_good_workflow.py": "registered",
+    "workflows/good_pipeline.py": "registered",
+    "workflows/zz_good_last.py": "registered",
+    "src/workflows/good_in_src.py": "registered",
+}
+
+
+def runs(path: Path) -> list[int]:
+    marker = Path(f"{path}.ran")
+    return [int(x) for x in marker.read_text().split()] if marker.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _children_of_this_process() -> list[int]:
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as handle:
+            return [int(p) for p in handle.read().split() if _alive(int(p))]
+    except OSError:
+        return []
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    base = tmp_path_factory.mktemp("hostile")
+    for dest, src in LAYOUT.items():
+        (base / dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(FIXTURES / src, base / dest)
+    started = time.monotonic()
+    report = SmartDiscovery(base, timeout=TIMEOUT, cache=False).run()
+    elapsed = time.monotonic() - started
+    return base, report, elapsed
+
+
+def test_every_file_gets_the_status_it_deserves(scan):
+    _, report, _ = scan
+    assert {e.path: e.status for e in report.files} == EXPECTED_STATUS
+
+
+def test_every_good_file_is_still_discovered(scan):
+    _, report, _ = scan
+    for name in ("aa_good_workflow", "good_pipeline", "zz_good_last", "good_in_src",
+                 "prints_massive_noise", "reads_stdin_at_import", "slow_a", "slow_b",
+                 "factory_raises_keyboard_interrupt"):
+        assert name in report.workflows, sorted(report.workflows)
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "workflows/hang_at_import.py",
+        "workflows/hang_ignoring_alarm.py",
+        "workflows/hang_after_spawning_grandchild.py",
+        "workflows/hanging_factory.py",
+    ],
+)
+def test_hangs_time_out_after_the_per_file_timeout(scan, rel):
+    _, report, _ = scan
+    entry = report.file(rel)
+    assert f"{TIMEOUT}s" in entry.reason
+    assert 0.5 * TIMEOUT <= entry.duration_s <= TIMEOUT + 3
+
+
+def test_hang_reason_points_at_the_line_when_it_can(scan):
+    _, report, _ = scan
+    assert "line 10" in report.file("workflows/hang_at_import.py").reason
+    assert "line 14" in report.file("workflows/hanging_factory.py").reason
+
+
+def test_each_file_has_its_own_timeout(scan):
+    """Two 0.9 s files next to each other both fit a 2 s timeout."""
+    _, report, _ = scan
+    for rel in ("workflows/slow_a.py", "workflows/slow_b.py"):
+        entry = report.file(rel)
+        assert entry.status == "registered"
+        assert entry.duration_s >= 0.8
+
+
+def test_os_exit_is_crashed_with_the_exit_status(scan):
+    _, report, _ = scan
+    assert "7" in report.file("workflows/calls_os_exit.py").reason
+
+
+def test_segfault_is_crashed_naming_the_signal(scan):
+    _, report, _ = scan
+    assert "SIGSEGV" in report.file("workflows/segfaults_via_ctypes.py").reason
+
+
+@pytest.mark.parametrize(
+    "rel, detail",
+    [
+        ("workflows/calls_sys_exit_zero.py", "SystemExit"),
+        ("workflows/raises_system_exit.py", "configuration missing, bailing out"),
+    ],
+)
+def test_system_exit_is_caught_in_the_worker_as_error(scan, rel, detail):
+    _, report, _ = scan
+    entry = report.file(rel)
+    assert detail in entry.reason
+    assert "line" in entry.reason
+
+
+def test_base_exception_in_a_factory_is_reported_and_the_rest_kept(scan):
+    _, report, _ = scan
+    entry = report.file("workflows/factory_raises_keyboard_interrupt.py")
+    assert entry.workflows == ["factory_raises_keyboard_interrupt"]
+    assert "make_interrupted" in entry.reason and "KeyboardInterrupt" in entry.reason
+
+
+def test_massive_output_neither_blocks_nor_forges_results(scan):
+    _, report, _ = scan
+    entry = report.file("workflows/prints_massive_noise.py")
+    assert entry.workflows == ["prints_massive_noise"]
+    assert entry.duration_s < TIMEOUT
+    assert "prints_massive_noise.forged" not in report.workflows
+    assert not any("forged" in name for name in report.workflows)
+
+
+def test_stdin_is_empty_not_inherited(scan):
+    _, report, _ = scan
+    workflow = report.workflows["reads_stdin_at_import"]
+    assert workflow.nodes["echo"].config["code"] == "result = {'stdin_bytes': 0}"
+
+
+def test_nothing_ran_in_the_test_process(scan):
+    base, _, _ = scan
+    for rel in LAYOUT:
+        pids = runs(base / rel)
+        assert os.getpid() not in pids, rel
+    module_names = {Path(rel).stem for rel in LAYOUT}
+    assert module_names.isdisjoint(sys.modules)
+
+
+def test_each_file_ran_exactly_once(scan):
+    base, _, _ = scan
+    counts = {rel: len(runs(base / rel)) for rel in LAYOUT}
+    assert counts == {rel: 1 for rel in LAYOUT}
+
+
+def test_a_killed_files_subprocesses_are_killed_too(scan):
+    base, _, _ = scan
+    marker = base / "workflows" / "hang_after_spawning_grandchild.py.grandchild"
+    grandchild = int(marker.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+
+
+def test_no_worker_outlives_the_scan(scan):
+    assert _children_of_this_process() == []
+
+
+def test_timeouts_run_in_parallel_with_the_rest(scan):
+    """Four hangs of 2 s each on two workers: the scan is not the sum of everything."""
+    _, _, elapsed = scan
+    assert elapsed < 4 * TIMEOUT + 8
