@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -46,7 +47,7 @@ harness = _load_harness()
 WAYS = ("use_plugin", "add_plugin", "env", "pyproject")
 PLUGIN_WAYS = ("use_plugin", "add_plugin")
 DEPENDENT = "workflows/new_arrival.py"
-ADD_PLUGIN_TIMEOUT_S = 3.0
+ADD_PLUGIN_TIMEOUT_S = 5.0
 
 
 def configure(way: str, project: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -76,18 +77,43 @@ def configure(way: str, project: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return config, env
 
 
-def run_shop(tmp_path: Path, way: str) -> tuple[dict[str, Any], Path]:
-    extras = {"scratch_workflow.py": "scratch_workflow.py"}
-    if way == "add_plugin":
-        extras["slow_import.py"] = "workflows/slow_import.py"
-    project = harness.copy_project(tmp_path / "shop", extras=extras)
-    config, env = configure(way, project)
-    app = harness.AppProcess(project, tmp_path / "run", config, harness.clean_env(**env))
-    with app:
-        result = app.wait_result(timeout=120)
-        assert app.stop() == 0, app.stderr_tail()
-    assert result["pid"] == app.pid
-    return result, project
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """All four ways, started side by side (they are independent processes).
+
+    way -> (result, project), or the AssertionError that run ended with.
+    """
+    apps: dict[str, Any] = {}
+    outcomes: dict[str, Any] = {}
+    try:
+        for way in WAYS:
+            tmp = tmp_path_factory.mktemp(way)
+            extras = {"scratch_workflow.py": "scratch_workflow.py"}
+            if way == "add_plugin":
+                extras["slow_import.py"] = "workflows/slow_import.py"
+            project = harness.copy_project(tmp / "shop", extras=extras)
+            config, env = configure(way, project)
+            app = harness.AppProcess(project, tmp / "run", config, harness.clean_env(**env))
+            apps[way] = (app.start(), project)
+        for way, (app, project) in apps.items():
+            try:
+                result = app.wait_result(timeout=180)
+                assert app.stop() == 0, app.stderr_tail()
+                assert result["pid"] == app.pid
+                outcomes[way] = (result, project)
+            except AssertionError as exc:
+                outcomes[way] = exc
+        yield outcomes
+    finally:
+        for app, _ in apps.values():
+            app.stop()
+
+
+def run_of(runs: dict[str, Any], way: str) -> tuple[dict[str, Any], Path]:
+    outcome = runs[way]
+    if isinstance(outcome, AssertionError):
+        raise outcome
+    return outcome
 
 
 def statuses(report: dict[str, Any]) -> dict[str, str]:
@@ -100,8 +126,8 @@ def entry(report: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("way", WAYS)
-def test_smart_discovery_in_the_server_process(tmp_path: Path, way: str) -> None:
-    result, project = run_shop(tmp_path, way)
+def test_smart_discovery_in_the_server_process(runs: dict[str, Any], way: str) -> None:
+    result, project = run_of(runs, way)
     pid = result["pid"]
     report = result["report"]
     assert report is not None, "no discovery report: smart discovery did not run"
