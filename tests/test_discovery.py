@@ -253,6 +253,10 @@ def test_discover_workflows_is_a_drop_in_returning_the_same_workflows(
     assert runs(base / "workflows" / "models_from_dataflow_import.py") == []
 
 
+def test_default_timeout_is_ten_seconds_per_file(tmp_path):
+    assert SmartDiscovery(tmp_path).timeout == 10
+
+
 def test_invalid_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="timeout"):
         SmartDiscovery(tmp_path, timeout=0)

@@ -22,6 +22,7 @@ TIMEOUT = 2
 LAYOUT = {
     "workflows/hang_at_import.py": "hang_at_import.py",
     "workflows/hang_ignoring_alarm.py": "hang_ignoring_alarm.py",
+    "workflows/hang_in_c_code.py": "hang_in_c_code.py",
     "workflows/hang_after_spawning_grandchild.py": "hang_after_spawning_grandchild.py",
     "workflows/hanging_factory.py": "hanging_factory.py",
     "workflows/calls_os_exit.py": "calls_os_exit.py",
@@ -33,6 +34,7 @@ LAYOUT = {
     "workflows/reads_stdin_at_import.py": "reads_stdin_at_import.py",
     "workflows/slow_a.py": "slow_import_within_timeout.py",
     "workflows/slow_b.py": "slow_import_within_timeout.py",
+    "workflows/reads_config_relative_to_cwd.py": "reads_config_relative_to_cwd.py",
     # Good files before, between and after the hostile ones, in several patterns.
     "aa_good_workflow.py": "good_pipeline.py",
     "workflows/good_pipeline.py": "good_pipeline.py",
@@ -43,6 +45,7 @@ LAYOUT = {
 EXPECTED_STATUS = {
     "workflows/hang_at_import.py": "timeout",
     "workflows/hang_ignoring_alarm.py": "timeout",
+    "workflows/hang_in_c_code.py": "timeout",
     "workflows/hang_after_spawning_grandchild.py": "timeout",
     "workflows/hanging_factory.py": "timeout",
     "workflows/calls_os_exit.py": "crashed",
@@ -54,6 +57,7 @@ EXPECTED_STATUS = {
     "workflows/reads_stdin_at_import.py": "registered",
     "workflows/slow_a.py": "registered",
     "workflows/slow_b.py": "registered",
+    "workflows/reads_config_relative_to_cwd.py": "registered",
     "aa_good_workflow.py": "registered",
     "workflows/good_pipeline.py": "registered",
     "workflows/zz_good_last.py": "registered",
@@ -91,6 +95,7 @@ def scan(tmp_path_factory):
     for dest, src in LAYOUT.items():
         (base / dest).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(FIXTURES / src, base / dest)
+    (base / "settings.json").write_text('{"region": "eu-west"}')
     started = time.monotonic()
     report = SmartDiscovery(base, timeout=TIMEOUT, cache=False).run()
     elapsed = time.monotonic() - started
@@ -115,6 +120,7 @@ def test_every_good_file_is_still_discovered(scan):
     [
         "workflows/hang_at_import.py",
         "workflows/hang_ignoring_alarm.py",
+        "workflows/hang_in_c_code.py",
         "workflows/hang_after_spawning_grandchild.py",
         "workflows/hanging_factory.py",
     ],
@@ -187,6 +193,12 @@ def test_stdin_is_empty_not_inherited(scan):
     assert workflow.nodes["echo"].config["code"] == "result = {'stdin_bytes': 0}"
 
 
+def test_worker_cwd_is_the_base_path(scan):
+    _, report, _ = scan
+    workflow = report.workflows["reads_config_relative_to_cwd"]
+    assert workflow.nodes["configured"].config["code"] == "result = {'region': 'eu-west'}"
+
+
 def test_nothing_ran_in_the_test_process(scan):
     base, _, _ = scan
     for rel in LAYOUT:
@@ -217,6 +229,26 @@ def test_no_worker_outlives_the_scan(scan):
 
 
 def test_timeouts_run_in_parallel_with_the_rest(scan):
-    """Four hangs of 2 s each on two workers: the scan is not the sum of everything."""
+    """Five hangs of 2 s each on two workers: the scan is not the sum of everything."""
     _, _, elapsed = scan
-    assert elapsed < 4 * TIMEOUT + 8
+    assert elapsed < 5 * TIMEOUT + 8
+
+
+# --- CPU accounting across files ---------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    reason="BUG: after a file uses >= 1 s of CPU (or a child's total crosses a whole second), "
+    "_limit_cpu raises RLIMIT_CPU's hard limit, which an unprivileged process may not do "
+    "(ValueError); the next file in the same child is reported 'crashed' (exit 70) unrun",
+    strict=True,
+)
+def test_a_cpu_heavy_file_does_not_crash_the_next_file(tmp_path):
+    (tmp_path / "workflows").mkdir()
+    shutil.copyfile(FIXTURES / "cpu_heavy_import.py", tmp_path / "workflows" / "aa_cpu_heavy.py")
+    for i in range(7):
+        shutil.copyfile(FIXTURES / "good_pipeline.py", tmp_path / "workflows" / f"good_{i}.py")
+    report = SmartDiscovery(tmp_path, timeout=5, workers=1, cache=False).run()
+    assert {e.status for e in report.files} == {"registered"}, [
+        (e.path, e.status, e.reason) for e in report.files if e.status != "registered"
+    ]
