@@ -74,6 +74,7 @@ def probe(
 ) -> Probed:
     """Collect workflows and builders (built) and call the allowed factories once."""
     probed = Probed()
+    called: dict[int, Any] = {}  # function id -> its result: an alias is not a second call
     for name, obj in list(namespace.items()):  # a snapshot: factories may mutate globals
         if name.startswith("_") or name in SKIP_NAMES:
             continue
@@ -81,7 +82,9 @@ def probe(
             if isinstance(obj, (Workflow, WorkflowBuilder)):
                 value = obj
             elif _factory(name, obj, path, factories):
-                value = obj()
+                if id(obj) not in called:
+                    called[id(obj)] = obj()
+                value = called[id(obj)]
                 if not isinstance(value, (Workflow, WorkflowBuilder)):
                     continue
             else:

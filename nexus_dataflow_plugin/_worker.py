@@ -24,6 +24,7 @@ import resource
 import select
 import signal
 import sys
+import time
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -59,26 +60,31 @@ def _children() -> list[int]:
         return []
 
 
-def _kill_leftovers(pgid: int) -> None:
-    """Kill the finished child's process group and any orphan re-parented to us, then reap."""
+def _kill_leftovers(pgid: int, patience_s: float = 5.0) -> None:
+    """Kill the finished child's group and every orphan re-parented to us, then reap.
+
+    Repeated until nothing is left, because killing an orphan re-parents its own
+    children to us in turn.
+    """
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    for pid in _children():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    deadline = time.monotonic() + patience_s
     while True:
+        for pid in _children():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
         except ChildProcessError:
             return
-        if pid == 0:
-            if not _children():
-                return
-            select.select([], [], [], 0.01)
+        if not _children() or time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
 
 
 def _probe(module: types.ModuleType, task: dict[str, Any]) -> dict[str, Any]:
@@ -132,12 +138,19 @@ def _run_file(task: dict[str, Any], inner_timeout: float) -> dict[str, Any]:
 
 
 def _limit_cpu(seconds: int | None) -> None:
-    """Give the next file ``seconds`` of CPU on top of what the batch already used."""
+    """Give the next file ``seconds`` of CPU on top of what the batch already used.
+
+    Only the soft limit moves (SIGXCPU when reached); raising the hard limit
+    needs privileges a worker may not have.
+    """
     if not seconds:
         return
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cap = int(usage.ru_utime + usage.ru_stime) + int(seconds)
-    resource.setrlimit(resource.RLIMIT_CPU, (cap, cap + 1))
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (cap, hard))
 
 
 def _child(batch: dict[str, Any], init: dict[str, Any], progress_fd: int) -> None:

@@ -59,7 +59,7 @@ def load_entry_points(group: str = ENTRY_POINT_GROUP) -> list[LoadedPlugin]:
             target = point.load()
             plugin = target() if isinstance(target, type) else target
             loaded.append(LoadedPlugin(point.name, point.value, dist, plugin=plugin))
-        except Exception as exc:  # noqa: BLE001 - a third party's bug must not break Nexus
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a third party's bug, not ours
             error = f"{type(exc).__name__}: {exc}"
             loaded.append(LoadedPlugin(point.name, point.value, dist, error=error))
     return loaded
@@ -75,7 +75,7 @@ def register_entry_points(registry: Any) -> list[str]:
                 registry.register(item.plugin)
                 names.append(item.plugin.name)
                 continue
-            except Exception as exc:  # noqa: BLE001 - same: log and skip
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - same: log and skip
                 error = f"{type(exc).__name__}: {exc}"
         message = MSG_BROKEN.format(
             name=item.name, value=item.value, group=ENTRY_POINT_GROUP, error=error

@@ -127,12 +127,30 @@ def read_pyproject(base: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(MSG_PYPROJECT.format(path=path, problem=exc)) from exc
     table: Any = data
     for key in PYPROJECT_TABLE:
         table = table.get(key, {}) if isinstance(table, dict) else {}
     return table if isinstance(table, dict) else {}
+
+
+def _parse(option: str, raw: Any, key: str, source: str) -> Any:
+    try:
+        return OPTIONS[option][1](raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            MSG_INVALID.format(key=key, value=raw, source=source, problem=exc)
+        ) from exc
+
+
+def check_arguments(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate constructor arguments alone (None means "not given"); return them parsed."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(given) - set(OPTIONS)
+    if unknown:
+        raise ConfigError(f"Unknown option(s): {', '.join(sorted(unknown))}")
+    return {k: _parse(k, v, k, "argument") for k, v in given.items()}
 
 
 def load_settings(
@@ -141,27 +159,17 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Resolve every option by precedence; raise ``ConfigError`` on a bad value."""
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = set(overrides) - set(OPTIONS)
-    if unknown:
-        raise ConfigError(f"Unknown option(s): {', '.join(sorted(unknown))}")
+    values = check_arguments(overrides or {})
     environ = os.environ if environ is None else environ
     table = read_pyproject(base)
-    values: dict[str, Any] = {}
-    for option, (_, parse) in OPTIONS.items():
-        if option in overrides:
-            raw, key, source = overrides[option], option, "argument"
-        elif env_var(option) in environ:
-            raw, key, source = environ[env_var(option)], env_var(option), "environment"
-        elif pyproject_key(option) in table:
-            raw, key = table[pyproject_key(option)], pyproject_key(option)
-            source = f"{base / 'pyproject.toml'} [tool.nexus]"
-        else:
+    for option in OPTIONS:
+        if option in values:
             continue
-        try:
-            values[option] = parse(raw)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(
-                MSG_INVALID.format(key=key, value=raw, source=source, problem=exc)
-            ) from exc
+        if env_var(option) in environ:
+            values[option] = _parse(option, environ[env_var(option)], env_var(option),
+                                    "environment")
+        elif pyproject_key(option) in table:
+            source = f"{base / 'pyproject.toml'} [tool.nexus]"
+            values[option] = _parse(option, table[pyproject_key(option)],
+                                    pyproject_key(option), source)
     return Settings(**values)

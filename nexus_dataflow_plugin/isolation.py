@@ -338,21 +338,26 @@ class WorkerPool:
         elif kind == proto.DONE and event.get("batch") == batch.id:
             worker.batch = None
             worker.child_pid = None
+            # Results published without progress (a candidate closed or reused the
+            # descriptor) still count: the result files are what matter.
+            published: list[Outcome] = []
+            while batch.current and os.path.exists(
+                proto.result_path(self.directory, batch.current.id)
+            ):
+                published.append(self._result(batch.current, now - worker.file_started_at))
+                batch.index += 1
             current = batch.current
             if current is None:
-                return []
+                return published
             pending.extendleft(reversed(batch.tasks[batch.index + 1 :]))
-            if os.path.exists(proto.result_path(self.directory, current.id)):
-                # The result was published but the progress pipe was lost (a candidate
-                # closed or reused its descriptor): the result file is what counts.
-                return [self._result(current, now - worker.file_started_at)]
             detail = f"exited with status {event.get('exit')} before reporting"
             if event.get("signal"):
                 number = int(event["signal"])
                 detail = f"killed by {_signal_name(number)}"
                 if number == signal.SIGXCPU:
                     detail = "hit the CPU limit (SIGXCPU)"
-            return [self._failed(current, OUTCOME_CRASHED, detail, now - worker.file_started_at)]
+            crashed = self._failed(current, OUTCOME_CRASHED, detail, now - worker.file_started_at)
+            return [*published, crashed]
         return []
 
     def _result(self, task: Task, duration: float) -> Outcome:

@@ -24,7 +24,7 @@ from nexus.plugins import NexusPlugin
 
 from . import report as r
 from ._probe import probe
-from .config import Settings, load_settings
+from .config import Settings, check_arguments, load_settings
 from .discovery import SmartDiscovery, workflow_name
 from .isolation import WorkerPool
 from .screen import analyze
@@ -139,8 +139,9 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             "memory_limit_mb": memory_limit_mb,
             "cpu_limit_s": cpu_limit_s,
         }
-        # Validate now: a bad argument is an error at construction, naming the setting.
-        load_settings(Path.cwd(), self.options)
+        # A bad argument is an error here; the environment and pyproject.toml are read
+        # (and their errors raised) when the plugin installs and when discovery runs.
+        check_arguments(self.options)
         self.report: r.DiscoveryReport | None = None
         self._last_app: weakref.ReferenceType[Any] | None = None
         self._pool: tuple[Path, Settings, WorkerPool] | None = None

@@ -82,6 +82,13 @@ def _is_main_guard(test: ast.expr) -> bool:
     return bool(names and consts)
 
 
+def _callable_without_arguments(func: ast.FunctionDef | ast.Lambda) -> bool:
+    """Every parameter has a default: ``func()`` is a valid call."""
+    args = func.args
+    positional = len(args.posonlyargs) + len(args.args)
+    return positional <= len(args.defaults) and all(d is not None for d in args.kw_defaults)
+
+
 def _returns_value(func: ast.FunctionDef) -> bool:
     """True when the function's own body has ``return <value>`` and no ``yield``.
 
@@ -144,11 +151,16 @@ def _factories(tree: ast.Module) -> tuple[str, ...]:
     excluded = _main_guard_calls(tree.body)
     names: list[str] = []
     for stmt in _module_level(tree.body):
-        if isinstance(stmt, ast.FunctionDef) and _returns_value(stmt):
+        if (
+            isinstance(stmt, ast.FunctionDef)
+            and _callable_without_arguments(stmt)
+            and _returns_value(stmt)
+        ):
             names.append(stmt.name)
         elif (
             isinstance(stmt, ast.Assign)
             and isinstance(stmt.value, ast.Lambda)
+            and _callable_without_arguments(stmt.value)
             and len(stmt.targets) == 1
             and isinstance(stmt.targets[0], ast.Name)
         ):

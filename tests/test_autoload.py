@@ -278,12 +278,6 @@ def test_importing_nexus_installs_the_autoload_once(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: autoload.load_entry_points catches Exception only, so a third-party plugin "
-    "module that raises SystemExit at import (sys.exit in module code) ends the Nexus "
-    "process inside use_plugin()/get_plugin_registry() instead of being logged and skipped",
-)
 def test_plugin_that_exits_at_import_is_skipped(tmp_path: Path) -> None:
     site, cwd = tmp_path / "site", tmp_path / "cwd"
     site.mkdir()

@@ -238,13 +238,6 @@ def test_an_argument_beats_an_invalid_lower_level(tmp_path: Path) -> None:
         "[tool.nexus]\ndataflow_timeout = \n",
         pytest.param(
             b"\xff\xfe[\x00t\x00o\x00o\x00l\x00]\x00\n\x00",  # saved as UTF-16 by an editor
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=UnicodeDecodeError,
-                reason="BUG: config.read_pyproject catches OSError and TOMLDecodeError but not "
-                "UnicodeDecodeError, so a pyproject.toml that is not UTF-8 escapes as a raw "
-                "UnicodeDecodeError instead of a ConfigError naming the file",
-            ),
         ),
     ],
     ids=["unclosed-table", "duplicate-key", "missing-value", "not-utf8"],
@@ -295,14 +288,6 @@ def test_invalid_pyproject_value_stops_server_start_up(tmp_path: Path) -> None:
     assert harness.ran(project / "pricing_workflow.py") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the entry-point loader constructs DataFlowCompatiblePlugin() when Nexus "
-    "creates its plugin registry, the constructor validates environment/pyproject settings, "
-    "and the loader logs the ConfigError and skips the plugin; the user then gets "
-    "\"Plugin 'dataflow_compatible' not found\" from use_plugin(), which does not name the "
-    "invalid setting",
-)
 def test_invalid_environment_value_with_use_plugin_names_the_setting(tmp_path: Path) -> None:
     harness = _load_harness()
     project = harness.copy_project(tmp_path / "shop")

@@ -156,11 +156,6 @@ def test_only_real_factories_are_called_each_once_in_a_worker(report, tree):
         assert runs(path, f".{name}.called") == [], f"{name} must not be called"
 
 
-@pytest.mark.xfail(
-    reason="BUG: a factory bound to two names (`orders = make_orders`) is called twice; "
-    "issue 2 says each factory is called once",
-    strict=True,
-)
 def test_a_factory_with_an_alias_is_called_once(report, tree):
     assert len(runs(tree / "workflows" / "factory_with_alias.py", ".make_orders.called")) == 1
 
@@ -193,12 +188,6 @@ def test_imported_callables_are_never_called(report, tree):
     assert runs(tree / "helper_with_marker.py", ".build_helper_workflow.called") == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: functions that need arguments are called anyway; a helpers-only module in "
-    "workflows/ is reported as error ('normalise_email() raised TypeError') instead of "
-    "no_workflows",
-    strict=True,
-)
 def test_helper_functions_with_parameters_are_not_failing_factories(report):
     entry = report.file("workflows/helpers.py")
     assert entry.status == "no_workflows", entry.reason

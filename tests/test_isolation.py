@@ -237,12 +237,6 @@ def test_timeouts_run_in_parallel_with_the_rest(scan):
 # --- CPU accounting across files ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG: after a file uses >= 1 s of CPU (or a child's total crosses a whole second), "
-    "_limit_cpu raises RLIMIT_CPU's hard limit, which an unprivileged process may not do "
-    "(ValueError); the next file in the same child is reported 'crashed' (exit 70) unrun",
-    strict=True,
-)
 def test_a_cpu_heavy_file_does_not_crash_the_next_file(tmp_path):
     (tmp_path / "workflows").mkdir()
     shutil.copyfile(FIXTURES / "cpu_heavy_import.py", tmp_path / "workflows" / "aa_cpu_heavy.py")
