@@ -194,3 +194,59 @@ def test_decode_never_imports_a_module_outside_installed_libraries(tmp_path, mon
     with pytest.raises(ValueError, match="TaxNode"):
         transfer.decode(data, {"TaxNode": "custom_nodes"}, project)
     assert runs(elsewhere / "custom_nodes.py") == []
+
+
+# --- the app's virtualenv inside the project directory ----------------------------------------
+
+
+def _project_with_venv(root: Path, venv_inside: bool) -> tuple[Path, Path]:
+    """A project using a node library pip-installed in a virtualenv, inside or next to it."""
+    project = root / "project"
+    (project / "workflows").mkdir(parents=True)
+    shutil.copyfile(
+        FIXTURES / "uses_installed_node_library.py",
+        project / "workflows" / "uses_installed_node_library.py",
+    )
+    venv = (project if venv_inside else root) / ".venv"
+    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    shutil.copytree(FIXTURES / "installed_node_library", site)
+    return project, site
+
+
+@pytest.mark.xfail(
+    reason="BUG: with the virtualenv inside the project (`.venv/`, the uv/poetry/venv default), "
+    "installed libraries count as project code: their node classes are refused as 'defined in "
+    "the project (.venv/lib/.../site-packages/...)' and the import graph crawls site-packages",
+    strict=True,
+)
+def test_library_installed_in_an_in_project_venv_is_a_library(tmp_path, monkeypatch):
+    project, site = _project_with_venv(tmp_path, venv_inside=True)
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        report = SmartDiscovery(project, timeout=5, workers=1, cache=False).run()
+    finally:
+        sys.modules.pop("acme_nodes", None)
+    entry = report.file("workflows/uses_installed_node_library.py")
+    assert entry.status == "registered", entry.reason
+    assert report.workflows["uses_installed_node_library"].nodes["greet"].node_type == (
+        "AcmeGreetNode"
+    )
+
+
+def test_control_library_installed_in_a_venv_next_to_the_project_is_a_library(
+    tmp_path, monkeypatch
+):
+    """Same project, same library, virtualenv outside the project: the workflow travels."""
+    project, site = _project_with_venv(tmp_path, venv_inside=False)
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        report = SmartDiscovery(project, timeout=5, workers=1, cache=False).run()
+    finally:
+        sys.modules.pop("acme_nodes", None)
+    entry = report.file("workflows/uses_installed_node_library.py")
+    assert entry.status == "registered", entry.reason
+    workflow = report.workflows["uses_installed_node_library"]
+    assert workflow.nodes["greet"].node_type == "AcmeGreetNode"
+    with LocalRuntime() as runtime:
+        results, _ = runtime.execute(workflow)
+    assert results["greet"]["greeting"] == "hello nexus"
