@@ -388,3 +388,20 @@ def test_control_model_fixtures_are_genuine_and_markers_work(tmp_path):
         assert cls in found[str(path)], (name, found[str(path)])
         pids = runs(path)
         assert len(pids) == 1 and pids[0] != os.getpid()
+
+
+def test_screen_alone_handles_a_thousand_files_quickly_without_workers(tmp_path):
+    """The static stages on 1,000 candidates: seconds at most, and nothing spawned."""
+    source = (FIXTURES / "names_generic_and_specific.py").read_bytes()
+    (tmp_path / "workflows").mkdir()
+    for i in range(1000):
+        (tmp_path / "workflows" / f"flow_{i:04}.py").write_bytes(source)
+    place(tmp_path, {"workflows/models.py": "models_from_dataflow_import.py"})
+    cpu_before = _child_cpu_seconds()
+    started = time.monotonic()
+    decided = SmartDiscovery(tmp_path, cache=False).screen()
+    elapsed = time.monotonic() - started
+    assert [(e.path, e.status) for e in decided] == [("workflows/models.py", "skipped_model")]
+    assert elapsed < 10
+    assert _child_cpu_seconds() - cpu_before < 0.05
+    assert not any(tmp_path.rglob("*.ran"))
