@@ -157,7 +157,7 @@ def test_refused_files_are_errors_in_the_report_and_never_run(tmp_path):
     (base / "workflows" / "dangling.py").symlink_to(tmp_path / "gone.py")
     started = time.monotonic()
     report = SmartDiscovery(base, timeout=2, cache=False).run()
-    assert time.monotonic() - started < 0.5  # decided without a worker
+    assert time.monotonic() - started < 1.0  # decided without a worker
     assert {e.path: e.status for e in report.files} == {
         "workflows/linked.py": "error",
         "workflows/dangling.py": "error",

@@ -206,7 +206,7 @@ def test_broken_files_are_errors_without_spawning_a_worker(tmp_path):
     assert "line 3" in report.file("workflows/latin1_without_coding_cookie.py").reason
     assert "NUL" in report.file("workflows/contains_nul_bytes.py").reason
     # A worker has to import Kailash (well over a second); none was started and reaped.
-    assert elapsed < 0.5
+    assert elapsed < 1.0
     assert _child_cpu_seconds() - cpu_before < 0.05
     assert report.workflows == {}
 
