@@ -333,6 +333,27 @@ def test_module_level_lambdas_and_conditionally_defined_functions_are_factories(
     ) == ("make_a", "make_c", "make_d")
 
 
+def test_only_functions_callable_without_arguments_are_factories():
+    assert _factories(
+        """
+        def needs_one(data):
+            return data
+
+        def keyword_only(*, region):
+            return region
+
+        def all_defaults(region="eu", *, retries=3):
+            return region
+
+        def variadic(*args, **kwargs):
+            return args
+
+        make_lambda = lambda: 1
+        scale = lambda value: value * 2
+        """
+    ) == ("all_defaults", "variadic", "make_lambda")
+
+
 def test_imported_names_are_never_factories():
     assert _factories(
         """
