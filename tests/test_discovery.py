@@ -230,16 +230,26 @@ def test_candidate_modules_are_not_left_in_this_process(report):
 # --- the drop-in function and the constructor ------------------------------------------------
 
 
-def test_discover_workflows_is_a_drop_in_returning_the_same_workflows(
-    report, tmp_path, monkeypatch
+def test_discover_workflows_is_a_drop_in_returning_workflows_by_native_name(
+    tmp_path, monkeypatch
 ):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    base = build_tree(tmp_path / "project")
+    base = tmp_path / "project"
+    (base / "workflows").mkdir(parents=True)
+    for dest, src in {
+        "workflows/names_generic_and_specific.py": "names_generic_and_specific.py",
+        "workflows/billing.py": "generic_name_builder.py",
+        "workflows/models_from_dataflow_import.py": "models_from_dataflow_import.py",
+    }.items():
+        shutil.copyfile(FIXTURES / src, base / dest)
     found = discover_workflows(str(base))
     assert isinstance(found, dict)
-    assert set(found) == EXPECTED_NAMES
+    assert set(found) == {name for name in EXPECTED_NAMES if name.startswith("names_")} | {
+        "billing"
+    }
     assert all(isinstance(w, Workflow) for w in found.values())
     assert runs(base / "workflows" / "models_from_dataflow_import.py") == []
+    assert runs(base / "workflows" / "billing.py")[0] != os.getpid()
 
 
 def test_default_timeout_is_ten_seconds_per_file(tmp_path):
