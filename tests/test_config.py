@@ -288,6 +288,25 @@ def test_invalid_pyproject_value_stops_server_start_up(tmp_path: Path) -> None:
     assert harness.ran(project / "pricing_workflow.py") == []
 
 
+def test_environment_errors_surface_at_install_not_construction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The entry-point loader constructs the plugin with no arguments; a bad environment
+    value must not make it vanish from the registry, but fail where the user installs it."""
+    from nexus import Nexus
+
+    monkeypatch.setenv("NEXUS_DATAFLOW_WORKERS", "lots")
+    plugin = DataFlowCompatiblePlugin()  # no error yet: nothing of the environment is used
+    app = Nexus(enable_durability=False)  # auto_discovery off: nothing is discovered here
+    try:
+        with pytest.raises(
+            ConfigError, match=r"NEXUS_DATAFLOW_WORKERS = 'lots' \(from environment\)"
+        ):
+            app.add_plugin(plugin)
+    finally:
+        app.close()
+
+
 def test_invalid_environment_value_with_use_plugin_names_the_setting(tmp_path: Path) -> None:
     harness = _load_harness()
     project = harness.copy_project(tmp_path / "shop")
