@@ -5,8 +5,10 @@ never run anywhere and candidates never run in the calling process.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -225,6 +227,36 @@ def test_model_files_and_their_dependents_never_run_anywhere(report, tree):
 def test_candidate_modules_are_not_left_in_this_process(report):
     stems = {Path(rel).stem for rel in LAYOUT}
     assert stems.isdisjoint(sys.modules)
+
+
+_FRESH_SCAN = r"""
+import json, os, sys
+from nexus_dataflow_plugin import SmartDiscovery
+report = SmartDiscovery(sys.argv[1], timeout=5, cache=False).run()
+print(json.dumps({
+    "pid": os.getpid(),
+    "dataflow_loaded": sorted(m for m in sys.modules if m.split(".")[0] == "dataflow"),
+    "statuses": {e.path: e.status for e in report.files},
+}))
+"""
+
+
+def test_a_fresh_server_process_never_even_imports_dataflow(tmp_path):
+    """Scanning a project full of DataFlow model files leaves the calling process without
+    the `dataflow` package loaded at all, and every candidate ran in another process."""
+    base = tmp_path / "project"
+    shutil.copytree(IMPORT_TREE, base)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH_SCAN, str(base)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["dataflow_loaded"] == []
+    assert "skipped_dependent" in result["statuses"].values()
+    ran = [pid for marker in base.rglob("*.ran") for pid in map(int, marker.read_text().split())]
+    assert ran and result["pid"] not in ran
 
 
 # --- the drop-in function and the constructor ------------------------------------------------
