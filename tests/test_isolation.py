@@ -80,13 +80,23 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _children_of_this_process() -> list[int]:
+def _workers_of_this_process() -> list[int]:
+    """Live child processes of the test process that run the discovery worker."""
     me = os.getpid()
     try:
         with open(f"/proc/{me}/task/{me}/children") as handle:
-            return [int(p) for p in handle.read().split() if _alive(int(p))]
+            children = [int(p) for p in handle.read().split()]
     except OSError:
         return []
+    workers = []
+    for pid in children:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"nexus_dataflow_plugin._worker" in cmdline and _alive(pid):
+            workers.append(pid)
+    return workers
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +233,7 @@ def test_a_killed_files_subprocesses_are_killed_too(scan):
 
 
 def test_no_worker_outlives_the_scan(scan):
-    assert _children_of_this_process() == []
+    assert _workers_of_this_process() == []
 
 
 # --- CPU accounting across files ---------------------------------------------------------
