@@ -1,6 +1,7 @@
 """What stock Nexus discovery does to a DataFlow app, and that the plugin does not.
 
-(a) The shop project with stock discovery (no plugin, autoload off): the model
+(a) The shop project with stock discovery (no plugin; our package installed but
+    not enabled, so its autoload hook is present and must change nothing): the model
     file executes in the server process during ``start()`` (twice in all: the
     app's import, then discovery's), and the second execution creates a second
     DataFlow instance whose generated nodes replace the app's in Kailash's
@@ -50,7 +51,7 @@ def _load_harness() -> ModuleType:
 
 harness = _load_harness()
 
-STOCK_ENV = {"NEXUS_DISABLE_PLUGIN_AUTOLOAD": "1"}  # nothing of ours touches Nexus
+STOCK_ENV = {"NEXUS_DISABLE_PLUGIN_AUTOLOAD": "1"}  # nothing of ours touches Nexus at all
 HANG_OBSERVATION_S = 15.0
 
 
@@ -72,7 +73,7 @@ def test_stock_discovery_reruns_models_and_rebinds_nodes(tmp_path: Path) -> None
         stock_project,
         tmp_path / "stock" / "run",
         {"way": "stock", "serve": True},
-        harness.clean_env(**STOCK_ENV),
+        harness.clean_env(),  # installed, not enabled: discovery must stay Nexus's own
     )
     plugin = harness.AppProcess(
         plugin_project,
@@ -86,6 +87,8 @@ def test_stock_discovery_reruns_models_and_rebinds_nodes(tmp_path: Path) -> None
 
         # -- stock Nexus ------------------------------------------------------------
         pid = before["pid"]
+        assert "nexus_dataflow_plugin.autoload" in before["modules_after_nexus_import"]
+        assert before["report"] is None  # smart discovery did not run; native did
         # The model file ran in the server process twice: the app's import, then
         # discovery's (during start(): the app had imported it before start()).
         assert harness.ran(stock_project / "workflows/catalog.py") == [pid, pid]
