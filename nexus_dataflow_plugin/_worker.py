@@ -1,8 +1,8 @@
 """The worker process: imports candidate files so the server never has to.
 
 Runs as ``python -m nexus_dataflow_plugin._worker TASK_FD EVENT_FD``. It may
-import only the standard library, Kailash, ``_protocol``, ``_probe`` and
-``transfer`` (which themselves import only those): never Nexus, DataFlow or this package's
+import only the standard library, Kailash, ``_protocol``, ``_probe``, ``_paths``
+and ``transfer`` (which themselves import only those): never Nexus, DataFlow or this package's
 server-side modules: a candidate must find the process as a bare Kailash
 program would, plus the node libraries the server has (imported on first use).
 
@@ -241,17 +241,30 @@ def _supervise(pid: int, progress_fd: int, task_fd: int, event_fd: int) -> dict[
             os.close(pidfd)
 
 
-def _lines(fd: int) -> Iterator[bytes]:
-    """JSON lines from the task pipe until the parent closes it."""
+def _lines(fd: int, idle_imports: list[str]) -> Iterator[bytes]:
+    """JSON lines from the task pipe until the parent closes it.
+
+    While no task is waiting, import the next module of ``idle_imports``: the
+    node libraries the server has, so later children inherit them for free.
+    """
     buffer = b""
     while True:
         while b"\n" not in buffer:
+            while idle_imports and not select.select([fd], [], [], 0)[0]:
+                _import_quietly(idle_imports.pop(0))
             chunk = os.read(fd, 65536)
             if not chunk:
                 return
             buffer += chunk
         line, buffer = buffer.split(b"\n", 1)
         yield line
+
+
+def _import_quietly(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - Kailash's own error surfaces when the node is used
+        pass
 
 
 def _lazy_node_library(node_modules: dict[str, str]) -> None:
@@ -268,10 +281,7 @@ def _lazy_node_library(node_modules: dict[str, str]) -> None:
     def get(cls: Any, node_name: str) -> Any:
         module = node_modules.get(node_name)
         if node_name not in cls._nodes and module:
-            try:
-                importlib.import_module(module)
-            except Exception:  # noqa: BLE001 - fall through to Kailash's own error
-                pass
+            _import_quietly(module)
         return original(cls, node_name)
 
     NodeRegistry.get = classmethod(get)  # type: ignore[method-assign]
@@ -281,16 +291,21 @@ def main(argv: list[str]) -> int:
     task_fd, event_fd = int(argv[0]), int(argv[1])
     _become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    lines = _lines(task_fd)
+    idle_imports: list[str] = []
+    lines = _lines(task_fd, idle_imports)
     init = proto.decode(next(lines))
     sys.path[:] = init["sys_path"]
     os.chdir(init["base"])
     _lazy_node_library(init["node_modules"])
+    idle_imports.extend(dict.fromkeys(init["node_modules"].values()))
     gc.collect()
     gc.freeze()  # forked children then share these pages instead of copying them
     proto.write_all(event_fd, proto.encode({"event": proto.READY, "pid": os.getpid()}))
     for line in lines:
         batch = proto.decode(line)
+        for module in batch.get("preload", []):
+            _import_quietly(module)  # once here, inherited by every later child
+        gc.freeze()  # what idle and batch imports added, too
         progress_r, progress_w = os.pipe()
         pid = os.fork()
         if pid == 0:

@@ -24,7 +24,7 @@ from .screen import Facts, ImportRef, ModelUse, analyze
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def default_cache_dir() -> Path:
@@ -48,6 +48,7 @@ def facts_to_json(facts: Facts) -> dict[str, Any]:
             for u in facts.external_model_uses
         ],
         "factories": list(facts.factories),
+        "nodes": list(facts.node_types),
     }
 
 
@@ -60,6 +61,7 @@ def facts_from_json(data: dict[str, Any]) -> Facts:
             ModelUse(str(n), str(c), int(line), _ref(src)) for n, c, line, src in data["uses"]
         ),
         factories=tuple(str(f) for f in data["factories"]),
+        node_types=tuple(str(n) for n in data["nodes"]),
     )
 
 
@@ -119,6 +121,18 @@ class ScreenCache:
         self._entries[key] = {"stat": stamp, "facts": facts_to_json(facts)}
         self._dirty = True
         return facts
+
+    def duration(self, path: Path | None) -> float | None:
+        """How long importing ``path`` took in the last scan that imported it."""
+        entry = self._entries.get(str(path))
+        value = entry.get("duration") if isinstance(entry, dict) else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def record_duration(self, path: Path | None, seconds: float) -> None:
+        entry = self._entries.get(str(path))
+        if isinstance(entry, dict):
+            entry["duration"] = round(seconds, 4)
+            self._dirty = True
 
     def save(self) -> None:
         """Publish the cache atomically; failing to write it is logged, never raised."""

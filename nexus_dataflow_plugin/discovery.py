@@ -19,6 +19,7 @@ from typing import Any
 from kailash.workflow import Workflow
 
 from . import report as r
+from ._paths import in_project
 from .cache import ScreenCache
 from .finder import DEFAULT_MAX_FILE_BYTES, Candidate, Found, find_candidates, resolve_base
 from .imports import ImportGraph
@@ -55,14 +56,14 @@ class _Loaded:
     failures: list[str]
 
 
-def _decode_result(result: dict[str, Any], base: Path) -> _Loaded:
+def _decode_result(result: dict[str, Any]) -> _Loaded:
     loaded = _Loaded({}, [], [str(f) for f in result.get("failures", [])])
     for entry in result.get("workflows", []):
         attr = str(entry.get("attr"))
         problems = [str(p) for p in entry.get("problems", [])]
         if not problems and isinstance(entry.get("data"), dict):
             try:
-                loaded.workflows[attr] = decode(entry["data"], entry.get("node_modules", {}), base)
+                loaded.workflows[attr] = decode(entry["data"], entry.get("node_modules", {}))
                 continue
             except Exception as exc:  # noqa: BLE001 - any rebuild failure is reported
                 problems = [f"{type(exc).__name__}: {exc}"]
@@ -122,7 +123,9 @@ class SmartDiscovery:
         (skipped_model, skipped_dependent, error). No worker is started."""
         found = self._find()
         entries: dict[str, r.FileResult] = {}
-        self._screen(found.candidates, entries)
+        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
+        self._screen(found.candidates, entries, cache)
+        cache.save()
         return [entries[c.rel] for c in found.candidates if c.rel in entries]
 
     def run(self) -> r.DiscoveryReport:
@@ -131,9 +134,13 @@ class SmartDiscovery:
         found = self._find()
         entries: dict[str, r.FileResult] = {}
         loaded: dict[str, _Loaded] = {}
-        tasks = self._screen(found.candidates, entries)
-        if tasks:
-            self._isolate(tasks, entries, loaded)
+        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
+        tasks = self._screen(found.candidates, entries, cache)
+        try:
+            if tasks:
+                self._isolate(tasks, entries, loaded, cache)
+        finally:
+            cache.save()
         report = r.DiscoveryReport(base_path=str(self.base))
         report.files = [entries[c.rel] for c in found.candidates]
         self._name(found.order, loaded, entries, report)
@@ -143,10 +150,12 @@ class SmartDiscovery:
     # -- stages ----------------------------------------------------------------
 
     def _screen(
-        self, candidates: Sequence[Candidate], entries: dict[str, r.FileResult]
+        self,
+        candidates: Sequence[Candidate],
+        entries: dict[str, r.FileResult],
+        cache: ScreenCache,
     ) -> dict[int, tuple[Candidate, Facts]]:
         """Static screen and import graph: decide which files may be imported at all."""
-        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
         graph = ImportGraph(self._roots(), cache.facts)
         tasks: dict[int, tuple[Candidate, Facts]] = {}
         for candidate in candidates:
@@ -178,7 +187,6 @@ class SmartDiscovery:
                 entries[candidate.rel] = entry
             else:
                 tasks[len(tasks)] = (candidate, facts)
-        cache.save()
         return tasks
 
     def _isolate(
@@ -186,12 +194,19 @@ class SmartDiscovery:
         tasks: dict[int, tuple[Candidate, Facts]],
         entries: dict[str, r.FileResult],
         loaded: dict[str, _Loaded],
+        cache: ScreenCache,
     ) -> None:
-        """Import the remaining candidates in workers and turn outcomes into entries."""
-        jobs = [
-            Task(tid, str(c.path), Path(c.rel).stem, facts.factories)
-            for tid, (c, facts) in tasks.items()
-        ]
+        """Import the remaining candidates in workers and turn outcomes into entries.
+
+        Files that were slow last time go first, so they do not finish last.
+        """
+        jobs = sorted(
+            (
+                Task(tid, str(c.path), Path(c.rel).stem, facts.factories, facts.node_types)
+                for tid, (c, facts) in tasks.items()
+            ),
+            key=lambda t: -(cache.duration(tasks[t.id][0].real) or 0.0),
+        )
         pool = self.pool or self.make_pool(len(jobs))
         try:
             for outcome in pool.run(jobs):
@@ -199,6 +214,7 @@ class SmartDiscovery:
                 entry, files_loaded = self._entry(candidate, outcome)
                 entry.duration_s = outcome.duration_s
                 entries[candidate.rel] = entry
+                cache.record_duration(candidate.real, outcome.duration_s)
                 if files_loaded is not None:
                     loaded[candidate.rel] = files_loaded
         finally:
@@ -226,7 +242,7 @@ class SmartDiscovery:
             return r.FileResult(rel, r.TIMEOUT, f"{reason} It was {result['timeout']}."), None
         if "error" in result:
             return r.FileResult(rel, r.ERROR, str(result["error"])), None
-        files_loaded = _decode_result(result, self.base)
+        files_loaded = _decode_result(result)
         notes = files_loaded.failures + files_loaded.problems
         if files_loaded.workflows:
             reason = r.MSG_REGISTERED.format(count=len(files_loaded.workflows))
@@ -275,7 +291,7 @@ class SmartDiscovery:
         """Where local imports resolve: the base path and sys.path entries inside it."""
         roots = [self.base]
         for entry in sys.path:
-            if entry and Path(entry).resolve().is_relative_to(self.base.resolve()):
+            if entry and in_project(entry, self.base):
                 roots.append(Path(entry))
         return roots
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._paths import in_project
 from .screen import Facts, ImportRef
 
 FactsOf = Callable[[Path], Facts]
@@ -60,7 +61,7 @@ class ImportGraph:
         self._modules: dict[tuple[Path, str], list[Path]] = {}
 
     def _inside(self, path: Path) -> bool:
-        return any(path.is_relative_to(root) for root in self.roots)
+        return any(in_project(path, root) for root in self.roots)
 
     def resolve(self, importer: Path, ref: ImportRef) -> list[Path]:
         """Project files that run when ``importer`` executes ``ref``."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _protocol as proto
+from ._paths import in_project
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,14 @@ OUTCOME_CRASHED = "crashed"
 
 @dataclass(frozen=True)
 class Task:
-    """One file for a worker: where it is, its module name, its factory names."""
+    """One file for a worker: where it is, its module name, its factory names and the
+    node types the screen saw it use."""
 
     id: int
     path: str
     module: str
     factories: tuple[str, ...]
+    node_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,14 +114,13 @@ def library_node_modules(project_root: Path) -> dict[str, str]:
     """
     from kailash.nodes.base import NodeRegistry
 
-    root = os.path.realpath(project_root) + os.sep
     modules: dict[str, str] = {}
     for node_type, cls in list(NodeRegistry._nodes.items()):
         name = getattr(cls, "__module__", "") or ""
         origin = getattr(sys.modules.get(name), "__file__", None) or ""
         if not origin or name == "__main__" or name.split(".")[0] == "dataflow":
             continue
-        if os.path.realpath(origin).startswith(root):
+        if in_project(origin, project_root):
             continue
         modules[node_type] = name
     return modules
@@ -276,10 +278,13 @@ class WorkerPool:
     def _dispatch(self, worker: _Worker, tasks: list[Task]) -> None:
         self._batches += 1
         inner = max(self.limits.timeout_s * 0.8, self.limits.timeout_s - 1.0)
+        wanted = {node_type for task in tasks for node_type in task.node_types}
+        preload = {self.node_modules[t] for t in wanted if t in self.node_modules}
         message = {
             "op": proto.TASK,
             "batch": self._batches,
             "inner_timeout": inner,
+            "preload": sorted(preload),
             "files": [
                 {
                     "id": t.id,
@@ -294,8 +299,10 @@ class WorkerPool:
         worker.batch = _Batch(self._batches, tasks)
         worker.child_pid = None
         worker.killed = False
+        # The file's own clock starts when the child is forked; until then the worker
+        # loads the batch's node libraries, bounded by the warm-up limit.
         worker.file_started_at = time.monotonic()
-        worker.deadline = worker.file_started_at + self.limits.timeout_s
+        worker.deadline = worker.file_started_at + WARMUP_TIMEOUT_S
         proto.write_all(worker.task_fd, proto.encode(message))
 
     def _read(self, worker: _Worker, pending: deque[Task]) -> list[Outcome]:
@@ -329,6 +336,8 @@ class WorkerPool:
         now = time.monotonic()
         if kind == proto.STARTED and event.get("batch") == batch.id:
             worker.child_pid = int(event["pid"])
+            worker.file_started_at = now
+            worker.deadline = now + self.limits.timeout_s
         elif kind == proto.FILE_DONE and batch.current and event.get("id") == batch.current.id:
             outcome = self._result(batch.current, now - worker.file_started_at)
             batch.index += 1

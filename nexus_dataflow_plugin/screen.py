@@ -57,6 +57,7 @@ class Facts:
     imports: tuple[ImportRef, ...] = ()
     external_model_uses: tuple[ModelUse, ...] = ()
     factories: tuple[str, ...] = ()
+    node_types: tuple[str, ...] = ()
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -180,6 +181,7 @@ class _Scanner:
         self.imported_from: dict[str, ImportRef] = {}
         self.instances: dict[str, int] = {}
         self.model_uses: list[tuple[str, str, int]] = []
+        self.node_types: dict[str, None] = {}
 
     def scan(self, tree: ast.Module, models_possible: bool = True) -> None:
         """Collect imports; look for DataFlow bindings only where the bytes allow any."""
@@ -190,6 +192,8 @@ class _Scanner:
                 self._import(node)
             elif isinstance(node, ast.ImportFrom):
                 self._import_from(node)
+            elif isinstance(node, ast.Call):
+                self._add_node(node)
         if not models_possible:
             return
         for node in nodes:
@@ -206,6 +210,14 @@ class _Scanner:
                     target = _dotted(func.value)
                     if target:
                         self.model_uses.append((target, cls, node.lineno))
+
+    def _add_node(self, node: ast.Call) -> None:
+        """``x.add_node("CSVReaderNode", ...)``: a node type the worker should have loaded."""
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "add_node" and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                self.node_types[first.value] = None
 
     def _import(self, node: ast.Import) -> None:
         for alias in node.names:
@@ -312,6 +324,7 @@ def analyze(data: bytes) -> Facts:
             imports=tuple(scanner.imports),
             external_model_uses=external,
             factories=_factories(parsed),
+            node_types=tuple(scanner.node_types),
         )
     except RecursionError:
         return Facts(error=MSG_SYNTAX.format(what="nesting too deep to analyse", line=1))

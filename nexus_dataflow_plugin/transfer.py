@@ -6,7 +6,7 @@ classes defined in the scanned project, secrets that ``to_dict`` redacts).
 ``decode`` runs in the server: ``Workflow.from_dict()``, after importing the
 *library* modules that define the node classes, never a project file.
 
-Imports only the standard library and Kailash, so the worker may use it.
+Imports only the standard library, Kailash and ``_paths``, so the worker may use it.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from kailash.nodes.base import NodeRegistry
 from kailash.workflow import Workflow
+
+from ._paths import in_project, is_installed
 
 REDACTED = "***REDACTED***"
 
@@ -62,10 +63,8 @@ def _project_file(module_name: str, project_root: str) -> str | None:
     origin = getattr(module, "__file__", None)
     if module_name == "__main__" or origin is None:
         return module_name
-    real = os.path.realpath(origin)
-    root = os.path.realpath(project_root)
-    if real == root or real.startswith(root + os.sep):
-        return os.path.relpath(real, root)
+    if in_project(origin, project_root):
+        return os.path.relpath(os.path.realpath(origin), os.path.realpath(project_root))
     return None
 
 
@@ -124,8 +123,8 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
     return Encoded(None if problems else data, node_modules, tuple(problems))
 
 
-def _library_module(module: str, project_root: Path) -> bool:
-    """True for an installed library module outside the project: safe to import."""
+def _library_module(module: str) -> bool:
+    """True for an installed library module (site-packages): safe to import in the server."""
     top = module.split(".")[0]
     if top in sys.modules:
         origin = getattr(sys.modules[top], "__file__", None)
@@ -135,15 +134,10 @@ def _library_module(module: str, project_root: Path) -> bool:
         except (ImportError, ValueError):
             return False
         origin = spec.origin if spec else None
-    if not origin:
-        return False
-    real = Path(os.path.realpath(origin))
-    if real.is_relative_to(project_root.resolve()):
-        return False
-    return "site-packages" in real.parts or "dist-packages" in real.parts
+    return bool(origin) and is_installed(origin)
 
 
-def decode(data: dict[str, Any], node_modules: dict[str, str], project_root: Path) -> Workflow:
+def decode(data: dict[str, Any], node_modules: dict[str, str]) -> Workflow:
     """Rebuild a workflow in the server, loading library node classes it needs.
 
     Raises ``ValueError`` naming the node type when a class is not available.
@@ -153,7 +147,7 @@ def decode(data: dict[str, Any], node_modules: dict[str, str], project_root: Pat
         if node_type in NodeRegistry._nodes:
             continue
         module = node_modules.get(node_type, "?")
-        if module != "?" and _library_module(module, project_root):
+        if module != "?" and _library_module(module):
             importlib.import_module(module)
         if node_type not in NodeRegistry._nodes:
             raise ValueError(UNKNOWN_NODE.format(type=node_type, module=module))

@@ -22,7 +22,9 @@ LAYOUT = {
     "app/workflows/settings.py": FIXTURES / "constants_only.py",
     "workflows/models.py": FIXTURES / "models_from_dataflow_import.py",
     "app_models.py": FIXTURES / "import_tree" / "app_models.py",
-    "workflows/uses_models.py": FIXTURES / "import_tree" / "workflows" / "direct_import_of_models.py",
+    "workflows/uses_models.py": (
+        FIXTURES / "import_tree" / "workflows" / "direct_import_of_models.py"
+    ),
     "workflows/broken.py": FIXTURES / "syntax_error_at_line_4.py",
     "workflows/exits.py": FIXTURES / "calls_os_exit.py",
     "workflows/hangs.py": FIXTURES / "hang_at_import.py",

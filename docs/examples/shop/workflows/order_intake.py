@@ -5,7 +5,6 @@ ProductCreateNode is the app's own and writes to the app's database.
 """
 
 from kailash.workflow.builder import WorkflowBuilder
-
 from shop.models import Product  # noqa: F401  (the models must be loaded first)
 
 

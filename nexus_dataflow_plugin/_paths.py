@@ -1,0 +1,37 @@
+"""What counts as the project's own code: under the base path, but not an environment.
+
+A virtualenv inside the project (``.venv/``, the default of venv, uv and
+poetry) holds installed libraries, not project code: their modules may be
+imported by the server, and the import graph must not crawl them. Standard
+library only, so the worker may use it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import lru_cache
+
+ENVIRONMENT_DIRS = frozenset({"site-packages", "dist-packages"})
+
+
+@lru_cache(maxsize=1)
+def _prefixes() -> tuple[str, ...]:
+    found = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    return tuple(sorted(os.path.realpath(p).rstrip(os.sep) + os.sep for p in found))
+
+
+def is_installed(path: str | os.PathLike[str]) -> bool:
+    """Inside a site-packages or dist-packages directory: an installed library."""
+    return not ENVIRONMENT_DIRS.isdisjoint(os.path.realpath(path).split(os.sep))
+
+
+def in_project(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """``path`` is project code under ``root``; an interpreter environment kept inside
+    the project (its prefix, or any site-packages) is not."""
+    real = os.path.realpath(path)
+    base = os.path.realpath(root).rstrip(os.sep) + os.sep
+    if not (real + os.sep).startswith(base) or is_installed(real):
+        return False
+    inner = [p for p in _prefixes() if p.startswith(base)]
+    return not any(real.startswith(prefix) for prefix in inner)
