@@ -122,7 +122,13 @@ def _wrap_discovery(nexus_class: Any) -> None:
 
 
 def install() -> None:
-    """Hook entry-point plugins and the configuration flag into an imported Nexus."""
+    """Hook entry-point plugins and the configuration flag into an imported Nexus.
+
+    ``NEXUS_DISABLE_PLUGIN_AUTOLOAD`` is checked again here, so setting it in code
+    before ``import nexus`` works too, not only before the interpreter starts.
+    """
+    if disabled():
+        return
     import nexus.core
     import nexus.plugins
 
