@@ -100,7 +100,7 @@ def tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(tree):
-    return SmartDiscovery(tree, timeout=5, cache=False).run()
+    return SmartDiscovery(tree, timeout=5, workers=1, cache=False).run()
 
 
 # --- names ---------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_candidate_modules_are_not_left_in_this_process(report):
 _FRESH_SCAN = r"""
 import json, os, sys
 from nexus_dataflow_plugin import SmartDiscovery
-report = SmartDiscovery(sys.argv[1], timeout=5, cache=False).run()
+report = SmartDiscovery(sys.argv[1], timeout=5, workers=1, cache=False).run()
 print(json.dumps({
     "pid": os.getpid(),
     "dataflow_loaded": sorted(m for m in sys.modules if m.split(".")[0] == "dataflow"),

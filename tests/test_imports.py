@@ -90,7 +90,7 @@ def tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(tree):
-    return SmartDiscovery(tree, timeout=5, cache=False).run()
+    return SmartDiscovery(tree, timeout=5, workers=1, cache=False).run()
 
 
 @pytest.mark.parametrize("rel", sorted(DEPENDENT))

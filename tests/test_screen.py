@@ -81,7 +81,7 @@ def screen_tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def screen_report(screen_tree):
-    return SmartDiscovery(screen_tree, timeout=5, cache=False).run()
+    return SmartDiscovery(screen_tree, timeout=5, workers=1, cache=False).run()
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_FILES))
