@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import traceback
 import types
 from collections.abc import Collection
@@ -41,9 +42,22 @@ def where(exc: BaseException, path: str) -> str:
     return f" (line {line})" if line else ""
 
 
+MISSING_NODE = re.compile(r"Node '([^']+)' not found in registry")
+MISSING_NODE_HINT = (
+    "node type {node!r} is not available in the isolated worker; if DataFlow generates it "
+    "from your models, load this file explicitly after the models exist "
+    "(plugin.load_workflows)"
+)
+
+
 def describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else repr(exc)[:300]
+    """The first line of the error; for an unknown node type, what to do about it."""
+    text = str(exc).strip()
+    missing = MISSING_NODE.search(text)
+    if missing:
+        return MISSING_NODE_HINT.format(node=missing.group(1))
+    lines = text.splitlines()
+    return lines[0][:300] if lines else repr(exc)[:300]
 
 
 def _factory(name: str, obj: Any, path: str, factories: Collection[str]) -> bool:

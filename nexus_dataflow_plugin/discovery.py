@@ -24,6 +24,7 @@ from .cache import ScreenCache
 from .finder import DEFAULT_MAX_FILE_BYTES, Candidate, Found, find_candidates, resolve_base
 from .imports import ImportGraph
 from .isolation import (
+    GENERATED_NODES_MODULE,
     OUTCOME_CRASHED,
     OUTCOME_TIMEOUT,
     Limits,
@@ -39,6 +40,17 @@ logger = logging.getLogger(__name__)
 
 GENERIC_NAMES = frozenset({"workflow", "builder", "wf"})
 DEFAULT_TIMEOUT_S = 10.0
+
+
+def dataflow_node_types() -> frozenset[str]:
+    """Node types DataFlow generated from the app's models, as the server has them now."""
+    from kailash.nodes.base import NodeRegistry
+
+    return frozenset(
+        name
+        for name, cls in list(NodeRegistry._nodes.items())
+        if getattr(cls, "__module__", None) == GENERATED_NODES_MODULE
+    )
 
 
 def workflow_name(rel: str, attr: str) -> str:
@@ -157,6 +169,7 @@ class SmartDiscovery:
     ) -> dict[int, tuple[Candidate, Facts]]:
         """Static screen and import graph: decide which files may be imported at all."""
         graph = ImportGraph(self._roots(), cache.facts)
+        generated = dataflow_node_types()
         tasks: dict[int, tuple[Candidate, Facts]] = {}
         for candidate in candidates:
             began = time.monotonic()
@@ -172,6 +185,12 @@ class SmartDiscovery:
             elif (detail := graph.own_model(real)) is not None:
                 entry = r.FileResult(
                     candidate.rel, r.SKIPPED_MODEL, r.MSG_SKIPPED_MODEL.format(detail=detail)
+                )
+            elif model_nodes := [t for t in facts.node_types if t in generated]:
+                entry = r.FileResult(
+                    candidate.rel,
+                    r.SKIPPED_DEPENDENT,
+                    r.MSG_USES_MODEL_NODES.format(nodes=", ".join(model_nodes), path=candidate.rel),
                 )
             elif (taint := graph.taint(real)) is not None:
                 chain = " -> ".join(self._rel(p) for p in taint.chain)

@@ -39,6 +39,10 @@ KILL_GRACE_S = 2.0
 MAX_BATCH = 32
 BATCHES_PER_WORKER = 4
 
+# Where DataFlow puts the node classes it generates per model: they belong to the
+# app's DataFlow instance and cannot be re-created by importing a module.
+GENERATED_NODES_MODULE = "dataflow.core.nodes"
+
 OUTCOME_RESULT = "result"
 OUTCOME_TIMEOUT = "timeout"
 OUTCOME_CRASHED = "crashed"
@@ -118,7 +122,7 @@ def library_node_modules(project_root: Path) -> dict[str, str]:
     for node_type, cls in list(NodeRegistry._nodes.items()):
         name = getattr(cls, "__module__", "") or ""
         origin = getattr(sys.modules.get(name), "__file__", None) or ""
-        if not origin or name == "__main__" or name.split(".")[0] == "dataflow":
+        if not origin or name in ("__main__", GENERATED_NODES_MODULE):
             continue
         if in_project(origin, project_root):
             continue

@@ -61,7 +61,10 @@ MSG_CRASHED = (
     "went on. Check for os._exit, native crashes or resource exhaustion at import."
 )
 MSG_SYNTAX = "Cannot be parsed: {what} at line {line}. Fix the syntax error."
-MSG_DECODE = "Cannot be decoded as Python source: {what}."
+MSG_DECODE = (
+    "Cannot be decoded as Python source at line {line}: {what}. Save it as UTF-8, or "
+    "declare its encoding on the first line (# -*- coding: latin-1 -*-)."
+)
 MSG_NUL = "Contains a NUL byte at line {line} (byte offset {offset}); not a Python source file."
 MSG_UNREADABLE = "Cannot be read: {what}."
 MSG_IMPORT_ERROR = "Raised {exc} while importing: {message}"
@@ -70,6 +73,10 @@ MSG_BUILD_FAILED = "{name}.build() raised {exc}: {message}"
 MSG_NOT_TRANSFERABLE = (
     "{problems}. Register this workflow explicitly with app.register(name, workflow) "
     "in your app."
+)
+MSG_USES_MODEL_NODES = (
+    "Uses {nodes}, which DataFlow generates from your models: only the server has them. "
+    "Load it explicitly after your models exist: plugin.load_workflows({path!r})."
 )
 MSG_PROTOCOL = "The worker returned an unreadable result ({what}); the file was not loaded."
 

@@ -12,9 +12,12 @@ with ``error`` set when the bytes are not valid Python.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 
-from .report import MSG_NUL, MSG_SYNTAX
+from .report import MSG_DECODE, MSG_NUL, MSG_SYNTAX
+
+_ENCODING_WORDS = re.compile(r"utf-8|encoding|decode|unicode error", re.IGNORECASE)
 
 DATAFLOW_PACKAGE = "dataflow"
 DATAFLOW_CLASS = "DataFlow"
@@ -304,7 +307,8 @@ def _parse(data: bytes) -> ast.Module | str:
     try:
         return ast.parse(data)
     except SyntaxError as exc:
-        return MSG_SYNTAX.format(what=exc.msg, line=exc.lineno or 1)
+        message = MSG_DECODE if _ENCODING_WORDS.search(exc.msg or "") else MSG_SYNTAX
+        return message.format(what=exc.msg, line=exc.lineno or 1)
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
         return MSG_SYNTAX.format(what=f"{type(exc).__name__}: {exc}", line=1)
 

@@ -52,7 +52,10 @@ def _unjsonable(node_id: str, node_type: str, config: dict[str, Any]) -> list[st
         try:
             json.dumps(value)
         except (TypeError, ValueError, OverflowError, RecursionError):
-            what = "Python function" if callable(value) else type(value).__name__
+            if isinstance(value, type):
+                what = f"Python class ({value.__name__})"
+            else:
+                what = "Python function" if callable(value) else type(value).__name__
             problems.append(NOT_JSON.format(node=node_id, type=node_type, what=what, key=key))
     return problems
 

@@ -293,3 +293,44 @@ def test_invalid_settings_are_refused(tmp_path):
         SmartDiscovery(tmp_path, timeout=0)
     with pytest.raises(ValueError, match="workers"):
         SmartDiscovery(tmp_path, workers=0)
+
+
+USES_GENERATED_NODE = '''
+from kailash.workflow.builder import WorkflowBuilder
+
+workflow = WorkflowBuilder()
+workflow.add_node("{node}", "create", {{"name": "from a workflow file"}})
+'''
+
+
+def test_a_file_using_model_nodes_by_name_is_dependent_on_the_apps_models(tmp_path):
+    """The seed's pattern: `add_node("UserCreateNode")` with no import of the models.
+
+    Only the server has DataFlow's generated nodes, so the file is skipped as dependent
+    (to be loaded explicitly) when the app's models are loaded, and otherwise fails in
+    the worker with a reason that says what to do, not Kailash's list of every node.
+    """
+    from dataflow import DataFlow
+
+    db = DataFlow(f"sqlite:///{tmp_path / 'app.db'}")
+
+    @db.model
+    class Gadget:
+        name: str
+
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "gadget_intake.py").write_text(
+        USES_GENERATED_NODE.format(node="GadgetCreateNode")
+    )
+    (tmp_path / "workflows" / "widget_intake.py").write_text(
+        USES_GENERATED_NODE.format(node="WidgetCreateNode")
+    )
+    report = SmartDiscovery(tmp_path, timeout=5, cache=False).run()
+
+    gadget = report.file("workflows/gadget_intake.py")
+    assert gadget.status == "skipped_dependent"
+    assert "GadgetCreateNode" in gadget.reason and "load_workflows" in gadget.reason
+    widget = report.file("workflows/widget_intake.py")
+    assert widget.status == "error"
+    assert "'WidgetCreateNode' is not available in the isolated worker" in widget.reason
+    assert "Available nodes" not in widget.reason
