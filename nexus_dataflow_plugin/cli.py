@@ -1,8 +1,13 @@
 """``nexus-dataflow``: scan a project, serve it, list plugins.
 
 Errors in arguments or configuration are one line on stderr and exit 2, never
-a traceback. ``scan`` exits 0 when the scan completed, whatever the files'
-statuses (unless ``--fail-on`` names statuses that were found).
+a traceback; Ctrl+C is one line and exit 130. ``scan`` exits 0 when the scan
+completed, whatever the files' statuses (unless ``--fail-on`` names statuses
+that were found). Stdout carries only the table or the JSON: colour only on a
+terminal (and never with ``NO_COLOR``), and the progress line of a scan that
+outlasts a second goes to stderr, only when stderr is a terminal.
+``scan --explain FILE`` shows the static screen's reasoning for one file,
+assembled from the engine's own answers.
 """
 
 from __future__ import annotations
@@ -12,8 +17,13 @@ import importlib
 import json
 import logging
 import os
+import re
+import socket
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +32,10 @@ from . import report as r
 EXIT_OK = 0
 EXIT_FAIL_ON = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# The progress line appears only when a scan outlasts this, and only on a terminal.
+PROGRESS_DELAY_S = 1.0
 
 _COLOURS = {
     r.REGISTERED: "32",
@@ -37,6 +51,56 @@ _COLOURS = {
 
 class UsageError(Exception):
     """A problem with what the user typed: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def use_colour(stream: TextIO) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+@contextmanager
+def progress(label: str, stream: TextIO | None = None) -> Iterator[None]:
+    """A spinner with the elapsed time on ``stream`` (stderr) while the block runs.
+
+    Shown only when ``stream`` is a terminal and the block outlasts
+    ``PROGRESS_DELAY_S``; the line is erased when the block ends, so stdout
+    (a table or JSON) is never touched.
+    """
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        yield
+        return
+    done = threading.Event()
+    started = time.monotonic()
+
+    def spin() -> None:
+        if done.wait(PROGRESS_DELAY_S):
+            return
+        frames = "|/-\\"
+        tick = 0
+        while not done.is_set():
+            elapsed = time.monotonic() - started
+            stream.write(f"\r{frames[tick % 4]} {label} {elapsed:.0f}s\033[K")
+            stream.flush()
+            tick += 1
+            done.wait(0.2)
+        stream.write("\r\033[K")
+        stream.flush()
+
+    thread = threading.Thread(target=spin, name="nexus-dataflow-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _paint(text: str, status: str, colour: bool) -> str:
@@ -81,22 +145,165 @@ def _positive(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
+    return value
+
+
 def cmd_scan(args: argparse.Namespace, out: TextIO) -> int:
     from .config import load_settings
-    from .discovery import SmartDiscovery
 
     base = Path(args.path).absolute()
     if not base.is_dir():
         raise UsageError(f"{args.path}: not a directory")
-    settings = load_settings(base, {"timeout": args.timeout})
-    report = SmartDiscovery(base, **settings.discovery_options()).run()
+    settings = load_settings(base, {"timeout": args.timeout})  # bad settings fail before any work
+    if args.explain:
+        return cmd_explain(base, args, settings, out)
+    from .discovery import SmartDiscovery
+
+    with progress(f"scanning {args.path}"):
+        report = SmartDiscovery(base, **settings.discovery_options()).run()
     if args.json:
         json.dump(report.to_dict(), out, indent=2)
         out.write("\n")
     else:
-        out.write(format_table(report, colour=out.isatty()) + "\n")
+        out.write(format_table(report, colour=use_colour(out)) + "\n")
     if args.fail_on and any(e.status in args.fail_on for e in report.files):
         return EXIT_FAIL_ON
+    return EXIT_OK
+
+
+def _explain_target(base: Path, name: str) -> Path:
+    """FILE as given (relative to the current directory), else relative to the project."""
+    for path in (Path(name), base / name):
+        if path.is_file():
+            path = path.absolute()
+            try:
+                path.relative_to(base)
+            except ValueError:
+                raise UsageError(f"{name}: not inside the project {base}") from None
+            return path
+    raise UsageError(f"{name}: no such file (looked in . and in {base})")
+
+
+def explain(base: Path, path: Path, settings: Any) -> dict[str, Any]:
+    """Why the static screen treats ``path`` as it does, from the engine's own answers.
+
+    The status and reason are ``SmartDiscovery.screen()``'s; the model lines,
+    imports and chain come from ``screen.analyze`` (via the screen cache) and
+    ``imports.ImportGraph``. A file that passes the screen is only imported by
+    a full scan, so its outcome after import is not part of the explanation.
+    """
+    from .cache import ScreenCache
+    from .discovery import SmartDiscovery
+    from .finder import WORKFLOW_PATTERNS, find_candidates
+    from .imports import ImportGraph
+
+    rel = path.relative_to(base).as_posix()
+    options = settings.discovery_options()
+    found = find_candidates(base, exclude=options["exclude"],
+                            max_file_bytes=options["max_file_bytes"])
+    found_here = next((c for c in found.candidates if c.rel == rel), None)
+    candidate = found_here is not None
+    entry = next((e for e in SmartDiscovery(base, **options).screen() if e.path == rel), None)
+    if entry is not None:
+        status, reason = entry.status, entry.reason
+    elif candidate:
+        status = "passes_screen"
+        reason = ("Neither defines nor imports DataFlow models: a scan imports it in an "
+                  "isolated worker (run `nexus-dataflow scan` for the outcome).")
+    else:
+        status = "not_a_candidate"
+        reason = (f"Discovery does not look at this file: it matches none of the patterns "
+                  f"{', '.join(WORKFLOW_PATTERNS)}, or it is excluded.")
+    result: dict[str, Any] = {"path": rel, "candidate": candidate, "status": status,
+                              "reason": reason}
+    real = path.resolve()
+    refused = found_here is not None and found_here.refusal is not None
+    outside = not real.is_relative_to(base.resolve())
+    if refused or outside or real.stat().st_size > options["max_file_bytes"]:
+        return result  # what discovery refuses to read, explaining does not read either
+    cache = ScreenCache(base, persist=False)
+    graph = ImportGraph([base], cache.facts)
+    facts = cache.facts(real)
+
+    def rel_of(p: Path) -> str:
+        inside = p.is_relative_to(base.resolve())
+        return p.relative_to(base.resolve()).as_posix() if inside else str(p)
+
+    def project_files(ref: Any) -> list[dict[str, Any]]:
+        return [{"path": rel_of(f), "models": graph.own_model(f)}
+                for f in graph.resolve(real, ref)]
+
+    taint = graph.taint(real) if not facts.error else None
+    result.update({
+        "parse_error": facts.error,
+        "models": graph.own_model(real) if not facts.error else None,
+        "model_uses": [
+            {"line": u.line, "class": u.cls, "target": f"{u.name}.model",
+             "imported_at_line": u.source.line, "from": project_files(u.source)}
+            for u in facts.external_model_uses
+        ],
+        "imports": [
+            {"line": ref.line, "module": "." * ref.level + ref.module, "names": list(ref.names),
+             "project_files": project_files(ref)}
+            for ref in facts.imports
+        ],
+        "chain": [rel_of(p) for p in taint.chain] if taint else [],
+        "chain_detail": taint.detail if taint else None,
+        "factories": list(facts.factories),
+    })
+    return result
+
+
+def format_explanation(info: dict[str, Any], colour: bool = False) -> str:
+    """``explain()``'s answer for a person."""
+    status = _paint(info["status"], info["status"], colour)
+    lines = [f"{info['path']}: {status}", f"  {info['reason']}"]
+    if "imports" not in info:
+        return "\n".join(lines)
+    if info["parse_error"]:
+        if info["parse_error"] != info["reason"]:
+            lines.append(f"  screen: {info['parse_error']}")
+        return "\n".join(lines)
+    lines.append(f"  defines models: {info['models'] or 'no'}")
+    for use in info["model_uses"]:
+        targets = ", ".join(f"{f['path']} ({f['models'] or 'no models'})" for f in use["from"])
+        lines.append(f"    line {use['line']}: {use['class']} via {use['target']}, imported at "
+                     f"line {use['imported_at_line']} from {targets or 'outside the project'}")
+    lines.append("  imports:" if info["imports"] else "  imports: none")
+    for ref in info["imports"]:
+        what = ref["module"] + (f" ({', '.join(ref['names'])})" if ref["names"] else "")
+        files = [f"{f['path']}" + (f" [models: {f['models']}]" if f["models"] else "")
+                 for f in ref["project_files"]]
+        where = ", ".join(files) if files else "not a project module"
+        lines.append(f"    line {ref['line']}: {what} -> {where}")
+    if len(info["chain"]) == 1:
+        lines.append("  chain to a model module: none needed, it defines models itself")
+    elif info["chain"]:
+        chain = " -> ".join(info["chain"])
+        lines.append(f"  chain to a model module: {chain} ({info['chain_detail']})")
+    else:
+        lines.append("  chain to a model module: none")
+    factories = ", ".join(f"{name}()" for name in info["factories"])
+    lines.append(f"  factories a worker may call: {factories or 'none'}")
+    return "\n".join(lines)
+
+
+def cmd_explain(base: Path, args: argparse.Namespace, settings: Any, out: TextIO) -> int:
+    targets = [_explain_target(base, name) for name in args.explain]
+    answers = [explain(base, path, settings) for path in targets]
+    if args.json:
+        json.dump({"explain": answers}, out, indent=2)
+        out.write("\n")
+    else:
+        colour = use_colour(out)
+        out.write("\n\n".join(format_explanation(a, colour) for a in answers) + "\n")
     return EXIT_OK
 
 
@@ -135,7 +342,13 @@ def prepare_app(app: Any, plugin: Any, base: Path, settings: Any, out: TextIO) -
     static = SmartDiscovery(base, **settings.discovery_options()).screen()
     for entry in static:
         if entry.status == r.SKIPPED_MODEL:
-            importlib.import_module(module_name(entry.path))
+            try:
+                importlib.import_module(module_name(entry.path))
+            except Exception as exc:  # the project's own code: say where, in one line
+                raise UsageError(
+                    f"cannot load the models in {entry.path} (database "
+                    f"{os.environ.get('DATABASE_URL')}): {_one_line(exc)}"
+                ) from exc
             out.write(f"models    {entry.path}\n")
     for entry in static:
         if entry.status == r.SKIPPED_DEPENDENT:
@@ -147,15 +360,33 @@ def prepare_app(app: Any, plugin: Any, base: Path, settings: Any, out: TextIO) -
         out.write(f"dataflow  {len(names)} CRUD workflows: {', '.join(names)}\n")
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as one plain line (no colour codes, no newlines), for an error message."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _check_port(port: int) -> None:
+    """Fail fast, before loading anything, when the HTTP port is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError as exc:
+            raise UsageError(f"port {port} is not available: {exc.strerror or exc}") from None
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    base = Path(args.path).resolve()
+    if not base.is_dir():
+        raise UsageError(f"{args.path}: not a directory")
+    _check_port(args.port)
+
     from nexus import Nexus
 
     from .config import load_settings
     from .plugin import DataFlowCompatiblePlugin
 
-    base = Path(args.path).resolve()
-    if not base.is_dir():
-        raise UsageError(f"{args.path}: not a directory")
     database_url = args.database_url or os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = database_url or f"sqlite:///{base / 'app.db'}"
     os.chdir(base)  # Nexus discovers from the working directory
@@ -169,7 +400,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     def announce() -> None:
         if plugin.report is not None:
-            out.write(format_table(plugin.report, colour=out.isatty()) + "\n")
+            out.write(format_table(plugin.report, colour=use_colour(out)) + "\n")
         for name in sorted(app._workflows):
             out.write(f"POST http://127.0.0.1:{args.port}/workflows/{name}/execute\n")
         out.write(f"Serving on http://127.0.0.1:{args.port} (Ctrl+C to stop)\n")
@@ -193,7 +424,7 @@ def cmd_plugins(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nexus-dataflow",
         description="Safe Nexus workflow discovery for projects with DataFlow models.",
     )
@@ -209,10 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STATUSES",
         help="exit 1 if any file ends with one of these comma-separated statuses",
     )
+    scan.add_argument(
+        "--explain",
+        action="append",
+        metavar="FILE",
+        help="show why FILE was screened as it was: model lines, imports, the chain to a "
+        "model module (repeatable; FILE relative to . or to PATH)",
+    )
     scan.set_defaults(func=cmd_scan)
     serve = sub.add_parser("serve", help="run a Nexus server on a project, with the plugin")
     serve.add_argument("path", nargs="?", default=".", help="project directory (default: .)")
-    serve.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    serve.add_argument("--port", type=_port, default=8000, help="HTTP port (default: 8000)")
     serve.add_argument(
         "--database-url",
         help="database for the project's DataFlow models (default: $DATABASE_URL, "
@@ -237,6 +475,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         sys.stderr.write(f"nexus-dataflow: error: {exc}\n")
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("nexus-dataflow: interrupted\n")
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,0 +1,353 @@
+"""The README, followed by a new user on a fresh machine, and the docs checked against the code.
+
+A fresh virtualenv is made in a temporary directory, next to a copy of the
+repository's tracked files (what a clone holds). The README's first command
+(install, then serve the example shop) runs there exactly as written, with
+only the port changed to a free one; the example's own README requests are
+then sent, and the server is stopped with Ctrl+C. The README's other
+``nexus-dataflow`` commands run in that same venv. The second command (the
+tests) is not run recursively: it must be the command ``.ci/run`` runs.
+
+The docs checks: every ``docs/*.md`` link in the README exists, and the
+configuration reference's table is the one generated from ``config.OPTIONS``,
+the ``Settings`` defaults and the constructors' signatures (``config_table()``
+prints it: ``python -c "from tests.e2e.test_readme import config_table as t; print(t())"``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .test_serve import ServeProcess, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+CI_RUN = REPO / ".ci" / "run"
+EXAMPLE_README = REPO / "docs" / "examples" / "shop" / "README.md"
+INSTALL_TIMEOUT_S = 480.0  # a cold `pip install -e .` on a busy 2-core machine
+COMMAND_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class Block:
+    lang: str
+    text: str
+
+    def commands(self) -> list[str]:
+        """Non-empty, non-comment lines (a trailing ``\\`` joins lines)."""
+        joined = self.text.replace("\\\n", " ")
+        return [line.strip() for line in joined.splitlines()
+                if line.strip() and not line.strip().startswith("#")]
+
+
+def fenced_blocks(path: Path) -> list[Block]:
+    return [Block(lang, text) for lang, text in
+            re.findall(r"^```(\w*)\n(.*?)^```", path.read_text(), re.S | re.M)]
+
+
+def bash_blocks() -> list[Block]:
+    return [b for b in fenced_blocks(README) if b.lang == "bash"]
+
+
+# --- a fresh venv and a clean copy of the repository -----------------------------------------
+
+
+def copy_checkout(target: Path) -> Path:
+    """What a clone of this work tree would hold once committed: tracked and new files that
+    are not ignored, as they are now; tests left out (a user does not need them)."""
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode != 0:  # not a git checkout: copy the tree minus local state
+        shutil.copytree(REPO, target, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "*.egg-info", "__pycache__", ".*_cache", "tests", "build"))
+        return target
+    for rel in listed.stdout.decode().split("\0"):
+        if not rel or rel.startswith("tests/"):
+            continue
+        source = REPO / rel
+        if source.is_file():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / rel)
+    return target
+
+
+def venv_env(venv: Path) -> dict[str, str]:
+    """A shell with the venv activated and nothing of ours configured."""
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("NEXUS_DATAFLOW_", "PYTEST_", "NDP_"))
+        and k not in {"PYTHONPATH", "PYTHONHOME", "DATABASE_URL", "VIRTUAL_ENV", "NO_COLOR"}
+    }
+    env["VIRTUAL_ENV"] = str(venv)
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "")])
+    return env
+
+
+@dataclass
+class Served:
+    """What happened when the README's first command ran."""
+
+    checkout: Path
+    env: dict[str, str]
+    command: str
+    port: int
+    responses: dict[str, Any]
+    output: str
+    exit_code: int
+    stop_seconds: float
+    leftovers: list[str]
+
+
+def example_requests() -> list[tuple[str, dict[str, Any]]]:
+    """(workflow, body) of each ``curl`` in the example's README, as documented."""
+    requests = []
+    for block in fenced_blocks(EXAMPLE_README):
+        for command in block.commands():
+            if not command.startswith("curl"):
+                continue
+            words = shlex.split(command)
+            url = next(w for w in words if "/workflows/" in w)
+            body = words[words.index("-d") + 1]
+            requests.append((url.split("/workflows/")[1].split("/")[0], json.loads(body)))
+    return requests
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("readme")
+    checkout = copy_checkout(root / "checkout")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env = venv_env(venv)
+
+    first = bash_blocks()[0].commands()
+    assert len(first) == 1, first
+    port = free_port()
+    command, substitutions = re.subn(r"--port \d+", f"--port {port}", first[0])
+    assert substitutions == 1, first[0]
+    server = ServeProcess(["bash", "-c", command], cwd=checkout, env=env, port=port,
+                          log=root / "first-command.err")
+    try:
+        server.wait_ready(INSTALL_TIMEOUT_S)
+        server.wait_output("Serving on")
+        responses = {}
+        for name, body in example_requests():
+            response = httpx.post(f"{server.url}/workflows/{name}/execute", json=body, timeout=60)
+            responses[name] = (response.status_code, response.json())
+        output = server.output()
+        code, seconds = server.interrupt()
+        leftovers = server.leftovers()
+        yield Served(checkout, env, command, port, responses, output, code, seconds, leftovers)
+    finally:
+        server.kill()
+
+
+# --- the README's commands --------------------------------------------------------------------
+
+
+@pytest.mark.timeout(900)
+def test_first_command_installs_and_serves_the_example(served: Served) -> None:
+    assert served.command.startswith("pip install -e . && nexus-dataflow serve docs/examples/shop")
+    assert f"Serving on http://127.0.0.1:{served.port}" in served.output
+    assert re.search(r"^registered\s+workflows/price_quote\.py\s+price_quote", served.output,
+                     re.M), served.output
+    assert set(served.responses) >= {"price_quote", "product_create", "product_list"}
+
+    status, quote = served.responses["price_quote"]
+    assert status == 200 and quote["outputs"]["quote"]["result"]["total"] == 36.0
+
+    # The example's README creates a product and lists it: on SQLite, with no server,
+    # exactly as the README promises.
+    status, created = served.responses["product_create"]
+    assert status == 200, created
+    node = created["outputs"]["product_create"]
+    assert node.get("success", True) is not False and node.get("name") == "pen", node
+    status, listed = served.responses["product_list"]
+    assert status == 200, listed
+    assert [r["name"] for r in listed["outputs"]["product_list"]["records"]] == ["pen"], listed
+    assert (served.checkout / "docs" / "examples" / "shop" / "app.db").is_file()
+
+
+@pytest.mark.timeout(900)
+def test_ctrl_c_stops_the_first_command_cleanly(served: Served) -> None:
+    assert served.exit_code in (0, 130)
+    assert served.stop_seconds < 20
+    assert served.leftovers == [], "processes outlived the server"
+
+
+@pytest.mark.timeout(900)
+def test_the_other_nexus_dataflow_commands_run_in_the_fresh_venv(served: Served) -> None:
+    commands = [c for block in bash_blocks()[2:] for c in block.commands()
+                if c.startswith("nexus-dataflow ")]
+    assert any(c.startswith("nexus-dataflow scan") for c in commands)
+    assert any(c.startswith("nexus-dataflow plugins") for c in commands)
+    running = {
+        command: subprocess.Popen(
+            ["bash", "-c", command], cwd=served.checkout, env=served.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        )
+        for command in commands
+    }
+    for command, process in running.items():
+        out, err = process.communicate(timeout=COMMAND_TIMEOUT_S)
+        assert process.returncode == 0, (command, err.decode()[-2000:])
+        text = out.decode()
+        if "--json" in command:
+            assert set(json.loads(text)) == {"workflows", "files"}
+        elif command.startswith("nexus-dataflow scan"):
+            assert text.splitlines()[0].split() == ["STATUS", "FILE", "WORKFLOWS", "TIME",
+                                                    "REASON"]
+        else:
+            assert re.search(r"^dataflow_compatible .*loads$", text, re.M), text
+
+
+def test_second_command_is_what_ci_runs() -> None:
+    (command,) = bash_blocks()[1].commands()
+    install, tests = (part.strip() for part in command.split("&&"))
+    script = CI_RUN.read_text()
+    assert re.search(rf"^\s*{re.escape(tests)}(\s|$)", script, re.M), (
+        f"the README's test command {tests!r} is not what .ci/run runs"
+    )
+    pip_args = shlex.split(install)
+    assert pip_args[:2] == ["pip", "install"], install
+    ci_installs = [shlex.split(line.strip().rstrip("\\"))
+                   for line in script.splitlines() if "pip install" in line]
+    assert any(args[args.index("install") + 1:][-2:] == pip_args[2:] for args in ci_installs), (
+        f"the README's {install!r} is not what .ci/run installs"
+    )
+
+
+def test_readme_links_into_docs_exist() -> None:
+    links = re.findall(r"\]\((docs/[^)#\s]+)\)", README.read_text())
+    assert links, "the README links into docs/"
+    missing = [link for link in links if not (REPO / link).is_file()]
+    assert not missing, f"README links to missing docs: {missing}"
+
+
+def test_doc_links_between_docs_exist() -> None:
+    broken = []
+    for doc in sorted((REPO / "docs").glob("*.md")):
+        for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in link or link.startswith("mailto:"):
+                continue
+            if not (doc.parent / link).exists():
+                broken.append(f"{doc.name} -> {link}")
+    assert not broken, broken
+
+
+# --- the configuration reference is generated from the code ----------------------------------
+
+# What each option's parser accepts, in words, keyed to the parser it describes so a
+# change of parser is caught here.
+BOOLEAN = "`true`/`false` (also the strings `1`/`0`, `yes`/`no`, `on`/`off`; empty is false)"
+NONE_AS = "the string `\"none\"`, `\"0\"` or `\"\"`"
+VALID_VALUES = {
+    "enabled": ("_boolean", BOOLEAN),
+    "timeout": ("_positive_float", "seconds, a finite number > 0"),
+    "workers": ("_optional_positive_int", f"a whole number >= 1; {NONE_AS}: one per CPU core"),
+    "exclude": ("_patterns", "glob patterns matched (`fnmatch`) against the path relative to "
+                             "the project: a list, or one comma-separated string"),
+    "max_file_bytes": ("_positive_int", "bytes, a whole number >= 1"),
+    "memory_limit_mb": ("_optional_positive_int", f"MiB, a whole number >= 1; {NONE_AS}: "
+                                                  "no limit"),
+    "cpu_limit_s": ("_optional_positive_int", f"CPU seconds, a whole number >= 1; {NONE_AS}: "
+                                              "no limit"),
+    "cache": ("_boolean", BOOLEAN),
+}
+
+
+def _literal(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
+    return str(value)
+
+
+def config_table() -> str:
+    """The configuration reference's table, from config.OPTIONS, Settings and the signatures."""
+    from nexus_dataflow_plugin import DataFlowCompatiblePlugin, SmartDiscovery
+    from nexus_dataflow_plugin.config import OPTIONS, Settings, env_var, pyproject_key
+
+    defaults = {f.name: f.default for f in fields(Settings)}
+    takers = {
+        "DataFlowCompatiblePlugin": inspect.signature(DataFlowCompatiblePlugin).parameters,
+        "SmartDiscovery": inspect.signature(SmartDiscovery).parameters,
+    }
+    rows = [
+        "| option | keyword argument | environment variable | `[tool.nexus]` key | default "
+        "| valid values |",
+        "|---|---|---|---|---|---|",
+    ]
+    for option, (_, parser) in OPTIONS.items():
+        expected_parser, valid = VALID_VALUES[option]
+        assert parser.__name__ == expected_parser, (option, parser.__name__)
+        where = [name for name, params in takers.items() if option in params]
+        keyword = f"`{option}=` ({', '.join(where)})" if where else "none: adding the plugin"
+        rows.append(
+            f"| {option} | {keyword} | `{env_var(option)}` | `{pyproject_key(option)}` "
+            f"| `{_literal(defaults[option])}` | {valid} |"
+        )
+    return "\n".join(rows)
+
+
+def test_configuration_reference_matches_the_code() -> None:
+    table = config_table()
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    assert table in doc, f"docs/configuration.md must contain this table:\n\n{table}\n"
+
+
+# --- the troubleshooting guide quotes the messages the code prints ----------------------------
+
+# (module, constant) of every reason template a user can see in a report
+REASON_TEMPLATES = [
+    *[("report", name) for name in (
+        "MSG_REGISTERED", "MSG_NO_WORKFLOWS", "MSG_SKIPPED_MODEL", "MSG_SKIPPED_DEPENDENT",
+        "MSG_TIMEOUT", "MSG_CRASHED", "MSG_SYNTAX", "MSG_DECODE", "MSG_NUL", "MSG_UNREADABLE",
+        "MSG_NOT_TRANSFERABLE", "MSG_USES_MODEL_NODES",
+    )],
+    ("finder", "MSG_OUTSIDE"), ("finder", "MSG_TOO_LARGE"), ("finder", "MSG_BROKEN_LINK"),
+    ("transfer", "NOT_JSON"), ("transfer", "SECRET"), ("transfer", "CYCLE"),
+    ("transfer", "PROJECT_NODE"), ("transfer", "LOSSY"), ("transfer", "UNKNOWN_NODE"),
+    ("plugin", "MSG_REJECTED"), ("plugin", "MSG_EXPLICIT_WINS"),
+    ("_probe", "MISSING_NODE_HINT"),
+]
+
+
+def quoted(template: str, text: str) -> bool:
+    """``text`` quotes ``template``, whatever it names its ``{placeholders}``."""
+    chunks = re.split(r"\{[^{}]*\}", template)
+    pattern = r"\{[^{}`]*\}".join(re.escape(chunk) for chunk in chunks)
+    return re.search(pattern, text) is not None
+
+
+@pytest.mark.parametrize("module,name", REASON_TEMPLATES, ids=[n for _, n in REASON_TEMPLATES])
+def test_troubleshooting_quotes_each_reason_as_the_code_prints_it(module: str, name: str) -> None:
+    import importlib
+
+    template = getattr(importlib.import_module(f"nexus_dataflow_plugin.{module}"), name, None)
+    if template is None:
+        pytest.skip(f"{module}.{name} no longer exists: drop it from REASON_TEMPLATES")
+    doc = (REPO / "docs" / "troubleshooting.md").read_text()
+    assert quoted(template, doc), (
+        f"docs/troubleshooting.md does not quote {module}.{name}:\n{template}"
+    )
