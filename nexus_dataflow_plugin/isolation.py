@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 WARMUP_TIMEOUT_S = 120.0
 # After a child is killed, how long its worker has to report before it is replaced.
 KILL_GRACE_S = 2.0
+# How long closing waits for each worker to clean up after its children and exit.
+CLOSE_GRACE_S = 3.0
 # Files per child: enough to amortise a fork, small enough to spread the work.
 MAX_BATCH = 32
 BATCHES_PER_WORKER = 4
@@ -229,19 +231,36 @@ class WorkerPool:
                 except (ProcessLookupError, PermissionError):
                     pass
         self._selector.unregister(worker.event_fd)
-        for fd in (worker.task_fd, worker.event_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._close_task_pipe(worker)
+        os.close(worker.event_fd)
         try:
             worker.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             logger.warning("worker %s did not exit after SIGKILL", worker.process.pid)
         self._workers.remove(worker)
 
+    @staticmethod
+    def _close_task_pipe(worker: _Worker) -> None:
+        """Close once: a descriptor number closed twice may already belong to someone else."""
+        if worker.task_fd >= 0:
+            os.close(worker.task_fd)
+            worker.task_fd = -1
+
     def close(self) -> None:
-        """End every worker and child and remove the scratch directory."""
+        """End every worker and child and remove the scratch directory.
+
+        Each worker is first asked to go (its task pipe closes): it then kills what
+        its last child left behind, processes in sessions of their own included,
+        which only it can see. A worker that does not exit in time is killed.
+        """
+        for worker in self._workers:
+            self._close_task_pipe(worker)
+        deadline = time.monotonic() + CLOSE_GRACE_S
+        for worker in self._workers:
+            try:
+                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
         for worker in list(self._workers):
             self._retire(worker)
         self._selector.close()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
+import warnings
 from dataclasses import dataclass
 
 from .report import MSG_DECODE, MSG_NUL, MSG_SYNTAX
@@ -299,13 +301,31 @@ class _Scanner:
         return None, tuple(external)
 
 
+_QUIET = threading.Lock()
+
+
+def _ast_parse(data: bytes) -> ast.Module:
+    """``ast.parse``, independent of the caller's warning filters.
+
+    Under ``-W error`` a compile-time warning (an invalid escape sequence) is
+    raised as a SyntaxError; a valid file must not become an error for that, so
+    a SyntaxError is retried once with warnings silenced.
+    """
+    try:
+        return ast.parse(data)
+    except SyntaxError:
+        with _QUIET, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ast.parse(data)
+
+
 def _parse(data: bytes) -> ast.Module | str:
     """The AST, or an error message with the line."""
     nul = data.find(b"\0")
     if nul >= 0:
         return MSG_NUL.format(line=data.count(b"\n", 0, nul) + 1, offset=nul)
     try:
-        return ast.parse(data)
+        return _ast_parse(data)
     except SyntaxError as exc:
         message = MSG_DECODE if _ENCODING_WORDS.search(exc.msg or "") else MSG_SYNTAX
         return message.format(what=exc.msg, line=exc.lineno or 1)

@@ -437,13 +437,6 @@ def make_tree(root: Path, files: dict[str, str]) -> tuple[Path, Path]:
     return tree, marks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _worker._kill_leftovers() kills the orphans it sees once, then waits for "
-    "every child; a process that was the child of a killed orphan is re-parented to the "
-    "worker afterwards, never killed, and the worker spins in that loop until the pool "
-    "SIGKILLs it, after which the process lives on under init",
-)
 def test_a_service_started_in_its_own_session_does_not_outlive_the_scan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

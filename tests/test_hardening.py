@@ -328,21 +328,9 @@ def stopped_scans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
             kill_survivors(stop.marks)
 
 
-_SESSION_LEAK = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on KeyboardInterrupt, SmartDiscovery's finally runs WorkerPool.close(), "
-    "which SIGKILLs the worker before it can kill the orphans re-parented to it; a process "
-    "that left the child's process group (a service started with start_new_session=True) "
-    "outlives the scan under init",
-)
-
-
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(case, marks=_SESSION_LEAK) if case == "SIGINT-service" else case
-        for case in STOP_CASES
-    ],
+    STOP_CASES,
 )
 def test_stopping_mid_scan_leaves_no_process(stopped_scans: dict[str, _Stop], case: str) -> None:
     stop = stopped_scans[case]
@@ -437,13 +425,6 @@ def test_screen_never_raises_on_known_parser_stressors(data: bytes) -> None:
     _never_raises(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: screen._parse runs ast.parse under the caller's warning filters: with "
-    "warnings as errors (python -W error, pytest filterwarnings=error) a valid file with an "
-    "invalid escape sequence such as re.compile('\\d+') is reported as 'Cannot be parsed' "
-    "(and otherwise each such file prints a DeprecationWarning in the server)",
-)
 def test_screen_verdict_does_not_depend_on_the_callers_warning_filters() -> None:
     source = b'import re\n\nDIGITS = re.compile("\\d+")\n\ndef build():\n    return 1\n'
     assert analyze(source).error is None
