@@ -124,7 +124,7 @@ def _run_file(task: dict[str, Any], inner_timeout: float) -> dict[str, Any]:
     try:
         return _probe(_load(task), task)
     except _ImportTimeout as exc:
-        return {"timeout": f"still running{where(exc, task['path'])}"}
+        return {"timeout": where(exc, task["path"])}
     except MemoryError as exc:
         return {"error": f"Hit the memory limit while importing{where(exc, task['path'])}."}
     except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, anything

@@ -191,76 +191,6 @@ def _explain_target(base: Path, name: str) -> Path:
     raise UsageError(f"{name}: no such file (looked in . and in {base})")
 
 
-def explain(base: Path, path: Path, settings: Any) -> dict[str, Any]:
-    """Why the static screen treats ``path`` as it does, from the engine's own answers.
-
-    The status and reason are ``SmartDiscovery.screen()``'s; the model lines,
-    imports and chain come from ``screen.analyze`` (via the screen cache) and
-    ``imports.ImportGraph``. A file that passes the screen is only imported by
-    a full scan, so its outcome after import is not part of the explanation.
-    """
-    from .cache import ScreenCache
-    from .discovery import SmartDiscovery
-    from .finder import WORKFLOW_PATTERNS, find_candidates
-    from .imports import ImportGraph
-
-    rel = path.relative_to(base).as_posix()
-    options = settings.discovery_options()
-    found = find_candidates(base, exclude=options["exclude"],
-                            max_file_bytes=options["max_file_bytes"])
-    found_here = next((c for c in found.candidates if c.rel == rel), None)
-    candidate = found_here is not None
-    entry = next((e for e in SmartDiscovery(base, **options).screen() if e.path == rel), None)
-    if entry is not None:
-        status, reason = entry.status, entry.reason
-    elif candidate:
-        status = "passes_screen"
-        reason = ("Neither defines nor imports DataFlow models: a scan imports it in an "
-                  "isolated worker (run `nexus-dataflow scan` for the outcome).")
-    else:
-        status = "not_a_candidate"
-        reason = (f"Discovery does not look at this file: it matches none of the patterns "
-                  f"{', '.join(WORKFLOW_PATTERNS)}, or it is excluded.")
-    result: dict[str, Any] = {"path": rel, "candidate": candidate, "status": status,
-                              "reason": reason}
-    real = path.resolve()
-    refused = found_here is not None and found_here.refusal is not None
-    outside = not real.is_relative_to(base.resolve())
-    if refused or outside or real.stat().st_size > options["max_file_bytes"]:
-        return result  # what discovery refuses to read, explaining does not read either
-    cache = ScreenCache(base, persist=False)
-    graph = ImportGraph([base], cache.facts)
-    facts = cache.facts(real)
-
-    def rel_of(p: Path) -> str:
-        inside = p.is_relative_to(base.resolve())
-        return p.relative_to(base.resolve()).as_posix() if inside else str(p)
-
-    def project_files(ref: Any) -> list[dict[str, Any]]:
-        return [{"path": rel_of(f), "models": graph.own_model(f)}
-                for f in graph.resolve(real, ref)]
-
-    taint = graph.taint(real) if not facts.error else None
-    result.update({
-        "parse_error": facts.error,
-        "models": graph.own_model(real) if not facts.error else None,
-        "model_uses": [
-            {"line": u.line, "class": u.cls, "target": f"{u.name}.model",
-             "imported_at_line": u.source.line, "from": project_files(u.source)}
-            for u in facts.external_model_uses
-        ],
-        "imports": [
-            {"line": ref.line, "module": "." * ref.level + ref.module, "names": list(ref.names),
-             "project_files": project_files(ref)}
-            for ref in facts.imports
-        ],
-        "chain": [rel_of(p) for p in taint.chain] if taint else [],
-        "chain_detail": taint.detail if taint else None,
-        "factories": list(facts.factories),
-    })
-    return result
-
-
 def format_explanation(info: dict[str, Any], colour: bool = False) -> str:
     """``explain()``'s answer for a person."""
     status = _paint(info["status"], info["status"], colour)
@@ -297,7 +227,10 @@ def format_explanation(info: dict[str, Any], colour: bool = False) -> str:
 
 def cmd_explain(base: Path, args: argparse.Namespace, settings: Any, out: TextIO) -> int:
     targets = [_explain_target(base, name) for name in args.explain]
-    answers = [explain(base, path, settings) for path in targets]
+    from .discovery import SmartDiscovery
+
+    discovery = SmartDiscovery(base, **settings.discovery_options())
+    answers = [discovery.explain(path) for path in targets]
     if args.json:
         json.dump({"explain": answers}, out, indent=2)
         out.write("\n")

@@ -54,20 +54,44 @@ def _positive_float(value: Any) -> float:
     return number
 
 
-def _optional_positive_int(value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "0"}):
-        return None
+def _whole(value: Any) -> int:
+    """A whole number from an int, an integral float or a string; never a bool."""
     if isinstance(value, bool):
-        raise ValueError("expected a positive whole number")
-    number = int(value)
-    if number < 1:
-        raise ValueError("expected a positive whole number (or 0/none for no limit)")
-    return number
+        raise ValueError("expected a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("expected a whole number")
+        return int(value)
+    return int(str(value).strip()) if isinstance(value, str) else int(value)
+
+
+def _unset(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"})
+
+
+def _limit(value: Any) -> int | None:
+    """A resource limit: a positive whole number, or 0/none for no limit."""
+    if _unset(value):
+        return None
+    number = _whole(value)
+    if number < 0:
+        raise ValueError("expected a positive whole number, or 0/none for no limit")
+    return number or None
+
+
+def _workers(value: Any) -> int | None:
+    """Parallel workers: a positive whole number, or 0/none for one per core."""
+    if _unset(value):
+        return None
+    number = _whole(value)
+    if number < 0:
+        raise ValueError("expected a positive whole number, or 0/none for one per core")
+    return number or None
 
 
 def _positive_int(value: Any) -> int:
-    number = _optional_positive_int(value)
-    if number is None:
+    number = None if _unset(value) else _whole(value)
+    if number is None or number < 1:
         raise ValueError("expected a positive whole number")
     return number
 
@@ -102,11 +126,11 @@ class Settings:
 OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "enabled": ("compatible", _boolean),
     "timeout": ("timeout", _positive_float),
-    "workers": ("workers", _optional_positive_int),
+    "workers": ("workers", _workers),
     "exclude": ("exclude", _patterns),
     "max_file_bytes": ("max_file_bytes", _positive_int),
-    "memory_limit_mb": ("memory_limit_mb", _optional_positive_int),
-    "cpu_limit_s": ("cpu_limit_s", _optional_positive_int),
+    "memory_limit_mb": ("memory_limit_mb", _limit),
+    "cpu_limit_s": ("cpu_limit_s", _limit),
     "cache": ("cache", _boolean),
 }
 

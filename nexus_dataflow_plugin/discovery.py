@@ -21,7 +21,14 @@ from kailash.workflow import Workflow
 from . import report as r
 from ._paths import in_project
 from .cache import ScreenCache
-from .finder import DEFAULT_MAX_FILE_BYTES, Candidate, Found, find_candidates, resolve_base
+from .finder import (
+    DEFAULT_MAX_FILE_BYTES,
+    WORKFLOW_PATTERNS,
+    Candidate,
+    Found,
+    find_candidates,
+    resolve_base,
+)
 from .imports import ImportGraph
 from .isolation import (
     GENERATED_NODES_MODULE,
@@ -159,6 +166,69 @@ class SmartDiscovery:
         report.duration_s = time.monotonic() - started
         return report
 
+    def explain(self, path: Path) -> dict[str, Any]:
+        """Why the static screen treats ``path`` as it does, from the engine's own answers.
+
+        The status and reason are ``SmartDiscovery.screen()``'s; the model lines,
+        imports and chain come from ``screen.analyze`` (via the screen cache) and
+        ``imports.ImportGraph``. A file that passes the screen is only imported by
+        a full scan, so its outcome after import is not part of the explanation.
+        """
+        base = self.base
+        rel = path.relative_to(base).as_posix()
+        found = self._find()
+        found_here = next((c for c in found.candidates if c.rel == rel), None)
+        candidate = found_here is not None
+        entry = next((e for e in self.screen() if e.path == rel), None)
+        if entry is not None:
+            status, reason = entry.status, entry.reason
+        elif candidate:
+            status = "passes_screen"
+            reason = ("Neither defines nor imports DataFlow models: a scan imports it in an "
+                      "isolated worker (run `nexus-dataflow scan` for the outcome).")
+        else:
+            status = "not_a_candidate"
+            reason = (f"Discovery does not look at this file: it matches none of the patterns "
+                      f"{', '.join(WORKFLOW_PATTERNS)}, or it is excluded.")
+        result: dict[str, Any] = {"path": rel, "candidate": candidate, "status": status,
+                                  "reason": reason}
+        real = path.resolve()
+        refused = found_here is not None and found_here.refusal is not None
+        outside = not real.is_relative_to(base.resolve())
+        if refused or outside or real.stat().st_size > self.max_file_bytes:
+            return result  # what discovery refuses to read, explaining does not read either
+        cache = ScreenCache(base, persist=False)
+        graph = ImportGraph(self._roots(), cache.facts)
+        facts = cache.facts(real)
+
+        def rel_of(p: Path) -> str:
+            inside = p.is_relative_to(base.resolve())
+            return p.relative_to(base.resolve()).as_posix() if inside else str(p)
+
+        def project_files(ref: Any) -> list[dict[str, Any]]:
+            return [{"path": rel_of(f), "models": graph.own_model(f)}
+                    for f in graph.resolve(real, ref)]
+
+        taint = graph.taint(real) if not facts.error else None
+        result.update({
+            "parse_error": facts.error,
+            "models": graph.own_model(real) if not facts.error else None,
+            "model_uses": [
+                {"line": u.line, "class": u.cls, "target": f"{u.name}.model",
+                 "imported_at_line": u.source.line, "from": project_files(u.source)}
+                for u in facts.external_model_uses
+            ],
+            "imports": [
+                {"line": ref.line, "module": "." * ref.level + ref.module, "names": list(ref.names),
+                 "project_files": project_files(ref)}
+                for ref in facts.imports
+            ],
+            "chain": [rel_of(p) for p in taint.chain] if taint else [],
+            "chain_detail": taint.detail if taint else None,
+            "factories": list(facts.factories),
+        })
+        return result
+
     # -- stages ----------------------------------------------------------------
 
     def _screen(
@@ -257,8 +327,10 @@ class SmartDiscovery:
             return r.FileResult(rel, r.CRASHED, _crash_reason(outcome)), None
         result = outcome.result or {}
         if "timeout" in result:
-            reason = r.MSG_TIMEOUT.format(timeout=self.timeout)
-            return r.FileResult(rel, r.TIMEOUT, f"{reason} It was {result['timeout']}."), None
+            reason = r.MSG_TIMEOUT_STOPPED.format(
+                elapsed=outcome.duration_s, timeout=self.timeout, where=result["timeout"]
+            )
+            return r.FileResult(rel, r.TIMEOUT, reason), None
         if "error" in result:
             return r.FileResult(rel, r.ERROR, str(result["error"])), None
         files_loaded = _decode_result(result)

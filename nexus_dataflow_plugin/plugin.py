@@ -75,27 +75,32 @@ def log_report(report: r.DiscoveryReport) -> None:
             logger.debug("  %s [%s] %s", entry.path, entry.status, entry.reason)
 
 
+def _not_registered(entry: r.FileResult | None, name: str, message: str, status: str) -> None:
+    """Say in the file's entry why ``name`` was not registered; with none left, re-status it."""
+    if entry is None:
+        return
+    entry.workflows.remove(name)
+    entry.reason += " " + message
+    if not entry.workflows and entry.status == r.REGISTERED:
+        entry.status = status
+
+
 def register_discovered(app: Any, report: r.DiscoveryReport) -> list[str]:
     """Register the report's workflows as Nexus does: explicit names win, bad names skip."""
     registered: list[str] = []
     owners = {name: entry for entry in report.files for name in entry.workflows}
     for name, workflow in report.workflows.items():
-        entry = owners.get(name)
         if name in app._workflows:
-            logger.info(MSG_EXPLICIT_WINS.format(name=name))
-            if entry is not None:
-                entry.reason += " " + MSG_EXPLICIT_WINS.format(name=name)
+            message = MSG_EXPLICIT_WINS.format(name=name)
+            logger.info(message)
+            _not_registered(owners.get(name), name, message, r.NO_WORKFLOWS)
             continue
         try:
             app.register(name, workflow)
         except ValueError as exc:
             message = MSG_REJECTED.format(name=name, error=exc)
             logger.warning(message)
-            if entry is not None:
-                entry.workflows.remove(name)
-                entry.reason += " " + message
-                if not entry.workflows:
-                    entry.status = r.ERROR
+            _not_registered(owners.get(name), name, message, r.ERROR)
             continue
         registered.append(name)
     return registered

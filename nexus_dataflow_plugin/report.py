@@ -53,8 +53,12 @@ MSG_SKIPPED_DEPENDENT = (
     "Load it explicitly after your models exist: plugin.load_workflows({path!r})."
 )
 MSG_TIMEOUT = (
-    "Did not finish within {timeout:g}s (hangs at import or in a factory); the worker was "
+    "Did not finish within {timeout:g}s (hangs at import or in a factory); its process was "
     "killed. Move slow work out of module level, or raise the timeout."
+)
+MSG_TIMEOUT_STOPPED = (
+    "Was stopped after {elapsed:.1f}s of its {timeout:g}s limit (hangs at import or in a "
+    "factory), still running{where}. Move slow work out of module level, or raise the timeout."
 )
 MSG_CRASHED = (
     "The worker process died while importing this file ({how}); the rest of the scan "

@@ -320,3 +320,27 @@ def test_invalid_environment_value_with_use_plugin_names_the_setting(tmp_path: P
         with pytest.raises(AssertionError, match="app failed") as raised:
             app.wait_result(timeout=120)
     assert "NEXUS_DATAFLOW_TIMEOUT = 'soon' (from environment)" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "option,raw,expected",
+    [
+        ("workers", 0, None),  # 0 means one worker per core, as the message says
+        ("workers", "none", None),
+        ("workers", 3.0, 3),
+        ("memory_limit_mb", 0, None),  # 0 means no limit
+        ("cpu_limit_s", "0", None),
+    ],
+)
+def test_zero_and_none_mean_the_default(tmp_path: Path, option: str, raw: object,
+                                        expected: object) -> None:
+    key = f"dataflow_{option}"
+    value = f'"{raw}"' if isinstance(raw, str) else raw
+    (tmp_path / "pyproject.toml").write_text(f"[tool.nexus]\n{key} = {value}\n")
+    assert getattr(load_settings(tmp_path, environ={}), option) == expected
+
+
+@pytest.mark.parametrize("raw", [1.7, -1, True])
+def test_a_fractional_negative_or_boolean_worker_count_is_refused(raw: object) -> None:
+    with pytest.raises(ConfigError, match="workers"):
+        load_settings(Path("/nonexistent"), {"workers": raw}, environ={})

@@ -147,8 +147,8 @@ def test_smart_discovery_in_the_server_process(runs: dict[str, Any], way: str) -
         pids = harness.ran(project / plain)
         assert pids and pid not in pids, (plain, pids, pid)
 
-    # Explicit registrations win over discovered names.
-    assert found["workflows/greet.py"] == "registered"
+    # Explicit registrations win over discovered names; the file registered nothing.
+    assert found["workflows/greet.py"] == "no_workflows"
     assert "explicit workflow wins" in entry(report, "workflows/greet.py")["reason"]
     assert "Hello from the app" in result["greet_code"]
 

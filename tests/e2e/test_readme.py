@@ -322,7 +322,7 @@ def test_configuration_reference_matches_the_code() -> None:
 REASON_TEMPLATES = [
     *[("report", name) for name in (
         "MSG_REGISTERED", "MSG_NO_WORKFLOWS", "MSG_SKIPPED_MODEL", "MSG_SKIPPED_DEPENDENT",
-        "MSG_TIMEOUT", "MSG_CRASHED", "MSG_SYNTAX", "MSG_DECODE", "MSG_NUL", "MSG_UNREADABLE",
+        "MSG_TIMEOUT", "MSG_TIMEOUT_STOPPED", "MSG_CRASHED", "MSG_SYNTAX", "MSG_DECODE", "MSG_NUL", "MSG_UNREADABLE",
         "MSG_NOT_TRANSFERABLE", "MSG_USES_MODEL_NODES",
     )],
     ("finder", "MSG_OUTSIDE"), ("finder", "MSG_TOO_LARGE"), ("finder", "MSG_BROKEN_LINK"),
