@@ -322,7 +322,8 @@ def test_configuration_reference_matches_the_code() -> None:
 REASON_TEMPLATES = [
     *[("report", name) for name in (
         "MSG_REGISTERED", "MSG_NO_WORKFLOWS", "MSG_SKIPPED_MODEL", "MSG_SKIPPED_DEPENDENT",
-        "MSG_TIMEOUT", "MSG_TIMEOUT_STOPPED", "MSG_CRASHED", "MSG_SYNTAX", "MSG_DECODE", "MSG_NUL", "MSG_UNREADABLE",
+        "MSG_TIMEOUT", "MSG_TIMEOUT_STOPPED", "MSG_CRASHED", "MSG_SYNTAX", "MSG_DECODE",
+        "MSG_NUL", "MSG_UNREADABLE",
         "MSG_NOT_TRANSFERABLE", "MSG_USES_MODEL_NODES",
     )],
     ("finder", "MSG_OUTSIDE"), ("finder", "MSG_TOO_LARGE"), ("finder", "MSG_BROKEN_LINK"),
@@ -351,3 +352,17 @@ def test_troubleshooting_quotes_each_reason_as_the_code_prints_it(module: str, n
     assert quoted(template, doc), (
         f"docs/troubleshooting.md does not quote {module}.{name}:\n{template}"
     )
+
+
+def test_every_guarantee_in_the_readme_names_a_test_that_exists() -> None:
+    """The README's guarantees each cite file::test; a renamed test must not leave a dead cite."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Guarantees", 1)[1].split("\n## ", 1)[0]
+    cited = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", section)
+    assert len(cited) >= 10, section
+    missing = [
+        f"{path}::{name}"
+        for path, name in cited
+        if not re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M)
+    ]
+    assert not missing, missing
