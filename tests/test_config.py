@@ -9,11 +9,8 @@ error stops a real server's start-up before discovery runs.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -258,21 +255,9 @@ def test_pyproject_without_nexus_table_gives_defaults(tmp_path: Path) -> None:
     assert load_settings(tmp_path, {}, {}) == Settings()
 
 
-def _load_harness() -> ModuleType:
-    name = "project_shop_harness"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parent / "fixtures/project_shop/harness/launch.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def test_invalid_pyproject_value_stops_server_start_up(tmp_path: Path) -> None:
     """A real app with the pyproject flag: start() fails naming the setting, before discovery."""
-    harness = _load_harness()
+    from shop_harness import harness
     project = harness.copy_project(tmp_path / "shop")
     path = write_pyproject(project, 'dataflow_compatible = true\ndataflow_timeout = "soon"\n')
     app = harness.AppProcess(
@@ -308,7 +293,7 @@ def test_environment_errors_surface_at_install_not_construction(
 
 
 def test_invalid_environment_value_with_use_plugin_names_the_setting(tmp_path: Path) -> None:
-    harness = _load_harness()
+    from shop_harness import harness
     project = harness.copy_project(tmp_path / "shop")
     app = harness.AppProcess(
         project,

@@ -16,33 +16,16 @@ The four ways:
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from shop_harness import harness
 
 from nexus_dataflow_plugin import DataFlowCompatiblePlugin
 from nexus_dataflow_plugin.config import ConfigError
-
-
-def _load_harness() -> ModuleType:
-    name = "project_shop_harness"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parent / "fixtures/project_shop/harness/launch.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-harness = _load_harness()
 
 WAYS = ("use_plugin", "add_plugin", "env", "pyproject")
 PLUGIN_WAYS = ("use_plugin", "add_plugin")

@@ -21,35 +21,18 @@ its own server and stops it.
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-
-
-def _load_harness() -> ModuleType:
-    name = "project_shop_harness"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "fixtures/project_shop/harness/launch.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-harness = _load_harness()
+from shop_harness import harness
 
 WAYS = ("use_plugin", "add_plugin", "env", "pyproject")
 PLUGIN_WAYS = ("use_plugin", "add_plugin")

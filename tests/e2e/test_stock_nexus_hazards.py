@@ -22,7 +22,6 @@ tree; the pytest process never runs discovery.
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
 import subprocess
 import sys
@@ -30,26 +29,11 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
-
-
-def _load_harness() -> ModuleType:
-    name = "project_shop_harness"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "fixtures/project_shop/harness/launch.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-harness = _load_harness()
+from shop_harness import harness
 
 STOCK_ENV = {"NEXUS_DISABLE_PLUGIN_AUTOLOAD": "1"}  # nothing of ours touches Nexus at all
 HANG_OBSERVATION_S = 15.0
