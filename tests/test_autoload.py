@@ -321,3 +321,31 @@ def test_plugin_that_exits_at_import_is_skipped(tmp_path: Path) -> None:
     out = run_python(code, cwd, clean_env(PYTHONPATH=str(site)))
     assert out["survived"] is True
     assert any("Skipped Nexus plugin 'exits_at_import'" in m for m in out["records"])
+
+
+def test_a_normal_install_ships_the_start_up_hook(tmp_path: Path) -> None:
+    """A regular (non-editable) install puts the .pth at site-packages' root, and it arms
+    the hook without importing Nexus. Dependencies are not reinstalled: the check is about
+    what this package's own wheel contains."""
+    repo = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", str(repo)],
+        check=True, timeout=600, capture_output=True,
+    )
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    assert (Path(site) / "nexus_dataflow_plugin.pth").is_file()
+    probe = (
+        "import sys; print('nexus_dataflow_plugin._startup' in sys.modules, "
+        "'nexus' in sys.modules)"
+    )
+    out = subprocess.run(
+        [str(python), "-c", probe], check=True, capture_output=True, text=True,
+        env={k: v for k, v in os.environ.items() if k != "NEXUS_DISABLE_PLUGIN_AUTOLOAD"},
+    ).stdout.split()
+    assert out == ["True", "False"]
