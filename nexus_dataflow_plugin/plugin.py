@@ -123,7 +123,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
     Options (all optional; unset ones come from the environment, then
     ``[tool.nexus]`` in the project's pyproject.toml, then defaults):
     ``timeout`` per file in seconds, ``workers``, ``exclude`` glob patterns,
-    ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``.
+    ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``, ``cache``.
     """
 
     def __init__(
@@ -135,6 +135,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         max_file_bytes: int | None = None,
         memory_limit_mb: int | None = None,
         cpu_limit_s: int | None = None,
+        cache: bool | None = None,
     ) -> None:
         self.options: dict[str, Any] = {
             "timeout": timeout,
@@ -143,6 +144,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             "max_file_bytes": max_file_bytes,
             "memory_limit_mb": memory_limit_mb,
             "cpu_limit_s": cpu_limit_s,
+            "cache": cache,
         }
         # A bad argument is an error here; the environment and pyproject.toml are read
         # (and their errors raised) when the plugin installs and when discovery runs.

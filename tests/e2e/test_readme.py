@@ -207,10 +207,18 @@ def test_the_other_nexus_dataflow_commands_run_in_the_fresh_venv(served: Served)
     }
     for command, process in running.items():
         out, err = process.communicate(timeout=COMMAND_TIMEOUT_S)
-        assert process.returncode == 0, (command, err.decode()[-2000:])
         text = out.decode()
+        if "--fail-on" in command:
+            # The example holds a file that exits at import: `--fail-on error` must say so.
+            assert process.returncode == 1, (command, err.decode()[-2000:])
+        else:
+            assert process.returncode == 0, (command, err.decode()[-2000:])
         if "--json" in command:
             assert set(json.loads(text)) == {"workflows", "files"}
+        elif "--explain" in command:
+            path = shlex.split(command)[shlex.split(command).index("--explain") + 1]
+            assert text.startswith(f"{path}: skipped_dependent"), text
+            assert "shop/models.py" in text, text
         elif command.startswith("nexus-dataflow scan"):
             assert text.splitlines()[0].split() == ["STATUS", "FILE", "WORKFLOWS", "TIME",
                                                     "REASON"]
@@ -257,18 +265,16 @@ def test_doc_links_between_docs_exist() -> None:
 # What each option's parser accepts, in words, keyed to the parser it describes so a
 # change of parser is caught here.
 BOOLEAN = "`true`/`false` (also the strings `1`/`0`, `yes`/`no`, `on`/`off`; empty is false)"
-NONE_AS = "the string `\"none\"`, `\"0\"` or `\"\"`"
+NONE_AS = "`0`, `\"none\"` or `\"\"`"
 VALID_VALUES = {
     "enabled": ("_boolean", BOOLEAN),
     "timeout": ("_positive_float", "seconds, a finite number > 0"),
-    "workers": ("_optional_positive_int", f"a whole number >= 1; {NONE_AS}: one per CPU core"),
+    "workers": ("_workers", f"a whole number >= 1; {NONE_AS}: one per CPU core"),
     "exclude": ("_patterns", "glob patterns matched (`fnmatch`) against the path relative to "
                              "the project: a list, or one comma-separated string"),
     "max_file_bytes": ("_positive_int", "bytes, a whole number >= 1"),
-    "memory_limit_mb": ("_optional_positive_int", f"MiB, a whole number >= 1; {NONE_AS}: "
-                                                  "no limit"),
-    "cpu_limit_s": ("_optional_positive_int", f"CPU seconds, a whole number >= 1; {NONE_AS}: "
-                                              "no limit"),
+    "memory_limit_mb": ("_limit", f"MiB, a whole number >= 1; {NONE_AS}: no limit"),
+    "cpu_limit_s": ("_limit", f"CPU seconds, a whole number >= 1; {NONE_AS}: no limit"),
     "cache": ("_boolean", BOOLEAN),
 }
 
