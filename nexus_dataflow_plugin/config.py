@@ -58,11 +58,16 @@ def _whole(value: Any) -> int:
     """A whole number from an int, an integral float or a string; never a bool."""
     if isinstance(value, bool):
         raise ValueError("expected a whole number")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
     if isinstance(value, float):
         if not value.is_integer():
             raise ValueError("expected a whole number")
         return int(value)
-    return int(str(value).strip()) if isinstance(value, str) else int(value)
+    return int(value)
 
 
 def _unset(value: Any) -> bool:
