@@ -23,6 +23,11 @@ from kailash.workflow.builder import WorkflowBuilder
 
 SKIP_NAMES = frozenset({"WorkflowBuilder", "Workflow"})
 
+# What the worker reports, as sentences (the server's report wraps them).
+MSG_IMPORT_RAISED = "Raised {exc} while importing{where}: {message}"
+MSG_IMPORT_MEMORY = "Hit the memory limit while importing{where}."
+MSG_CALL_RAISED = "{name}{call} raised {exc}: {message}{where}"
+
 
 @dataclass
 class Probed:
@@ -110,7 +115,10 @@ def probe(
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             call = ".build()" if isinstance(obj, WorkflowBuilder) else "()"
             probed.failures.append(
-                f"{name}{call} raised {type(exc).__name__}: {describe(exc)}{where(exc, path)}"
+                MSG_CALL_RAISED.format(
+                    name=name, call=call, exc=type(exc).__name__, message=describe(exc),
+                    where=where(exc, path),
+                )
             )
             continue
         probed.workflows[name] = value

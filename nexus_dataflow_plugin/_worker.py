@@ -31,7 +31,13 @@ from typing import Any
 
 from nexus_dataflow_plugin import _protocol as proto
 from nexus_dataflow_plugin import transfer
-from nexus_dataflow_plugin._probe import describe, probe, where
+from nexus_dataflow_plugin._probe import (
+    MSG_IMPORT_MEMORY,
+    MSG_IMPORT_RAISED,
+    describe,
+    probe,
+    where,
+)
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -126,11 +132,12 @@ def _run_file(task: dict[str, Any], inner_timeout: float) -> dict[str, Any]:
     except _ImportTimeout as exc:
         return {"timeout": where(exc, task["path"])}
     except MemoryError as exc:
-        return {"error": f"Hit the memory limit while importing{where(exc, task['path'])}."}
+        return {"error": MSG_IMPORT_MEMORY.format(where=where(exc, task["path"]))}
     except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, anything
         return {
-            "error": f"Raised {type(exc).__name__} while importing{where(exc, task['path'])}: "
-            f"{describe(exc)}"
+            "error": MSG_IMPORT_RAISED.format(
+                exc=type(exc).__name__, where=where(exc, task["path"]), message=describe(exc)
+            )
         }
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)

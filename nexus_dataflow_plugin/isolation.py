@@ -45,6 +45,13 @@ BATCHES_PER_WORKER = 4
 # app's DataFlow instance and cannot be re-created by importing a module.
 GENERATED_NODES_MODULE = "dataflow.core.nodes"
 
+# How a child failed, for the crash reason.
+DETAIL_EXITED = "exited with status {code} before reporting"
+DETAIL_SIGNAL = "killed by {signal}"
+DETAIL_CPU = "hit the CPU limit (SIGXCPU)"
+DETAIL_UNREADABLE = "its result could not be read ({error})"
+DETAIL_WORKER_DIED = "the worker process died"
+
 OUTCOME_RESULT = "result"
 OUTCOME_TIMEOUT = "timeout"
 OUTCOME_CRASHED = "crashed"
@@ -382,12 +389,12 @@ class WorkerPool:
             if current is None:
                 return published
             pending.extendleft(reversed(batch.tasks[batch.index + 1 :]))
-            detail = f"exited with status {event.get('exit')} before reporting"
+            detail = DETAIL_EXITED.format(code=event.get("exit"))
             if event.get("signal"):
                 number = int(event["signal"])
-                detail = f"killed by {_signal_name(number)}"
+                detail = DETAIL_SIGNAL.format(signal=_signal_name(number))
                 if number == signal.SIGXCPU:
-                    detail = "hit the CPU limit (SIGXCPU)"
+                    detail = DETAIL_CPU
             crashed = self._failed(current, OUTCOME_CRASHED, detail, now - worker.file_started_at)
             return [*published, crashed]
         return []
@@ -401,7 +408,7 @@ class WorkerPool:
             return Outcome(task, OUTCOME_RESULT, result=result, stderr_tail=tail,
                            duration_s=duration)
         except (OSError, ValueError) as exc:
-            return Outcome(task, OUTCOME_CRASHED, detail=f"unreadable result: {exc}",
+            return Outcome(task, OUTCOME_CRASHED, detail=DETAIL_UNREADABLE.format(error=exc),
                            stderr_tail=tail, duration_s=duration)
         finally:
             self._forget(task)
@@ -430,7 +437,7 @@ class WorkerPool:
             return []
         pending.extendleft(reversed(batch.tasks[batch.index + 1 :]))
         duration = time.monotonic() - worker.file_started_at
-        return [self._failed(batch.current, OUTCOME_CRASHED, "the worker process died", duration)]
+        return [self._failed(batch.current, OUTCOME_CRASHED, DETAIL_WORKER_DIED, duration)]
 
     def _enforce(self, pending: deque[Task]) -> Iterator[Outcome]:
         """Kill what overran; replace workers that are gone or stuck."""

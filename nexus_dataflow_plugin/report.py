@@ -71,9 +71,6 @@ MSG_DECODE = (
 )
 MSG_NUL = "Contains a NUL byte at line {line} (byte offset {offset}); not a Python source file."
 MSG_UNREADABLE = "Cannot be read: {what}."
-MSG_IMPORT_ERROR = "Raised {exc} while importing: {message}"
-MSG_FACTORY_FAILED = "factory {name}() raised {exc}: {message}"
-MSG_BUILD_FAILED = "{name}.build() raised {exc}: {message}"
 MSG_NOT_TRANSFERABLE = (
     "{problems}. Register this workflow explicitly with app.register(name, workflow) "
     "in your app."
@@ -82,7 +79,6 @@ MSG_USES_MODEL_NODES = (
     "Uses {nodes}, which DataFlow generates from your models: only the server has them. "
     "Load it explicitly after your models exist: plugin.load_workflows({path!r})."
 )
-MSG_PROTOCOL = "The worker returned an unreadable result ({what}); the file was not loaded."
 
 
 @dataclass
