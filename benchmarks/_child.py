@@ -13,7 +13,8 @@ measured to OUT.json. Kinds (``spec["kind"]``):
   cold number).
 - ``app``: ``build()`` from the tree's ``app.py``, then ``app.start(blocking=False)``;
   with ``settle``, waiting as above for the plugin's workers between the two.
-- ``screen``: ``ScreenCache(base, cache_dir).facts(path)`` over every file, on one core.
+- ``screen``: ``ScreenCache(base, cache_dir).facts(path)`` over every file, on one core,
+  with the garbage collector paused as ``SmartDiscovery`` pauses it.
 
 Memory: the calling process's RSS (``VmRSS`` from /proc/self/status) is
 sampled every 5 ms by a thread, and ``VmHWM`` is read before and after; the
@@ -295,19 +296,21 @@ def _timed(app: object, attr: str, spent: dict[str, float], key: str) -> None:
 
 def _run_screen(spec: dict) -> dict:
     from nexus_dataflow_plugin.cache import ScreenCache
+    from nexus_dataflow_plugin.discovery import paused_gc
 
     cpus = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpus[-1]})
     base = Path(spec["base"])
     files = sorted(p.resolve() for p in base.rglob("*.py"))
     gc.collect()
-    began = time.perf_counter()
-    cache = ScreenCache(base, Path(spec["cache_dir"]))
-    loaded = time.perf_counter()
-    models = sum(1 for path in files if cache.facts(path).model)
-    screened = time.perf_counter()
-    cache.save()
-    saved = time.perf_counter()
+    with paused_gc():  # as SmartDiscovery runs its screen
+        began = time.perf_counter()
+        cache = ScreenCache(base, Path(spec["cache_dir"]))
+        loaded = time.perf_counter()
+        models = sum(1 for path in files if cache.facts(path).model)
+        screened = time.perf_counter()
+        cache.save()
+        saved = time.perf_counter()
     wall = saved - began
     return {
         "files": len(files),

@@ -63,7 +63,7 @@ def dataflow_node_types() -> frozenset[str]:
 
 
 @contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
+def paused_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector for a scan, as it was found after.
 
     A scan allocates many small objects (ASTs, workflow graphs) and frees them
@@ -162,13 +162,14 @@ class SmartDiscovery:
         found = self._find()
         entries: dict[str, r.FileResult] = {}
         cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
-        self._screen(found.candidates, entries, cache)
+        with paused_gc():
+            self._screen(found.candidates, entries, cache)
         cache.save()
         return [entries[c.rel] for c in found.candidates if c.rel in entries]
 
     def run(self) -> r.DiscoveryReport:
         """Every stage: the report holds the workflows to register and one entry per file."""
-        with _no_gc():
+        with paused_gc():
             return self._run()
 
     def _run(self) -> r.DiscoveryReport:
