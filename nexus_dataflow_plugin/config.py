@@ -74,24 +74,24 @@ def _unset(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"})
 
 
-def _limit(value: Any) -> int | None:
-    """A resource limit: a positive whole number, or 0/none for no limit."""
+def _optional_count(value: Any, zero_means: str) -> int | None:
+    """A positive whole number, or None for 0/none/empty (which means ``zero_means``)."""
     if _unset(value):
         return None
     number = _whole(value)
     if number < 0:
-        raise ValueError("expected a positive whole number, or 0/none for no limit")
+        raise ValueError(f"expected a positive whole number, or 0/none for {zero_means}")
     return number or None
+
+
+def _limit(value: Any) -> int | None:
+    """A resource limit; 0/none is no limit."""
+    return _optional_count(value, "no limit")
 
 
 def _workers(value: Any) -> int | None:
-    """Parallel workers: a positive whole number, or 0/none for one per core."""
-    if _unset(value):
-        return None
-    number = _whole(value)
-    if number < 0:
-        raise ValueError("expected a positive whole number, or 0/none for one per core")
-    return number or None
+    """Parallel workers; 0/none is one per core."""
+    return _optional_count(value, "one per core")
 
 
 def _positive_int(value: Any) -> int:
