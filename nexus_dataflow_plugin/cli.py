@@ -249,11 +249,12 @@ def project_dataflows(base: Path) -> list[Any]:
     """DataFlow instances held by modules of the project that are already imported."""
     from dataflow import DataFlow
 
-    root = str(base.resolve()) + os.sep
+    from ._paths import in_project
+
     found: dict[int, Any] = {}
     for module in list(sys.modules.values()):
-        origin = getattr(module, "__file__", None) or ""
-        if not os.path.realpath(origin).startswith(root):
+        origin = getattr(module, "__file__", None)
+        if not origin or not in_project(origin, base):
             continue
         for value in list(vars(module).values()):
             if isinstance(value, DataFlow):

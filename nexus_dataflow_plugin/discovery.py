@@ -160,12 +160,17 @@ class SmartDiscovery:
         """The static stages alone: entries for files decided without importing anything
         (skipped_model, skipped_dependent, error). No worker is started."""
         found = self._find()
+        entries, _ = self._static(found)
+        return [entries[c.rel] for c in found.candidates if c.rel in entries]
+
+    def _static(self, found: Found) -> tuple[dict[str, r.FileResult], ScreenCache]:
+        """Screen every candidate; the cache it filled is returned for further questions."""
         entries: dict[str, r.FileResult] = {}
         cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
         with paused_gc():
             self._screen(found.candidates, entries, cache)
         cache.save()
-        return [entries[c.rel] for c in found.candidates if c.rel in entries]
+        return entries, cache
 
     def run(self) -> r.DiscoveryReport:
         """Every stage: the report holds the workflows to register and one entry per file."""
@@ -203,7 +208,8 @@ class SmartDiscovery:
         found = self._find()
         found_here = next((c for c in found.candidates if c.rel == rel), None)
         candidate = found_here is not None
-        entry = next((e for e in self.screen() if e.path == rel), None)
+        entries, cache = self._static(found)
+        entry = entries.get(rel)
         if entry is not None:
             status, reason = entry.status, entry.reason
         elif candidate:
@@ -221,16 +227,11 @@ class SmartDiscovery:
         outside = not real.is_relative_to(base.resolve())
         if refused or outside or real.stat().st_size > self.max_file_bytes:
             return result  # what discovery refuses to read, explaining does not read either
-        cache = ScreenCache(base, persist=False)
         graph = ImportGraph(self._roots(), cache.facts)
         facts = cache.facts(real)
 
-        def rel_of(p: Path) -> str:
-            inside = p.is_relative_to(base.resolve())
-            return p.relative_to(base.resolve()).as_posix() if inside else str(p)
-
         def project_files(ref: Any) -> list[dict[str, Any]]:
-            return [{"path": rel_of(f), "models": graph.own_model(f)}
+            return [{"path": self._rel(f), "models": graph.own_model(f)}
                     for f in graph.resolve(real, ref)]
 
         taint = graph.taint(real) if not facts.error else None
@@ -247,7 +248,7 @@ class SmartDiscovery:
                  "project_files": project_files(ref)}
                 for ref in facts.imports
             ],
-            "chain": [rel_of(p) for p in taint.chain] if taint else [],
+            "chain": [self._rel(p) for p in taint.chain] if taint else [],
             "chain_detail": taint.detail if taint else None,
             "factories": list(facts.factories),
         })
