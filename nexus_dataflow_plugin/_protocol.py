@@ -66,5 +66,6 @@ def write_result(directory: str, task_id: int, result: dict[str, Any]) -> None:
     final = result_path(directory, task_id)
     tmp = final + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, separators=(",", ":"))
+        # dumps, not dump: json.dump streams through the pure-Python encoder, 5x slower.
+        handle.write(json.dumps(result, separators=(",", ":")))
     os.replace(tmp, final)

@@ -43,7 +43,7 @@ from .isolation import (
     library_node_modules,
 )
 from .screen import Facts
-from .transfer import decode
+from .transfer import decode, quiet_rebuilds
 
 logger = logging.getLogger(__name__)
 
@@ -323,14 +323,15 @@ class SmartDiscovery:
         )
         pool = self.pool or self.make_pool(len(jobs))
         try:
-            for outcome in pool.run(jobs):
-                candidate = tasks[outcome.task.id][0]
-                entry, files_loaded = self._entry(candidate, outcome)
-                entry.duration_s = outcome.duration_s
-                entries[candidate.rel] = entry
-                cache.record_duration(candidate.real, outcome.duration_s)
-                if files_loaded is not None:
-                    loaded[candidate.rel] = files_loaded
+            with quiet_rebuilds:
+                for outcome in pool.run(jobs):
+                    candidate = tasks[outcome.task.id][0]
+                    entry, files_loaded = self._entry(candidate, outcome)
+                    entry.duration_s = outcome.duration_s
+                    entries[candidate.rel] = entry
+                    cache.record_duration(candidate.real, outcome.duration_s)
+                    if files_loaded is not None:
+                        loaded[candidate.rel] = files_loaded
         finally:
             if pool is not self.pool:
                 pool.close()

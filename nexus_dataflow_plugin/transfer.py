@@ -11,11 +11,14 @@ Imports only the standard library, Kailash and ``_paths``, so the worker may use
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +40,12 @@ LOSSY = "it does not survive Workflow.to_dict()/from_dict() unchanged ({what})"
 UNKNOWN_NODE = "node type {type} is not available in the server (module {module})"
 
 
+# Kailash logs every workflow, node and connection it builds at INFO. The worker
+# built the original; these lines would describe the server's copy, and cost
+# about 40 % of rebuilding it. Warnings and errors still come through.
+_GRAPH_LOGGER = logging.getLogger("kailash.workflow.graph")
+
+
 @dataclass(frozen=True)
 class Encoded:
     """A workflow as data, or the reasons it cannot travel."""
@@ -47,6 +56,11 @@ class Encoded:
 
 
 def _unjsonable(node_id: str, node_type: str, config: dict[str, Any]) -> list[str]:
+    try:
+        json.dumps(config)
+        return []  # the usual case, in one C-speed call instead of one per key
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        pass
     problems = []
     for key, value in config.items():
         try:
@@ -66,6 +80,13 @@ def _project_file(module_name: str, project_root: str) -> str | None:
     origin = getattr(module, "__file__", None)
     if module_name == "__main__" or origin is None:
         return module_name
+    return _project_relpath(origin, project_root)
+
+
+@functools.lru_cache(maxsize=1024)
+def _project_relpath(origin: str, project_root: str) -> str | None:
+    """Memoised: every node of a workflow asks about the same few modules, and
+    resolving symlinks costs a dozen ``lstat`` calls each time."""
     if in_project(origin, project_root):
         return os.path.relpath(os.path.realpath(origin), os.path.realpath(project_root))
     return None
@@ -155,3 +176,34 @@ def decode(data: dict[str, Any], node_modules: dict[str, str]) -> Workflow:
         if node_type not in NodeRegistry._nodes:
             raise ValueError(UNKNOWN_NODE.format(type=node_type, module=module))
     return Workflow.from_dict(data)
+
+
+class _QuietRebuilds:
+    """Raise the graph logger to WARNING while any scan is rebuilding, then restore it.
+
+    Once per scan, not per workflow: ``Logger.setLevel`` clears every logger's
+    cache, which in a server with hundreds of loggers costs more than the
+    logging it saves. Counted, so overlapping scans restore the level once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = logging.NOTSET
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._saved = _GRAPH_LOGGER.level
+                if _GRAPH_LOGGER.getEffectiveLevel() < logging.WARNING:
+                    _GRAPH_LOGGER.setLevel(logging.WARNING)
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and _GRAPH_LOGGER.level != self._saved:
+                _GRAPH_LOGGER.setLevel(self._saved)
+
+
+quiet_rebuilds = _QuietRebuilds()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from nexus_dataflow_plugin import SmartDiscovery
-from nexus_dataflow_plugin.screen import analyze
+from nexus_dataflow_plugin.screen import _walk, analyze
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engine"
 
@@ -426,3 +426,17 @@ def test_screen_alone_handles_a_thousand_files_quickly_without_workers(tmp_path)
     assert elapsed < 10
     assert _child_cpu_seconds() - cpu_before < 0.05
     assert not any(tmp_path.rglob("*.ran"))
+
+
+def test_the_screens_walk_visits_what_ast_walk_does_in_the_same_order():
+    """The screen's faster walk only leaves out Load/Store/Del markers; first-seen
+    answers (the first dataflow import's line) depend on the order."""
+    import ast
+
+    for path in sorted((Path(__file__).parent / "fixtures").rglob("*.py")):
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        expected = [n for n in ast.walk(tree) if not isinstance(n, ast.expr_context)]
+        assert _walk(tree) == expected, path

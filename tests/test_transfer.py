@@ -245,3 +245,44 @@ def test_control_library_installed_in_a_venv_next_to_the_project_is_a_library(
     with LocalRuntime() as runtime:
         results, _ = runtime.execute(workflow)
     assert results["greet"]["greeting"] == "hello nexus"
+
+
+def test_a_scan_rebuilds_quietly_and_leaves_the_logging_level_as_it_was(tmp_path, caplog):
+    """Kailash logs each node of the server's copy at INFO; the originals were built in a
+    worker. A scan logs none of those lines, and the graph logger's level is restored."""
+    import logging
+
+    graph_logger = logging.getLogger("kailash.workflow.graph")
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "pipeline.py").write_text(
+        "from kailash.workflow.builder import WorkflowBuilder\n"
+        "workflow = WorkflowBuilder()\n"
+        "workflow.add_node('PythonCodeNode', 'only', {'code': 'result = 1'})\n"
+    )
+    with caplog.at_level(logging.INFO):
+        before = graph_logger.level
+        report = SmartDiscovery(tmp_path, cache=False, workers=1).run()
+        assert "pipeline" in report.workflows
+        assert not [r for r in caplog.records if r.name == graph_logger.name]
+        assert graph_logger.level == before
+        _pipeline()  # building in the server itself still logs as Kailash does
+        assert [r for r in caplog.records if r.name == graph_logger.name]
+
+
+def test_overlapping_scans_restore_the_level_once_the_last_one_ends():
+    import logging
+
+    graph_logger = logging.getLogger("kailash.workflow.graph")
+    saved = graph_logger.level
+    graph_logger.setLevel(logging.DEBUG)
+    try:
+        first, second = transfer.quiet_rebuilds, transfer.quiet_rebuilds
+        first.__enter__()
+        second.__enter__()
+        assert graph_logger.level == logging.WARNING
+        first.__exit__(None, None, None)
+        assert graph_logger.level == logging.WARNING  # the other scan is still rebuilding
+        second.__exit__(None, None, None)
+        assert graph_logger.level == logging.DEBUG
+    finally:
+        graph_logger.setLevel(saved)
