@@ -4,12 +4,18 @@ Shared by both sides, so it imports only the standard library. Everything is
 JSON, one object per line; nothing is ever pickled. Two channels exist:
 
 - the task pipe (parent -> worker): ``init`` once, then one ``task`` per batch;
-- the event pipe (worker -> parent): ``ready``, ``started``, ``file_done``, ``done``.
+- the event pipe (worker -> parent): ``ready``, ``started``, ``file_done``, ``done``,
+  each naming its batch (a worker may run several batches' children at once).
 
 Both pipes are closed in the forked child before any user code runs, so a
 candidate file has no handle on them. A child's result is a JSON file written
 after the candidate has finished, into a private directory the parent made;
 the child then names the finished file on a progress pipe the worker reads.
+
+Before a child starts any file after its batch's first, it claims it with an
+exclusive create; the parent claims the same names when it hands the rest of
+a slow batch to other children. Whoever creates a claim first runs that file,
+so no file is ever imported twice.
 """
 
 from __future__ import annotations
@@ -69,3 +75,20 @@ def write_result(directory: str, task_id: int, result: dict[str, Any]) -> None:
         # dumps, not dump: json.dump streams through the pure-Python encoder, 5x slower.
         handle.write(json.dumps(result, separators=(",", ":")))
     os.replace(tmp, final)
+
+
+def claim(directory: str, batch: int, task_id: int) -> bool:
+    """Take the right to run ``task_id`` of ``batch``; False when it was taken first."""
+    try:
+        os.close(os.open(os.path.join(directory, f"{batch}-{task_id}.claim"),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return True
+    except FileExistsError:
+        return False
+
+
+def unclaim(directory: str, batch: int, task_id: int) -> None:
+    try:
+        os.unlink(os.path.join(directory, f"{batch}-{task_id}.claim"))
+    except OSError:
+        pass

@@ -11,7 +11,9 @@ of files forks a child from this clean, single-threaded process. The child
 closes both pipes, runs the candidates one by one, publishes a JSON result
 file for each and reports its id on a progress pipe; the worker relays
 ``started`` / ``file_done`` / ``done`` and kills whatever the child left
-behind. The parent owns the timeouts.
+behind. The parent owns the timeouts. A worker supervises several children
+at once when the parent sends it a batch while an earlier one is stuck on a
+slow file.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import signal
 import sys
 import time
 import types
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from nexus_dataflow_plugin import _protocol as proto
@@ -66,10 +68,11 @@ def _children() -> list[int]:
         return []
 
 
-def _kill_leftovers(pgid: int, patience_s: float = 5.0) -> None:
+def _kill_leftovers(pgid: int, keep: set[int], patience_s: float = 5.0) -> None:
     """Kill the finished child's group and every orphan re-parented to us, then reap.
 
-    Repeated until nothing is left, because killing an orphan re-parents its own
+    ``keep`` are the children still running other batches. Repeated until
+    nothing else is left, because killing an orphan re-parents its own
     children to us in turn.
     """
     try:
@@ -78,17 +81,17 @@ def _kill_leftovers(pgid: int, patience_s: float = 5.0) -> None:
         pass
     deadline = time.monotonic() + patience_s
     while True:
-        for pid in _children():
+        strays = [pid for pid in _children() if pid not in keep]
+        for pid in strays:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
                 pass
-        except ChildProcessError:
-            return
-        if not _children() or time.monotonic() > deadline:
+        if not strays or time.monotonic() > deadline:
             return
         time.sleep(0.005)
 
@@ -182,7 +185,9 @@ def _child(batch: dict[str, Any], init: dict[str, Any], progress_fd: int) -> Non
         directory = init["directory"]
         clean_path = list(sys.path)
         me = os.getpid()
-        for task in batch["files"]:
+        for number, task in enumerate(batch["files"]):
+            if number and not proto.claim(directory, batch["batch"], task["id"]):
+                break  # the parent gave the rest of this batch to other children
             err = os.open(proto.stderr_path(directory, task["id"]), os.O_WRONLY | os.O_CREAT, 0o600)
             os.dup2(err, 2)
             os.close(err)
@@ -199,72 +204,129 @@ def _child(batch: dict[str, Any], init: dict[str, Any], progress_fd: int) -> Non
     os._exit(code)
 
 
-def _relay_progress(data: bytes, buffer: bytes, event_fd: int) -> bytes:
+@dataclass
+class _Run:
+    """A forked child working through one batch, as its worker sees it."""
+
+    batch: int
+    pid: int
+    progress_fd: int
+    pidfd: int | None
+    buffer: bytes = b""
+    reading: bool = True  # until the progress pipe reaches EOF
+
+
+def _relay(run: _Run, data: bytes, event_fd: int) -> None:
     """Forward each completed file id from the child's progress pipe as an event."""
-    buffer += data
-    while b"\n" in buffer:
-        line, buffer = buffer.split(b"\n", 1)
+    run.buffer += data
+    while b"\n" in run.buffer:
+        line, run.buffer = run.buffer.split(b"\n", 1)
         if line.strip().isdigit():
-            proto.write_all(event_fd, proto.encode({"event": proto.FILE_DONE, "id": int(line)}))
-    return buffer
+            message = {"event": proto.FILE_DONE, "batch": run.batch, "id": int(line)}
+            proto.write_all(event_fd, proto.encode(message))
 
 
-def _supervise(pid: int, progress_fd: int, task_fd: int, event_fd: int) -> dict[str, Any] | None:
-    """Relay the child's progress until it exits; None when the parent is gone.
-
-    The parent never writes while a batch runs, so the task pipe turning
-    readable means it reached EOF: the parent is gone and so should we be.
-    """
+def _start(batch: dict[str, Any], init: dict[str, Any], task_fd: int, event_fd: int) -> _Run:
+    """Fork a child for ``batch`` from this clean process; the child never returns."""
+    for module in batch.get("preload", []):
+        _import_quietly(module)  # once here, inherited by every later child
+    gc.freeze()  # what idle and batch imports added, too
+    progress_r, progress_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(task_fd)
+        os.close(event_fd)
+        os.close(progress_r)
+        _child(batch, init, progress_w)
+    os.close(progress_w)
     pidfd = None
     try:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         pass
-    watch = [task_fd, progress_fd] + ([pidfd] if pidfd is not None else [])
-    buffer = b""
+    proto.write_all(
+        event_fd, proto.encode({"event": proto.STARTED, "batch": batch["batch"], "pid": pid})
+    )
+    return _Run(batch["batch"], pid, progress_r, pidfd)
+
+
+def _finish(run: _Run, runs: dict[int, _Run], event_fd: int, status: int) -> None:
+    """A child exited: relay its last progress, clean up after it, report ``done``."""
+    os.set_blocking(run.progress_fd, False)
+    try:
+        _relay(run, os.read(run.progress_fd, 1 << 20), event_fd)
+    except (BlockingIOError, OSError):
+        pass
+    _close(run)
+    del runs[run.pid]
+    _kill_leftovers(run.pid, keep=set(runs))
+    if os.WIFSIGNALED(status):
+        outcome = {"exit": None, "signal": os.WTERMSIG(status)}
+    else:
+        outcome = {"exit": os.waitstatus_to_exitcode(status), "signal": None}
+    proto.write_all(event_fd, proto.encode({"event": proto.DONE, "batch": run.batch, **outcome}))
+
+
+def _close(run: _Run) -> None:
+    os.close(run.progress_fd)
+    if run.pidfd is not None:
+        os.close(run.pidfd)
+
+
+def _serve(init: dict[str, Any], task_fd: int, event_fd: int, idle_imports: list[str],
+           buffer: bytes) -> None:
+    """Start a child per batch and supervise them all, until the parent closes the pipe.
+
+    While nothing runs and nothing waits, import the next module of
+    ``idle_imports``: the node libraries the server has, so later children
+    inherit them for free.
+    """
+    runs: dict[int, _Run] = {}
     try:
         while True:
-            ready, _, _ = select.select(watch, [], [], 1.0 if pidfd is not None else 0.02)
-            if task_fd in ready:
-                return None
-            if progress_fd in ready:
-                data = os.read(progress_fd, 65536)
-                if data:
-                    buffer = _relay_progress(data, buffer, event_fd)
-                else:
-                    watch.remove(progress_fd)
-            waited, status = os.waitpid(pid, os.WNOHANG)
-            if waited:
-                os.set_blocking(progress_fd, False)
-                try:
-                    _relay_progress(os.read(progress_fd, 1 << 20), buffer, event_fd)
-                except (BlockingIOError, OSError):
-                    pass
-                if os.WIFSIGNALED(status):
-                    return {"exit": None, "signal": os.WTERMSIG(status)}
-                return {"exit": os.waitstatus_to_exitcode(status), "signal": None}
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _lines(fd: int, idle_imports: list[str]) -> Iterator[bytes]:
-    """JSON lines from the task pipe until the parent closes it.
-
-    While no task is waiting, import the next module of ``idle_imports``: the
-    node libraries the server has, so later children inherit them for free.
-    """
-    buffer = b""
-    while True:
-        while b"\n" not in buffer:
-            while idle_imports and not select.select([fd], [], [], 0)[0]:
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                run = _start(proto.decode(line), init, task_fd, event_fd)
+                runs[run.pid] = run
+            while not runs and idle_imports and not select.select([task_fd], [], [], 0)[0]:
                 _import_quietly(idle_imports.pop(0))
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return
-            buffer += chunk
-        line, buffer = buffer.split(b"\n", 1)
-        yield line
+            watch = [task_fd]
+            for run in runs.values():
+                if run.reading:
+                    watch.append(run.progress_fd)
+                if run.pidfd is not None:
+                    watch.append(run.pidfd)
+            polling = any(run.pidfd is None for run in runs.values())
+            ready, _, _ = select.select(watch, [], [], 0.02 if polling else None)
+            if task_fd in ready:
+                chunk = os.read(task_fd, 65536)
+                if not chunk:
+                    return
+                buffer += chunk
+            for run in list(runs.values()):
+                if run.reading and run.progress_fd in ready:
+                    data = os.read(run.progress_fd, 65536)
+                    run.reading = bool(data)
+                    _relay(run, data, event_fd)
+                waited, status = os.waitpid(run.pid, os.WNOHANG)
+                if waited:
+                    _finish(run, runs, event_fd, status)
+    finally:
+        for run in runs.values():
+            _close(run)
+            _kill_leftovers(run.pid, keep=set())
+
+
+def _first_line(fd: int) -> tuple[bytes, bytes]:
+    """The init message, and whatever arrived after it."""
+    buffer = b""
+    while b"\n" not in buffer:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise SystemExit(0)
+        buffer += chunk
+    line, rest = buffer.split(b"\n", 1)
+    return line, rest
 
 
 def _import_quietly(module: str) -> None:
@@ -298,40 +360,19 @@ def main(argv: list[str]) -> int:
     task_fd, event_fd = int(argv[0]), int(argv[1])
     _become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    idle_imports: list[str] = []
-    lines = _lines(task_fd, idle_imports)
-    init = proto.decode(next(lines))
+    line, rest = _first_line(task_fd)
+    init = proto.decode(line)
     sys.path[:] = init["sys_path"]
     os.chdir(init["base"])
     _lazy_node_library(init["node_modules"])
-    idle_imports.extend(dict.fromkeys(init["node_modules"].values()))
+    idle_imports = list(dict.fromkeys(init["node_modules"].values()))
     gc.collect()
     gc.freeze()  # forked children then share these pages instead of copying them
     proto.write_all(event_fd, proto.encode({"event": proto.READY, "pid": os.getpid()}))
-    for line in lines:
-        batch = proto.decode(line)
-        for module in batch.get("preload", []):
-            _import_quietly(module)  # once here, inherited by every later child
-        gc.freeze()  # what idle and batch imports added, too
-        progress_r, progress_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(task_fd)
-            os.close(event_fd)
-            os.close(progress_r)
-            _child(batch, init, progress_w)
-        os.close(progress_w)
-        proto.write_all(
-            event_fd, proto.encode({"event": proto.STARTED, "batch": batch["batch"], "pid": pid})
-        )
-        status = _supervise(pid, progress_r, task_fd, event_fd)
-        os.close(progress_r)
-        _kill_leftovers(pid)
-        if status is None:
-            return 0
-        message = {"event": proto.DONE, "batch": batch["batch"], **status}
-        proto.write_all(event_fd, proto.encode(message))
-    return 0
+    _serve(init, task_fd, event_fd, idle_imports, rest)
+    # No interpreter teardown: nothing is buffered (events go out with os.write), and
+    # freeing Kailash's heap takes tens of milliseconds the server's close() waits for.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from .screen import Facts, ImportRef, ModelUse, analyze
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 def default_cache_dir() -> Path:
@@ -49,6 +49,7 @@ def facts_to_json(facts: Facts) -> dict[str, Any]:
         ],
         "factories": list(facts.factories),
         "nodes": list(facts.node_types),
+        "may_block": facts.may_block,
     }
 
 
@@ -62,6 +63,7 @@ def facts_from_json(data: dict[str, Any]) -> Facts:
         ),
         factories=tuple(str(f) for f in data["factories"]),
         node_types=tuple(str(n) for n in data["nodes"]),
+        may_block=bool(data["may_block"]),
     )
 
 

@@ -316,10 +316,11 @@ class SmartDiscovery:
         """
         jobs = sorted(
             (
-                Task(tid, str(c.path), Path(c.rel).stem, facts.factories, facts.node_types)
+                Task(tid, str(c.path), Path(c.rel).stem, facts.factories, facts.node_types,
+                     last_duration_s=cache.duration(c.real), may_block=facts.may_block)
                 for tid, (c, facts) in tasks.items()
             ),
-            key=lambda t: -(cache.duration(tasks[t.id][0].real) or 0.0),
+            key=lambda t: -(t.last_duration_s or 0.0),
         )
         pool = self.pool or self.make_pool(len(jobs))
         try:

@@ -3,9 +3,13 @@
 The parent (the server) owns every deadline. Each worker is a warm process
 (``python -m nexus_dataflow_plugin._worker``, its own session) that forks one
 child per batch of files; the child reports each file as it finishes, so each
-file has its own timeout. A child that overruns is killed with its whole
-process group and the rest of its batch goes to a fresh child; a worker that
-stops answering is killed with its session and replaced; the scan goes on.
+file has its own timeout. A file that runs long is slow: the rest of its
+batch goes to other children, its process group is niced, and its worker
+may fork another child beside it, so a few hanging files overlap each other
+and the rest of the scan instead of queueing. Files known or suspected to be
+slow start first, each alone. A child that overruns is killed with its whole
+process group; a worker that stops answering is killed with its session and
+replaced; the scan goes on.
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ CLOSE_GRACE_S = 3.0
 # Files per child: enough to amortise a fork, small enough to spread the work.
 MAX_BATCH = 32
 BATCHES_PER_WORKER = 4
+# A file running longer than this (or half the timeout, if less) is slow. Most files
+# import in milliseconds; detaching a legitimately slow one costs nothing.
+SLOW_FILE_S = 0.5
+# Slow files running beside the workers' regular batches, pool-wide, at most.
+MAX_SLOW_RUNS = 8
+# How far a slow file's processes yield the CPU to the rest of the scan.
+SLOW_NICE = 10
 
 # Where DataFlow puts the node classes it generates per model: they belong to the
 # app's DataFlow instance and cannot be re-created by importing a module.
@@ -67,6 +78,8 @@ class Task:
     module: str
     factories: tuple[str, ...]
     node_types: tuple[str, ...] = ()
+    last_duration_s: float | None = None  # how long it took in the previous scan
+    may_block: bool = False  # the screen saw it loop or wait at import
 
 
 @dataclass(frozen=True)
@@ -92,11 +105,22 @@ class Outcome:
 
 @dataclass
 class _Batch:
-    """Files one child imports in turn; ``index`` is the file running now."""
+    """Files one child imports in turn; ``index`` is the file running now.
+
+    ``slow`` batches run beside their worker's regular one; ``detached`` ones
+    have given the rest of their files to other children.
+    """
 
     id: int
     tasks: list[Task]
     index: int = 0
+    child_pid: int | None = None
+    file_started_at: float = field(default_factory=time.monotonic)
+    deadline: float = 0.0
+    killed: bool = False
+    slow: bool = False
+    detached: bool = False
+    claims: tuple[int, ...] = ()  # files after the first: claimed by the child or the parent
 
     @property
     def current(self) -> Task | None:
@@ -111,11 +135,7 @@ class _Worker:
     ready: bool = False
     started_at: float = field(default_factory=time.monotonic)
     buffer: bytes = b""
-    batch: _Batch | None = None
-    child_pid: int | None = None
-    file_started_at: float = 0.0
-    deadline: float = 0.0
-    killed: bool = False
+    batches: dict[int, _Batch] = field(default_factory=dict)
 
 
 def library_node_modules(project_root: Path) -> dict[str, str]:
@@ -172,6 +192,7 @@ class WorkerPool:
         self.base = base
         self.size = max(1, workers)
         self.limits = limits
+        self.slow_after = min(SLOW_FILE_S, limits.timeout_s / 2)
         self.node_modules = dict(node_modules or {})
         self.sys_path = [str(base)] + [
             p for p in (sys_path if sys_path is not None else sys.path) if p and p != str(base)
@@ -230,8 +251,9 @@ class WorkerPool:
         return self
 
     def _retire(self, worker: _Worker) -> None:
-        """Kill a worker's whole session and forget it."""
-        for pid in (worker.child_pid, worker.process.pid):
+        """Kill a worker's whole session and its children's groups, and forget it."""
+        children = [batch.child_pid for batch in worker.batches.values()]
+        for pid in (*children, worker.process.pid):
             if pid:
                 try:
                     os.killpg(pid, signal.SIGKILL)
@@ -283,20 +305,22 @@ class WorkerPool:
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
         """Run every task; yield one outcome per task, in completion order."""
-        pending = deque(tasks)
+        pending = deque(sorted(tasks, key=lambda task: not self._slow(task)))
         total = len(pending)
         batch_size = max(1, min(MAX_BATCH, math.ceil(total / (self.size * BATCHES_PER_WORKER))))
         finished = 0
         self.start(total)
         while finished < total:
             for worker in list(self._workers):
-                if worker.ready and worker.batch is None and pending:
-                    chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-                    self._dispatch(worker, chunk)
+                if worker.ready:
+                    self._fill(worker, pending, batch_size)
             now = time.monotonic()
-            deadlines = [w.deadline for w in self._workers if w.batch is not None]
-            deadlines += [w.started_at + WARMUP_TIMEOUT_S for w in self._workers if not w.ready]
-            wait = max(0.0, min(deadlines) - now) if deadlines else 1.0
+            wakeups = [w.started_at + WARMUP_TIMEOUT_S for w in self._workers if not w.ready]
+            for batch in self._running():
+                wakeups.append(batch.deadline)
+                if not batch.detached and batch.child_pid is not None:
+                    wakeups.append(batch.file_started_at + self.slow_after)
+            wait = max(0.0, min(wakeups) - now) if wakeups else 1.0
             for key, _ in self._selector.select(timeout=min(wait, 1.0)):
                 for outcome in self._read(key.data, pending):
                     finished += 1
@@ -305,7 +329,31 @@ class WorkerPool:
                 finished += 1
                 yield outcome
 
-    def _dispatch(self, worker: _Worker, tasks: list[Task]) -> None:
+    def _slow(self, task: Task) -> bool:
+        """Expected to be slow: such files start first, each alone."""
+        return task.may_block or (task.last_duration_s or 0.0) >= self.slow_after
+
+    def _running(self) -> list[_Batch]:
+        return [batch for worker in self._workers for batch in worker.batches.values()]
+
+    def _fill(self, worker: _Worker, pending: deque[Task], batch_size: int) -> None:
+        """Give a ready worker work: slow files alone and beside it (up to the pool's
+        limit), and one regular batch when it has none running."""
+        while pending:
+            slow = self._slow(pending[0])
+            if slow and sum(b.slow for b in self._running()) < MAX_SLOW_RUNS:
+                self._dispatch(worker, [pending.popleft()], slow=True)
+            elif any(not batch.slow for batch in worker.batches.values()):
+                return
+            elif slow:
+                self._dispatch(worker, [pending.popleft()])
+            else:
+                chunk = [pending.popleft()]
+                while pending and len(chunk) < batch_size and not self._slow(pending[0]):
+                    chunk.append(pending.popleft())
+                self._dispatch(worker, chunk)
+
+    def _dispatch(self, worker: _Worker, tasks: list[Task], slow: bool = False) -> None:
         self._batches += 1
         inner = max(self.limits.timeout_s * 0.8, self.limits.timeout_s - 1.0)
         wanted = {node_type for task in tasks for node_type in task.node_types}
@@ -326,13 +374,11 @@ class WorkerPool:
                 for t in tasks
             ],
         }
-        worker.batch = _Batch(self._batches, tasks)
-        worker.child_pid = None
-        worker.killed = False
         # The file's own clock starts when the child is forked; until then the worker
         # loads the batch's node libraries, bounded by the warm-up limit.
-        worker.file_started_at = time.monotonic()
-        worker.deadline = worker.file_started_at + WARMUP_TIMEOUT_S
+        batch = _Batch(self._batches, tasks, slow=slow, claims=tuple(t.id for t in tasks[1:]))
+        batch.deadline = batch.file_started_at + WARMUP_TIMEOUT_S
+        worker.batches[batch.id] = batch
         proto.write_all(worker.task_fd, proto.encode(message))
 
     def _read(self, worker: _Worker, pending: deque[Task]) -> list[Outcome]:
@@ -360,30 +406,31 @@ class WorkerPool:
         if kind == proto.READY:
             worker.ready = True
             return []
-        batch = worker.batch
+        batch = worker.batches.get(event.get("batch"))  # type: ignore[arg-type]
         if batch is None:
             return []
         now = time.monotonic()
-        if kind == proto.STARTED and event.get("batch") == batch.id:
-            worker.child_pid = int(event["pid"])
-            worker.file_started_at = now
-            worker.deadline = now + self.limits.timeout_s
+        if kind == proto.STARTED:
+            batch.child_pid = int(event["pid"])
+            batch.file_started_at = now
+            batch.deadline = now + self.limits.timeout_s
         elif kind == proto.FILE_DONE and batch.current and event.get("id") == batch.current.id:
-            outcome = self._result(batch.current, now - worker.file_started_at)
+            outcome = self._result(batch.current, now - batch.file_started_at)
             batch.index += 1
-            worker.file_started_at = now
-            worker.deadline = now + self.limits.timeout_s
+            batch.file_started_at = now
+            batch.deadline = now + self.limits.timeout_s
             return [outcome]
-        elif kind == proto.DONE and event.get("batch") == batch.id:
-            worker.batch = None
-            worker.child_pid = None
+        elif kind == proto.DONE:
+            del worker.batches[batch.id]
+            for task_id in batch.claims:
+                proto.unclaim(self.directory, batch.id, task_id)
             # Results published without progress (a candidate closed or reused the
             # descriptor) still count: the result files are what matter.
             published: list[Outcome] = []
             while batch.current and os.path.exists(
                 proto.result_path(self.directory, batch.current.id)
             ):
-                published.append(self._result(batch.current, now - worker.file_started_at))
+                published.append(self._result(batch.current, now - batch.file_started_at))
                 batch.index += 1
             current = batch.current
             if current is None:
@@ -395,7 +442,7 @@ class WorkerPool:
                 detail = DETAIL_SIGNAL.format(signal=_signal_name(number))
                 if number == signal.SIGXCPU:
                     detail = DETAIL_CPU
-            crashed = self._failed(current, OUTCOME_CRASHED, detail, now - worker.file_started_at)
+            crashed = self._failed(current, OUTCOME_CRASHED, detail, now - batch.file_started_at)
             return [*published, crashed]
         return []
 
@@ -427,20 +474,60 @@ class WorkerPool:
                 pass
 
     def _worker_died(self, worker: _Worker, pending: deque[Task]) -> list[Outcome]:
-        batch = worker.batch
-        was_ready = worker.ready
-        self._retire(worker)
-        if not was_ready:
+        if not worker.ready:
+            self._retire(worker)
             tail = _tail(os.path.join(self.directory, "worker.err"))
             raise RuntimeError(f"discovery worker failed to start: {tail or 'no output'}")
-        if batch is None or batch.current is None:
-            return []
+        return self._abandon(worker, pending)
+
+    def _abandon(self, worker: _Worker, pending: deque[Task]) -> list[Outcome]:
+        """Retire a worker: the file each of its batches was running crashed with it,
+        and the rest of each batch goes back to the queue."""
+        self._retire(worker)
+        now = time.monotonic()
+        outcomes = []
+        for batch in worker.batches.values():
+            if batch.current is not None:
+                pending.extendleft(reversed(batch.tasks[batch.index + 1 :]))
+                duration = now - batch.file_started_at
+                outcomes.append(
+                    self._failed(batch.current, OUTCOME_CRASHED, DETAIL_WORKER_DIED, duration)
+                )
+        worker.batches.clear()
+        return outcomes
+
+    def _time_out(self, batch: _Batch, pending: deque[Task], now: float) -> Outcome | None:
+        """The running file's time is up; the rest of the batch goes back to the queue."""
+        current = batch.current
+        if current is None:
+            return None
         pending.extendleft(reversed(batch.tasks[batch.index + 1 :]))
-        duration = time.monotonic() - worker.file_started_at
-        return [self._failed(batch.current, OUTCOME_CRASHED, DETAIL_WORKER_DIED, duration)]
+        del batch.tasks[batch.index + 1 :]
+        batch.index += 1
+        return self._failed(current, OUTCOME_TIMEOUT, "", now - batch.file_started_at)
+
+    def _detach(self, batch: _Batch, pending: deque[Task]) -> None:
+        """A slow file: hand the rest of its batch to other children, make room beside
+        it and let it yield the CPU.
+
+        The child claims each file before it starts it and the parent claims the
+        ones it hands on, so a file the child had already started stays with it.
+        """
+        batch.detached = True
+        rest = batch.tasks[batch.index + 1 :]
+        given = [t for t in rest if proto.claim(self.directory, batch.id, t.id)]
+        batch.tasks[batch.index + 1 :] = [t for t in rest if t not in given]
+        pending.extendleft(reversed(given))
+        if not batch.slow and sum(b.slow for b in self._running()) < MAX_SLOW_RUNS:
+            batch.slow = True
+        if batch.child_pid:  # never 0: that would mean this process's own group
+            try:
+                os.setpriority(os.PRIO_PGRP, batch.child_pid, SLOW_NICE)
+            except OSError:
+                pass  # already gone, or a group the candidate moved out of
 
     def _enforce(self, pending: deque[Task]) -> Iterator[Outcome]:
-        """Kill what overran; replace workers that are gone or stuck."""
+        """Kill what overran, detach what is slow; replace workers that are gone or stuck."""
         now = time.monotonic()
         for worker in list(self._workers):
             if not worker.ready and now > worker.started_at + WARMUP_TIMEOUT_S:
@@ -449,27 +536,28 @@ class WorkerPool:
                     "discovery worker did not start within "
                     f"{WARMUP_TIMEOUT_S:.0f}s: {_tail(os.path.join(self.directory, 'worker.err'))}"
                 )
-            batch = worker.batch
-            if batch is None or now < worker.deadline:
-                continue
-            if worker.killed or worker.child_pid is None:
-                self._retire(worker)  # stuck: it did not report the kill, or never forked
-                if batch.current is None:
-                    continue
-            else:
-                worker.killed = True
-                worker.deadline = now + KILL_GRACE_S
-                try:
-                    os.killpg(worker.child_pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            current = batch.current
-            if current is None:
-                continue
-            pending.extendleft(reversed(batch.tasks[batch.index + 1 :]))
-            del batch.tasks[batch.index + 1 :]
-            batch.index += 1
-            yield self._failed(current, OUTCOME_TIMEOUT, "", now - worker.file_started_at)
-        active = sum(1 for w in self._workers if w.batch is not None)
+            for batch in list(worker.batches.values()):
+                if now >= batch.deadline:
+                    if batch.killed or batch.child_pid is None:
+                        # Stuck: it did not report the kill, or never forked.
+                        if timed_out := self._time_out(batch, pending, now):
+                            yield timed_out
+                        yield from self._abandon(worker, pending)
+                        break
+                    batch.killed = True
+                    batch.deadline = now + KILL_GRACE_S
+                    try:
+                        os.killpg(batch.child_pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                    if timed_out := self._time_out(batch, pending, now):
+                        yield timed_out
+                elif (
+                    not batch.detached
+                    and batch.child_pid is not None
+                    and now >= batch.file_started_at + self.slow_after
+                ):
+                    self._detach(batch, pending)
+        active = sum(1 for w in self._workers if w.batches)
         while len(self._workers) < min(self.size, active + len(pending)):
             self._spawn()

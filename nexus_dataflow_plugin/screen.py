@@ -1,9 +1,10 @@
 """Stage 2: the static screen. Reads a file's bytes, never imports or runs it.
 
-It answers three questions from the AST alone:
+It answers four questions from the AST alone:
 - does this file define DataFlow models (or create a DataFlow instance)?
 - which modules does it import (for the import graph in ``imports.py``)?
 - which of its own functions could be workflow factories (for the worker)?
+- does it loop or make a blocking call at import (a hint for scheduling)?
 
 It never raises: whatever bytes it is given, the answer is a ``Facts`` value,
 with ``error`` set when the bytes are not valid Python.
@@ -63,6 +64,7 @@ class Facts:
     external_model_uses: tuple[ModelUse, ...] = ()
     factories: tuple[str, ...] = ()
     node_types: tuple[str, ...] = ()
+    may_block: bool = False
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -168,6 +170,33 @@ def _main_guard_calls(body: list[ast.stmt]) -> set[str]:
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                     called.add(node.func.id)
     return called
+
+
+# Calls that, made at module level, typically wait: on time, input, a server or a peer.
+BLOCKING_CALLS = frozenset({
+    "sleep", "input", "serve_forever", "run_forever", "run_until_complete", "run",
+    "join", "wait", "accept", "recv",
+})
+
+
+def _may_block(statements: list[ast.stmt]) -> bool:
+    """A ``while`` loop or a blocking call among the statements that run at import.
+
+    Only a hint: such files go to a worker first and alone, so if one hangs,
+    its timeout runs alongside the rest of the scan instead of after it.
+    """
+    for stmt in statements:
+        if stmt.__class__ in (ast.While, ast.AsyncFor):
+            return True
+        value = getattr(stmt, "value", None)
+        if value.__class__ is ast.Await:
+            value = value.value  # type: ignore[union-attr]
+        if value.__class__ is ast.Call:
+            func = value.func  # type: ignore[union-attr]
+            name = getattr(func, "attr", None) or getattr(func, "id", None)
+            if name in BLOCKING_CALLS:
+                return True
+    return False
 
 
 def _factories(tree: ast.Module) -> tuple[str, ...]:
@@ -367,6 +396,7 @@ def analyze(data: bytes) -> Facts:
             external_model_uses=external,
             factories=_factories(parsed),
             node_types=tuple(scanner.node_types),
+            may_block=_may_block(_module_level(parsed.body)),
         )
     except RecursionError:
         return Facts(error=MSG_SYNTAX.format(what="nesting too deep to analyse", line=1))

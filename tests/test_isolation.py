@@ -250,3 +250,56 @@ def test_a_cpu_heavy_file_does_not_crash_the_next_file(tmp_path):
     assert {e.status for e in report.files} == {"registered"}, [
         (e.path, e.status, e.reason) for e in report.files if e.status != "registered"
     ]
+
+
+# --- slow files ----------------------------------------------------------------------------------
+
+
+def _tasks(base: Path, files: dict[str, str]) -> list:
+    """Copy fixtures into ``base/workflows`` and make the pool's tasks for them, in order."""
+    from nexus_dataflow_plugin.isolation import Task
+    from nexus_dataflow_plugin.screen import analyze
+
+    (base / "workflows").mkdir()
+    tasks = []
+    for number, (name, fixture) in enumerate(files.items()):
+        path = base / "workflows" / name
+        shutil.copyfile(FIXTURES / fixture, path)
+        facts = analyze(path.read_bytes())
+        tasks.append(Task(number, str(path), path.stem, facts.factories, facts.node_types))
+    return tasks
+
+
+def test_a_slow_file_does_not_hold_up_the_rest_of_its_batch(tmp_path):
+    """One worker: the files queued behind a slow one finish while it is still running,
+    each file runs once, and the slow one was asked to yield the CPU."""
+    from nexus_dataflow_plugin.isolation import Limits, WorkerPool
+
+    files = {"aa_slow.py": "slow_factory_within_timeout.py"}
+    files.update({f"good_{i}.py": "good_pipeline.py" for i in range(6)})
+    tasks = _tasks(tmp_path, files)
+    with WorkerPool(tmp_path, workers=1, limits=Limits(timeout_s=20)) as pool:
+        outcomes = list(pool.run(tasks))
+    order = [Path(o.task.path).name for o in outcomes]
+    assert order[-1] == "aa_slow.py", order
+    assert all(o.result and o.result["workflows"] for o in outcomes), outcomes
+    assert {name: len(runs(tmp_path / "workflows" / name)) for name in files} == dict.fromkeys(
+        files, 1
+    )
+    assert int((tmp_path / "workflows" / "aa_slow.py.nice").read_text()) > 0
+
+
+def test_hangs_the_screen_cannot_foresee_overlap_instead_of_queueing(tmp_path):
+    """Three factories that never return, one worker: all three were running at once,
+    so together they cost about one timeout, not three."""
+    timeout = 3
+    files = {f"hang_{i}.py": "hangs_in_factory_noting_start.py" for i in range(3)}
+    files["good.py"] = "good_pipeline.py"
+    _tasks(tmp_path, files)
+    report = SmartDiscovery(tmp_path, timeout=timeout, workers=1, cache=False).run()
+    hangs = [f"workflows/hang_{i}.py" for i in range(3)]
+    assert [report.file(rel).status for rel in hangs] == ["timeout"] * 3
+    assert report.file("workflows/good.py").status == "registered"
+    starts = [float((tmp_path / f"{rel}.started").read_text()) for rel in hangs]
+    ends = [start + report.file(rel).duration_s for start, rel in zip(starts, hangs, strict=True)]
+    assert max(starts) < min(ends), (starts, ends)

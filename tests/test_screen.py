@@ -440,3 +440,31 @@ def test_the_screens_walk_visits_what_ast_walk_does_in_the_same_order():
             continue
         expected = [n for n in ast.walk(tree) if not isinstance(n, ast.expr_context)]
         assert _walk(tree) == expected, path
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "while True:\n    pass\n",
+        "import time\ntime.sleep(100)\n",
+        "name = input()\n",
+        "import uvicorn\nuvicorn.run('app:app')\n",
+        "import threading\nt = threading.Thread(target=print)\nt.start()\nt.join()\n",
+        "try:\n    import time\n    time.sleep(5)\nexcept ImportError:\n    pass\n",
+    ],
+)
+def test_a_loop_or_blocking_call_at_import_is_flagged_for_early_scheduling(source):
+    assert analyze(source.encode()).may_block
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import time\n\ndef later():\n    time.sleep(100)\n",
+        "if __name__ == '__main__':\n    while True:\n        pass\n",
+        "for i in range(3):\n    print(i)\n",
+        "from kailash.workflow.builder import WorkflowBuilder\nworkflow = WorkflowBuilder()\n",
+    ],
+)
+def test_waiting_only_in_functions_or_under_the_main_guard_is_not_flagged(source):
+    assert not analyze(source.encode()).may_block
