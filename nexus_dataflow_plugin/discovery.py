@@ -322,7 +322,7 @@ class SmartDiscovery:
             ),
             key=lambda t: -(t.last_duration_s or 0.0),
         )
-        pool = self.pool or self.make_pool(len(jobs))
+        pool = self.pool or self.make_pool()
         try:
             with quiet_rebuilds:
                 for outcome in pool.run(jobs):
@@ -337,11 +337,11 @@ class SmartDiscovery:
             if pool is not self.pool:
                 pool.close()
 
-    def make_pool(self, files: int | None = None) -> WorkerPool:
+    def make_pool(self) -> WorkerPool:
         """A worker pool for this scan's settings; ``start()`` it early to hide its warm-up."""
         return WorkerPool(
             self.base,
-            workers=min(self.workers, files or self.workers),
+            workers=self.workers,
             limits=self.limits,
             node_modules=library_node_modules(self.base),
         )
@@ -401,6 +401,10 @@ class SmartDiscovery:
                     )
 
     # -- helpers -----------------------------------------------------------------
+
+    def prestart(self) -> WorkerPool:
+        """A pool with the workers this project's candidate files warrant, already starting."""
+        return self.make_pool().start(files=len(self._find().candidates))
 
     def _find(self) -> Found:
         return find_candidates(self.base, exclude=self.exclude, max_file_bytes=self.max_file_bytes)

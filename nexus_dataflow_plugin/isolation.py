@@ -41,9 +41,13 @@ WARMUP_TIMEOUT_S = 120.0
 KILL_GRACE_S = 2.0
 # How long closing waits for each worker to clean up after its children and exit.
 CLOSE_GRACE_S = 3.0
-# Files per child: enough to amortise a fork, small enough to spread the work.
-MAX_BATCH = 32
+# Files per child: enough to amortise a fork, small enough to spread the work. (A slow
+# file hands the rest of its batch on, so a large batch cannot stall behind one.)
+MAX_BATCH = 64
 BATCHES_PER_WORKER = 4
+# A worker's warm-up (importing Kailash) costs about as much CPU as importing this many
+# files: a scan starts one worker per this many files, up to ``workers``.
+FILES_PER_WORKER = 50
 # A file running longer than this (or half the timeout, if less) is slow. Most files
 # import in milliseconds; detaching a legitimately slow one costs nothing.
 SLOW_FILE_S = 0.5
@@ -244,9 +248,15 @@ class WorkerPool:
         self._workers.append(worker)
         return worker
 
-    def start(self, count: int | None = None) -> WorkerPool:
-        """Start workers now, so their warm-up overlaps the caller's own work."""
-        while len(self._workers) < min(self.size, count or self.size):
+    def wanted(self, files: int) -> int:
+        """Workers worth having for ``files`` files: at least one, at most ``size``."""
+        return max(1, min(self.size, math.ceil(files / FILES_PER_WORKER)))
+
+    def start(self, files: int | None = None) -> WorkerPool:
+        """Start workers now (as many as ``files`` files warrant, else ``size``), so their
+        warm-up overlaps the caller's own work."""
+        count = self.size if files is None else self.wanted(files)
+        while len(self._workers) < count:
             self._spawn()
         return self
 
@@ -307,7 +317,8 @@ class WorkerPool:
         """Run every task; yield one outcome per task, in completion order."""
         pending = deque(sorted(tasks, key=lambda task: not self._slow(task)))
         total = len(pending)
-        batch_size = max(1, min(MAX_BATCH, math.ceil(total / (self.size * BATCHES_PER_WORKER))))
+        workers = self.wanted(total)
+        batch_size = max(1, min(MAX_BATCH, math.ceil(total / (workers * BATCHES_PER_WORKER))))
         finished = 0
         self.start(total)
         while finished < total:
@@ -558,6 +569,6 @@ class WorkerPool:
                     and now >= batch.file_started_at + self.slow_after
                 ):
                     self._detach(batch, pending)
-        active = sum(1 for w in self._workers if w.batches)
-        while len(self._workers) < min(self.size, active + len(pending)):
+        remaining = len(pending) + sum(len(b.tasks) - b.index for b in self._running())
+        while remaining and len(self._workers) < self.wanted(remaining):
             self._spawn()

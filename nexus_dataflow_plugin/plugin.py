@@ -196,7 +196,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
     def _prestart(self, base: Path, settings: Settings) -> None:
         self._close_pool()
         discovery = SmartDiscovery(base, **settings.discovery_options())
-        self._pool = (base, settings, discovery.make_pool().start())
+        self._pool = (base, settings, discovery.prestart())
 
     def _take_pool(self, base: Path, settings: Settings) -> WorkerPool | None:
         """The pre-started pool, if it was made for this directory and these settings."""

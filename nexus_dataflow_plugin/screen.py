@@ -79,14 +79,20 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
-def _walk(tree: ast.AST) -> list[ast.AST]:
-    """Every node, in ``ast.walk``'s order, without the ``Load``/``Store`` context
-    markers: about half of ``ast.walk``'s cost, which dominates the screen after parsing."""
-    out = [tree]
+_NESTED_SCOPES = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda})
+
+
+def _walk(roots: list[ast.AST], prune: frozenset[type] = frozenset()) -> list[ast.AST]:
+    """Every node under ``roots``, in ``ast.walk``'s order, without the ``Load``/``Store``
+    context markers: about half of ``ast.walk``'s cost, which dominates the screen after
+    parsing. Nodes of a ``prune`` class are listed but not entered."""
+    out = list(roots)
     i = 0
     while i < len(out):
         node = out[i]
         i += 1
+        if node.__class__ in prune:
+            continue
         for name in node._fields:
             value = getattr(node, name, None)
             if value.__class__ is list:
@@ -121,19 +127,15 @@ def _returns_value(func: ast.FunctionDef) -> bool:
     workflow factory; a generator returns a generator. Nested scopes are not
     the function's own returns.
     """
-    found = False
-    stack: list[ast.AST] = list(func.body)
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            continue
-        if isinstance(node, (ast.Yield, ast.YieldFrom)):
-            return False
-        if isinstance(node, ast.Return) and node.value is not None:
-            if not (isinstance(node.value, ast.Constant) and node.value.value is None):
-                found = True
-        stack.extend(ast.iter_child_nodes(node))
-    return found
+    nodes = _walk(list(func.body), prune=_NESTED_SCOPES)
+    if any(node.__class__ in (ast.Yield, ast.YieldFrom) for node in nodes):
+        return False
+    return any(
+        node.__class__ is ast.Return
+        and node.value is not None  # type: ignore[attr-defined]
+        and not (isinstance(node.value, ast.Constant) and node.value.value is None)  # type: ignore[attr-defined]
+        for node in nodes
+    )
 
 
 def _module_level(body: list[ast.stmt]) -> list[ast.stmt]:
@@ -236,7 +238,7 @@ class _Scanner:
 
     def scan(self, tree: ast.Module, models_possible: bool = True) -> None:
         """Collect imports; look for DataFlow bindings only where the bytes allow any."""
-        nodes = _walk(tree)
+        nodes = _walk([tree])
         # Imports first: bindings must be known before calls are classified.
         for node in nodes:
             kind = node.__class__  # ast.parse builds exact classes: cheaper than isinstance

@@ -303,3 +303,28 @@ def test_hangs_the_screen_cannot_foresee_overlap_instead_of_queueing(tmp_path):
     starts = [float((tmp_path / f"{rel}.started").read_text()) for rel in hangs]
     ends = [start + report.file(rel).duration_s for start, rel in zip(starts, hangs, strict=True)]
     assert max(starts) < min(ends), (starts, ends)
+
+
+# --- how many workers ----------------------------------------------------------------------------
+
+
+def test_one_worker_per_fifty_files_up_to_the_pools_size(tmp_path):
+    """A worker's warm-up costs about fifty files' imports: a small project gets one."""
+    from nexus_dataflow_plugin.isolation import FILES_PER_WORKER, Limits, WorkerPool
+
+    with WorkerPool(tmp_path, workers=3, limits=Limits()) as pool:
+        sizes = (0, 1, FILES_PER_WORKER, FILES_PER_WORKER + 1, 10_000)
+        assert [pool.wanted(n) for n in sizes] == [1, 1, 1, 2, 3]
+
+
+def test_prestarting_for_a_small_project_starts_one_worker(tmp_path):
+    _tasks(tmp_path, {f"good_{i}.py": "good_pipeline.py" for i in range(3)})
+    discovery = SmartDiscovery(tmp_path, workers=2, cache=False)
+    pool = discovery.prestart()
+    try:
+        assert len(_workers_of_this_process()) == 1
+        discovery.pool = pool
+        assert len(discovery.run().workflows) == 3
+    finally:
+        pool.close()
+    assert _workers_of_this_process() == []

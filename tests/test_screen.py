@@ -439,7 +439,7 @@ def test_the_screens_walk_visits_what_ast_walk_does_in_the_same_order():
         except (SyntaxError, ValueError):
             continue
         expected = [n for n in ast.walk(tree) if not isinstance(n, ast.expr_context)]
-        assert _walk(tree) == expected, path
+        assert _walk([tree]) == expected, path
 
 
 @pytest.mark.parametrize(
