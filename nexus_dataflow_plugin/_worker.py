@@ -230,7 +230,7 @@ def _start(batch: dict[str, Any], init: dict[str, Any], task_fd: int, event_fd: 
     """Fork a child for ``batch`` from this clean process; the child never returns."""
     for module in batch.get("preload", []):
         _import_quietly(module)  # once here, inherited by every later child
-    gc.freeze()  # what idle and batch imports added, too
+    gc.freeze()  # what the batch's imports added, too
     progress_r, progress_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -273,13 +273,12 @@ def _close(run: _Run) -> None:
         os.close(run.pidfd)
 
 
-def _serve(init: dict[str, Any], task_fd: int, event_fd: int, idle_imports: list[str],
-           buffer: bytes) -> None:
+def _serve(init: dict[str, Any], task_fd: int, event_fd: int, buffer: bytes) -> None:
     """Start a child per batch and supervise them all, until the parent closes the pipe.
 
-    While nothing runs and nothing waits, import the next module of
-    ``idle_imports``: the node libraries the server has, so later children
-    inherit them for free.
+    Nothing is imported ahead of time while idle: one heavy node library (some
+    take 0.4 s) would hold up the batch that arrives meanwhile. A batch brings
+    the libraries its files name; anything else is imported on first use.
     """
     runs: dict[int, _Run] = {}
     try:
@@ -288,8 +287,6 @@ def _serve(init: dict[str, Any], task_fd: int, event_fd: int, idle_imports: list
                 line, buffer = buffer.split(b"\n", 1)
                 run = _start(proto.decode(line), init, task_fd, event_fd)
                 runs[run.pid] = run
-            while not runs and idle_imports and not select.select([task_fd], [], [], 0)[0]:
-                _import_quietly(idle_imports.pop(0))
             watch = [task_fd]
             for run in runs.values():
                 if run.reading:
@@ -365,11 +362,10 @@ def main(argv: list[str]) -> int:
     sys.path[:] = init["sys_path"]
     os.chdir(init["base"])
     _lazy_node_library(init["node_modules"])
-    idle_imports = list(dict.fromkeys(init["node_modules"].values()))
     gc.collect()
     gc.freeze()  # forked children then share these pages instead of copying them
     proto.write_all(event_fd, proto.encode({"event": proto.READY, "pid": os.getpid()}))
-    _serve(init, task_fd, event_fd, idle_imports, rest)
+    _serve(init, task_fd, event_fd, rest)
     # No interpreter teardown: nothing is buffered (events go out with os.write), and
     # freeing Kailash's heap takes tens of milliseconds the server's close() waits for.
     os._exit(0)

@@ -318,7 +318,10 @@ class WorkerPool:
         pending = deque(sorted(tasks, key=lambda task: not self._slow(task)))
         total = len(pending)
         workers = self.wanted(total)
-        batch_size = max(1, min(MAX_BATCH, math.ceil(total / (workers * BATCHES_PER_WORKER))))
+        # Several batches per worker balance the load at the end; one worker has no one
+        # to balance with, and every batch costs a fork.
+        batches = workers * BATCHES_PER_WORKER if workers > 1 else 1
+        batch_size = max(1, min(MAX_BATCH, math.ceil(total / batches)))
         finished = 0
         self.start(total)
         while finished < total:
