@@ -322,6 +322,9 @@ def test_prestarting_for_a_small_project_starts_one_worker(tmp_path):
     discovery = SmartDiscovery(tmp_path, workers=2, cache=False)
     pool = discovery.prestart()
     try:
+        deadline = time.monotonic() + 30
+        while not _workers_of_this_process() and time.monotonic() < deadline:
+            time.sleep(0.05)  # a process just started may not show its command line yet
         assert len(_workers_of_this_process()) == 1
         discovery.pool = pool
         assert len(discovery.run().workflows) == 3
