@@ -16,11 +16,14 @@ measured to OUT.json. Kinds (``spec["kind"]``):
 - ``screen``: ``ScreenCache(base, cache_dir).facts(path)`` over every file, on one core,
   with the garbage collector paused as ``SmartDiscovery`` pauses it.
 
-Memory: the calling process's RSS (``VmRSS`` from /proc/self/status) is
-sampled every 5 ms by a thread, and ``VmHWM`` is read before and after; the
-growth is the peak minus the RSS at the start. The scan's descendants (worker
-processes and their forked children) are found through
-/proc/<pid>/task/<tid>/children on each sample; their RSS is summed.
+Memory: the calling process's peak RSS is the kernel's own high-water mark
+(``VmHWM``), reset just before the timer (``5`` to /proc/self/clear_refs), so
+nothing has to sample it; the growth is that peak minus the RSS at the start.
+Where the reset is refused, a thread samples ``VmRSS`` instead. The scan's
+descendants (worker processes and their forked children) are found through
+/proc/<pid>/task/<tid>/children every 50 ms; their RSS is summed. Sampling
+every 5 ms, as an earlier version did, cost the measured process about 15 %
+of a core with four descendants: on two cores, that slowed what it measured.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-SAMPLE_S = 0.005
+SAMPLE_S = 0.05
 
 
 def _status(pid: int | str = "self") -> dict[str, int]:
@@ -92,8 +95,18 @@ def cpu_times() -> tuple[float, float]:
     return times.user + times.system, times.children_user + times.children_system + live
 
 
+def reset_peak() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux 4.0+); False if refused."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
 class Sampler(threading.Thread):
-    """Peak RSS of this process and peak summed RSS of its descendants, every 5 ms."""
+    """Peak RSS of this process and peak summed RSS of its descendants, every 50 ms."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -201,6 +214,7 @@ def _measure(spec: dict, prepare) -> dict:
     info, scan = prepare(spec)
     pool = info.pop("_pool", None)
     gc.collect()
+    exact_peak = reset_peak()
     before = _status()
     sampler = Sampler()
     sampler.sample()
@@ -229,8 +243,8 @@ def _measure(spec: dict, prepare) -> dict:
     if pool is not None:
         pool.close()
     peak = sampler.peak_self_kb
-    if after.get("VmHWM", 0) > before.get("VmHWM", 0):
-        peak = max(peak, after["VmHWM"])
+    if exact_peak or after.get("VmHWM", 0) > before.get("VmHWM", 0):
+        peak = max(peak, after.get("VmHWM", 0))
     return {
         **info,
         "wall_s": wall,

@@ -168,7 +168,8 @@ class SmartDiscovery:
         entries: dict[str, r.FileResult] = {}
         cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
         with paused_gc():
-            self._screen(found.candidates, entries, cache)
+            for _ in self._screen(found.candidates, entries, cache):
+                pass
         cache.save()
         return entries, cache
 
@@ -183,11 +184,20 @@ class SmartDiscovery:
         entries: dict[str, r.FileResult] = {}
         loaded: dict[str, _Loaded] = {}
         cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
-        tasks = self._screen(found.candidates, entries, cache)
+        tasks: dict[int, tuple[Candidate, Facts]] = {}
+        pool = self.pool
         try:
-            if tasks:
-                self._isolate(tasks, entries, loaded, cache)
+            for task in self._screen(found.candidates, entries, cache):
+                if pool is None:
+                    # The first file to import: start workers now, so that their warm-up
+                    # overlaps the rest of the screen.
+                    pool = self.make_pool().start(files=len(found.candidates))
+                tasks[len(tasks)] = task
+            if pool is not None and tasks:
+                self._isolate(tasks, entries, loaded, cache, pool)
         finally:
+            if pool is not None and pool is not self.pool:
+                pool.close()
             cache.save()
         report = r.DiscoveryReport(base_path=str(self.base))
         report.files = [entries[c.rel] for c in found.candidates]
@@ -261,11 +271,13 @@ class SmartDiscovery:
         candidates: Sequence[Candidate],
         entries: dict[str, r.FileResult],
         cache: ScreenCache,
-    ) -> dict[int, tuple[Candidate, Facts]]:
-        """Static screen and import graph: decide which files may be imported at all."""
+    ) -> Iterator[tuple[Candidate, Facts]]:
+        """Static screen and import graph: decide which files may be imported at all.
+
+        Yields each file that may be, as soon as it is known; the others get entries.
+        """
         graph = ImportGraph(self._roots(), cache.facts)
         generated = dataflow_node_types()
-        tasks: dict[int, tuple[Candidate, Facts]] = {}
         for candidate in candidates:
             began = time.monotonic()
             if candidate.refusal or candidate.real is None:
@@ -300,8 +312,7 @@ class SmartDiscovery:
                 entry.duration_s = time.monotonic() - began
                 entries[candidate.rel] = entry
             else:
-                tasks[len(tasks)] = (candidate, facts)
-        return tasks
+                yield candidate, facts
 
     def _isolate(
         self,
@@ -309,6 +320,7 @@ class SmartDiscovery:
         entries: dict[str, r.FileResult],
         loaded: dict[str, _Loaded],
         cache: ScreenCache,
+        pool: WorkerPool,
     ) -> None:
         """Import the remaining candidates in workers and turn outcomes into entries.
 
@@ -322,20 +334,15 @@ class SmartDiscovery:
             ),
             key=lambda t: -(t.last_duration_s or 0.0),
         )
-        pool = self.pool or self.make_pool()
-        try:
-            with quiet_rebuilds:
-                for outcome in pool.run(jobs):
-                    candidate = tasks[outcome.task.id][0]
-                    entry, files_loaded = self._entry(candidate, outcome)
-                    entry.duration_s = outcome.duration_s
-                    entries[candidate.rel] = entry
-                    cache.record_duration(candidate.real, outcome.duration_s)
-                    if files_loaded is not None:
-                        loaded[candidate.rel] = files_loaded
-        finally:
-            if pool is not self.pool:
-                pool.close()
+        with quiet_rebuilds:
+            for outcome in pool.run(jobs):
+                candidate = tasks[outcome.task.id][0]
+                entry, files_loaded = self._entry(candidate, outcome)
+                entry.duration_s = outcome.duration_s
+                entries[candidate.rel] = entry
+                cache.record_duration(candidate.real, outcome.duration_s)
+                if files_loaded is not None:
+                    loaded[candidate.rel] = files_loaded
 
     def make_pool(self) -> WorkerPool:
         """A worker pool for this scan's settings; ``start()`` it early to hide its warm-up."""
