@@ -215,6 +215,9 @@ class _Run:
     buffer: bytes = b""
     reading: bool = True  # until the progress pipe reaches EOF
 
+    def fds(self) -> list[int]:
+        return [self.progress_fd] + ([self.pidfd] if self.pidfd is not None else [])
+
 
 def _relay(run: _Run, data: bytes, event_fd: int) -> None:
     """Forward each completed file id from the child's progress pipe as an event."""
@@ -226,17 +229,21 @@ def _relay(run: _Run, data: bytes, event_fd: int) -> None:
             proto.write_all(event_fd, proto.encode(message))
 
 
-def _start(batch: dict[str, Any], init: dict[str, Any], task_fd: int, event_fd: int) -> _Run:
-    """Fork a child for ``batch`` from this clean process; the child never returns."""
+def _start(batch: dict[str, Any], init: dict[str, Any], private: list[int], event_fd: int) -> _Run:
+    """Fork a child for ``batch`` from this clean process; the child never returns.
+
+    ``private`` are this worker's descriptors (its pipes, the other children's
+    progress pipes and pidfds): the child closes them before any candidate runs,
+    so no candidate can read a sibling's progress or signal it.
+    """
     for module in batch.get("preload", []):
         _import_quietly(module)  # once here, inherited by every later child
     gc.freeze()  # what the batch's imports added, too
     progress_r, progress_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(task_fd)
-        os.close(event_fd)
-        os.close(progress_r)
+        for fd in (*private, progress_r):
+            os.close(fd)
         _child(batch, init, progress_w)
     os.close(progress_w)
     pidfd = None
@@ -268,9 +275,8 @@ def _finish(run: _Run, runs: dict[int, _Run], event_fd: int, status: int) -> Non
 
 
 def _close(run: _Run) -> None:
-    os.close(run.progress_fd)
-    if run.pidfd is not None:
-        os.close(run.pidfd)
+    for fd in run.fds():
+        os.close(fd)
 
 
 def _serve(init: dict[str, Any], task_fd: int, event_fd: int, buffer: bytes) -> None:
@@ -285,7 +291,8 @@ def _serve(init: dict[str, Any], task_fd: int, event_fd: int, buffer: bytes) -> 
         while True:
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                run = _start(proto.decode(line), init, task_fd, event_fd)
+                private = [task_fd, event_fd, *(fd for r in runs.values() for fd in r.fds())]
+                run = _start(proto.decode(line), init, private, event_fd)
                 runs[run.pid] = run
             watch = [task_fd]
             for run in runs.values():

@@ -143,12 +143,10 @@ class ScreenCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".screen-", suffix=".tmp")
+            document = {"format": CACHE_FORMAT, "version": __version__, "files": self._entries}
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(
-                    {"format": CACHE_FORMAT, "version": __version__, "files": self._entries},
-                    handle,
-                    separators=(",", ":"),
-                )
+                # dumps, not dump: json.dump streams through the pure-Python encoder.
+                handle.write(json.dumps(document, separators=(",", ":")))
             os.replace(tmp, self.path)
             self._dirty = False
         except OSError as exc:

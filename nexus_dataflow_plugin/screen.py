@@ -201,10 +201,10 @@ def _may_block(statements: list[ast.stmt]) -> bool:
     return False
 
 
-def _factories(tree: ast.Module) -> tuple[str, ...]:
+def _factories(tree: ast.Module, statements: list[ast.stmt]) -> tuple[str, ...]:
     excluded = _main_guard_calls(tree.body)
     names: list[str] = []
-    for stmt in _module_level(tree.body):
+    for stmt in statements:
         if (
             isinstance(stmt, ast.FunctionDef)
             and _callable_without_arguments(stmt)
@@ -392,13 +392,14 @@ def analyze(data: bytes) -> Facts:
         # A file without these bytes can neither import dataflow nor use `.model`.
         scanner.scan(parsed, models_possible=b"dataflow" in data or b"model" in data)
         model, external = scanner.verdict()
+        statements = _module_level(parsed.body)
         return Facts(
             model=model,
             imports=tuple(scanner.imports),
             external_model_uses=external,
-            factories=_factories(parsed),
+            factories=_factories(parsed, statements),
             node_types=tuple(scanner.node_types),
-            may_block=_may_block(_module_level(parsed.body)),
+            may_block=_may_block(statements),
         )
     except RecursionError:
         return Facts(error=MSG_SYNTAX.format(what="nesting too deep to analyse", line=1))

@@ -331,3 +331,21 @@ def test_prestarting_for_a_small_project_starts_one_worker(tmp_path):
     finally:
         pool.close()
     assert _workers_of_this_process() == []
+
+
+def test_a_child_beside_a_slow_one_holds_no_descriptor_of_its_siblings(tmp_path):
+    """Forked while the slow file's child still runs, the next child sees one pipe: its
+    own progress pipe. Not the sibling's (it could swallow its progress), no pidfd."""
+    from nexus_dataflow_plugin.isolation import Limits, WorkerPool
+
+    tasks = _tasks(
+        tmp_path,
+        {"aa_slow.py": "slow_factory_within_timeout.py",
+         "zz_snoop.py": "snoops_inherited_descriptors.py"},
+    )
+    with WorkerPool(tmp_path, workers=1, limits=Limits(timeout_s=20)) as pool:
+        order = [Path(o.task.path).name for o in pool.run(tasks)]
+    assert order == ["zz_snoop.py", "aa_slow.py"]  # it really ran beside the slow one
+    seen = (tmp_path / "workflows" / "zz_snoop.py.fds").read_text().split("\n")
+    assert len([t for t in seen if t.startswith("pipe:")]) == 1, seen
+    assert not [t for t in seen if "pidfd" in t], seen
