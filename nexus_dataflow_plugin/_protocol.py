@@ -78,12 +78,13 @@ def write_result(directory: str, task_id: int, result: dict[str, Any]) -> None:
 
 
 def claim(directory: str, batch: int, task_id: int) -> bool:
-    """Take the right to run ``task_id`` of ``batch``; False when it was taken first."""
+    """Take the right to run ``task_id`` of ``batch``; False when it was taken first, or
+    cannot be taken (then the side that holds the file keeps it)."""
     try:
         os.close(os.open(os.path.join(directory, f"{batch}-{task_id}.claim"),
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         return True
-    except FileExistsError:
+    except OSError:
         return False
 
 

@@ -286,10 +286,10 @@ def scan_matrix(matrix: Matrix) -> Matrix:
         return found
 
     def screen_then_remove(self, *args, **kwargs):
-        tasks = screen(self, *args, **kwargs)
+        tasks = list(screen(self, *args, **kwargs))  # the whole screen, then the deletion
         (workflows / "removed_before_import.py").unlink()
         matrix.removed.append("removed_before_import.py")
-        return tasks
+        yield from tasks
 
     discovery = SmartDiscovery(
         matrix.tree,
