@@ -55,17 +55,15 @@ class Encoded:
     problems: tuple[str, ...]
 
 
+_JSON_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
+
+
 def _unjsonable(node_id: str, node_type: str, config: dict[str, Any]) -> list[str]:
-    try:
-        json.dumps(config)
-        return []  # the usual case, in one C-speed call instead of one per key
-    except (TypeError, ValueError, OverflowError, RecursionError):
-        pass
     problems = []
     for key, value in config.items():
         try:
             json.dumps(value)
-        except (TypeError, ValueError, OverflowError, RecursionError):
+        except _JSON_ERRORS:
             if isinstance(value, type):
                 what = f"Python class ({value.__name__})"
             else:
@@ -113,10 +111,15 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
     problems: list[str] = []
     node_modules: dict[str, str] = {}
     data = workflow.to_dict()
+    try:
+        text: str | None = json.dumps(data)  # usually all is JSON: one call, no per-key checks
+    except _JSON_ERRORS:
+        text = None
     for node_id, node in data.get("nodes", {}).items():
         node_type = node.get("node_type", "?")
         config = node.get("config") or {}
-        problems += _unjsonable(node_id, node_type, config)
+        if text is None:
+            problems += _unjsonable(node_id, node_type, config)
         problems += [
             SECRET.format(node=node_id, type=node_type, key=key)
             for key, value in config.items()
@@ -139,8 +142,8 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
             break
     if not problems:
         try:
-            data = json.loads(json.dumps(data))
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            data = json.loads(text if text is not None else json.dumps(data))
+        except _JSON_ERRORS as exc:
             problems.append(LOSSY.format(what=f"{type(exc).__name__}: {exc}"))
         else:
             problems += _lost_connections(workflow, data)
