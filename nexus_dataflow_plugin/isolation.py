@@ -317,7 +317,7 @@ class WorkerPool:
         """Run every task; yield one outcome per task, in completion order."""
         pending = deque(sorted(tasks, key=lambda task: not self._slow(task)))
         total = len(pending)
-        workers = self.wanted(total)
+        workers = max(self.wanted(total), len(self._workers))  # started ones are free to use
         # Several batches per worker balance the load at the end; one worker has no one
         # to balance with, and every batch costs a fork.
         batches = workers * BATCHES_PER_WORKER if workers > 1 else 1
