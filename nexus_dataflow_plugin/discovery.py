@@ -120,8 +120,9 @@ def _crash_reason(outcome: Outcome) -> str:
 class SmartDiscovery:
     """Discover workflows the way Nexus does, without running any file in this process.
 
-    ``timeout`` is per file (import plus factory calls); ``workers`` the number
-    of parallel worker processes (default: the number of cores).
+    ``timeout`` is per file (import plus factory calls); ``workers`` the most
+    parallel worker processes (default: the number of cores; one per 50 files
+    to import is started).
     """
 
     def __init__(
