@@ -188,11 +188,9 @@ def _may_block(statements: list[ast.stmt]) -> bool:
     its timeout runs alongside the rest of the scan instead of after it.
     """
     for stmt in statements:
-        if stmt.__class__ in (ast.While, ast.AsyncFor):
+        if stmt.__class__ is ast.While:
             return True
-        value = getattr(stmt, "value", None)
-        if value.__class__ is ast.Await:
-            value = value.value  # type: ignore[union-attr]
+        value = getattr(stmt, "value", None)  # `f()` and `x = f()`
         if value.__class__ is ast.Call:
             func = value.func  # type: ignore[union-attr]
             name = getattr(func, "attr", None) or getattr(func, "id", None)
