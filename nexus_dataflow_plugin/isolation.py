@@ -45,8 +45,9 @@ CLOSE_GRACE_S = 3.0
 # file hands the rest of its batch on, so a large batch cannot stall behind one.)
 MAX_BATCH = 64
 BATCHES_PER_WORKER = 4
-# A worker's warm-up (importing Kailash) costs about as much CPU as importing this many
-# files: a scan starts one worker per this many files, up to ``workers``.
+# One worker per this many files to import, up to ``workers``. A worker's warm-up
+# (importing Kailash, about 0.45 s of CPU) is worth it once it has a share of the work:
+# a small project gets one worker, whose warm-up then competes less with the app's.
 FILES_PER_WORKER = 50
 # A file running longer than this (or half the timeout, if less) is slow. Most files
 # import in milliseconds; detaching a legitimately slow one costs nothing.

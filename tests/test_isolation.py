@@ -309,7 +309,7 @@ def test_hangs_the_screen_cannot_foresee_overlap_instead_of_queueing(tmp_path):
 
 
 def test_one_worker_per_fifty_files_up_to_the_pools_size(tmp_path):
-    """A worker's warm-up costs about fifty files' imports: a small project gets one."""
+    """One worker per fifty files to import: a small project gets one."""
     from nexus_dataflow_plugin.isolation import FILES_PER_WORKER, Limits, WorkerPool
 
     with WorkerPool(tmp_path, workers=3, limits=Limits()) as pool:
