@@ -130,6 +130,10 @@ class ScreenCache:
         value = entry.get("duration") if isinstance(entry, dict) else None
         return float(value) if isinstance(value, (int, float)) else None
 
+    def timed(self) -> bool:
+        """Whether an earlier scan recorded how long any of these files took to import."""
+        return any(isinstance(e, dict) and "duration" in e for e in self._entries.values())
+
     def record_duration(self, path: Path | None, seconds: float) -> None:
         entry = self._entries.get(str(path))
         if isinstance(entry, dict):

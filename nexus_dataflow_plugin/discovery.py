@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,14 +189,15 @@ class SmartDiscovery:
         tasks: dict[int, tuple[Candidate, Facts]] = {}
         pool = self.pool
         try:
-            for task in self._screen(found.candidates, entries, cache):
+            jobs = self._jobs(self._screen(found.candidates, entries, cache), tasks, cache)
+            first = next(jobs, None)
+            if first is not None:
                 if pool is None:
                     # The first file to import: start workers now, so that their warm-up
                     # overlaps the rest of the screen.
                     pool = self.make_pool().start(files=len(found.candidates))
-                tasks[len(tasks)] = task
-            if pool is not None and tasks:
-                self._isolate(tasks, entries, loaded, cache, pool)
+                self._isolate(itertools.chain([first], jobs), len(found.candidates),
+                              tasks, entries, loaded, cache, pool)
         finally:
             if pool is not None and pool is not self.pool:
                 pool.close()
@@ -315,28 +317,43 @@ class SmartDiscovery:
             else:
                 yield candidate, facts
 
+    @staticmethod
+    def _jobs(
+        screened: Iterator[tuple[Candidate, Facts]],
+        tasks: dict[int, tuple[Candidate, Facts]],
+        cache: ScreenCache,
+    ) -> Iterator[Task]:
+        """A worker task for each file the screen lets through, as it lets it through."""
+        for candidate, facts in screened:
+            tid = len(tasks)
+            tasks[tid] = (candidate, facts)
+            yield Task(tid, str(candidate.path), Path(candidate.rel).stem, facts.factories,
+                       facts.node_types, last_duration_s=cache.duration(candidate.real),
+                       may_block=facts.may_block)
+
     def _isolate(
         self,
+        jobs: Iterator[Task],
+        candidates: int,
         tasks: dict[int, tuple[Candidate, Facts]],
         entries: dict[str, r.FileResult],
         loaded: dict[str, _Loaded],
         cache: ScreenCache,
         pool: WorkerPool,
     ) -> None:
-        """Import the remaining candidates in workers and turn outcomes into entries.
+        """Import the files the screen lets through in workers; outcomes become entries.
 
-        Files that were slow last time go first, so they do not finish last.
+        When an earlier scan timed the files, the screen finishes first and the
+        slowest files go first, so they do not finish last. Otherwise (a cold
+        cache) files go to the workers as the screen finds them.
         """
-        jobs = sorted(
-            (
-                Task(tid, str(c.path), Path(c.rel).stem, facts.factories, facts.node_types,
-                     last_duration_s=cache.duration(c.real), may_block=facts.may_block)
-                for tid, (c, facts) in tasks.items()
-            ),
-            key=lambda t: -(t.last_duration_s or 0.0),
-        )
+        ordered: Iterable[Task] = jobs
+        expected: int | None = candidates
+        if cache.timed():
+            ordered = sorted(jobs, key=lambda t: -(t.last_duration_s or 0.0))
+            expected = None
         with quiet_rebuilds:
-            for outcome in pool.run(jobs):
+            for outcome in pool.run(ordered, expected):
                 candidate = tasks[outcome.task.id][0]
                 entry, files_loaded = self._entry(candidate, outcome)
                 entry.duration_s = outcome.duration_s

@@ -14,6 +14,7 @@ replaced; the scan goes on.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -314,21 +315,38 @@ class WorkerPool:
 
     # -- scheduling --------------------------------------------------------
 
-    def run(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
-        """Run every task; yield one outcome per task, in completion order."""
-        pending = deque(sorted(tasks, key=lambda task: not self._slow(task)))
-        total = len(pending)
-        workers = max(self.wanted(total), len(self._workers))  # started ones are free to use
+    def run(self, tasks: Iterable[Task], expected: int | None = None) -> Iterator[Outcome]:
+        """Run every task; yield one outcome per task, in completion order.
+
+        With ``expected`` (at most how many tasks will come), ``tasks`` is taken
+        as it is produced: a screen still running hands files on as it finds
+        them, and workers start on the first ones while it goes on. Without it,
+        all tasks are taken first.
+        """
+        stream: Iterator[Task] | None = None
+        if expected is None:
+            pending = deque(sorted(tasks, key=lambda task: not self._slow(task)))
+            expected = len(pending)
+        else:
+            pending, stream = deque(), iter(tasks)
+        taken = len(pending)
+        workers = max(self.wanted(expected), len(self._workers))  # started ones are free
         # Several batches per worker balance the load at the end; one worker has no one
         # to balance with, and every batch costs a fork.
         batches = workers * BATCHES_PER_WORKER if workers > 1 else 1
-        batch_size = max(1, min(MAX_BATCH, math.ceil(total / batches)))
+        batch_size = max(1, min(MAX_BATCH, math.ceil(expected / batches)))
         finished = 0
-        self.start(total)
-        while finished < total:
+        self.start(expected)
+        while stream is not None or finished < taken:
+            hungry = stream is not None and len(pending) < batch_size * workers
+            if hungry:
+                got = self._take(stream, pending, batch_size)  # type: ignore[arg-type]
+                taken += got
+                if got < batch_size:
+                    stream = None
             for worker in list(self._workers):
                 if worker.ready:
-                    self._fill(worker, pending, batch_size)
+                    self._fill(worker, pending, batch_size, complete=stream is None)
             now = time.monotonic()
             wakeups = [w.started_at + WARMUP_TIMEOUT_S for w in self._workers if not w.ready]
             for batch in self._running():
@@ -336,6 +354,8 @@ class WorkerPool:
                 if not batch.detached and batch.child_pid is not None:
                     wakeups.append(batch.file_started_at + self.slow_after)
             wait = max(0.0, min(wakeups) - now) if wakeups else 1.0
+            if hungry:
+                wait = 0.0  # look at events, then take more from the stream
             for key, _ in self._selector.select(timeout=min(wait, 1.0)):
                 for outcome in self._read(key.data, pending):
                     finished += 1
@@ -344,6 +364,17 @@ class WorkerPool:
                 finished += 1
                 yield outcome
 
+    def _take(self, stream: Iterator[Task], pending: deque[Task], count: int) -> int:
+        """Up to ``count`` more tasks from ``stream``, slow ones to the front of the queue."""
+        got = 0
+        for task in itertools.islice(stream, count):
+            got += 1
+            if self._slow(task):
+                pending.appendleft(task)
+            else:
+                pending.append(task)
+        return got
+
     def _slow(self, task: Task) -> bool:
         """Expected to be slow: such files start first, each alone."""
         return task.may_block or (task.last_duration_s or 0.0) >= self.slow_after
@@ -351,14 +382,18 @@ class WorkerPool:
     def _running(self) -> list[_Batch]:
         return [batch for worker in self._workers for batch in worker.batches.values()]
 
-    def _fill(self, worker: _Worker, pending: deque[Task], batch_size: int) -> None:
+    def _fill(self, worker: _Worker, pending: deque[Task], batch_size: int, *,
+              complete: bool) -> None:
         """Give a ready worker work: slow files alone and beside it (up to the pool's
-        limit), and one regular batch when it has none running."""
+        limit), and one regular batch when it has none running: a full one, unless
+        the queue is ``complete`` (no more tasks are coming)."""
         while pending:
             slow = self._slow(pending[0])
             if slow and sum(b.slow for b in self._running()) < MAX_SLOW_RUNS:
                 self._dispatch(worker, [pending.popleft()], slow=True)
             elif any(not batch.slow for batch in worker.batches.values()):
+                return
+            elif not (slow or complete or len(pending) >= batch_size):
                 return
             elif slow:
                 self._dispatch(worker, [pending.popleft()])

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -334,3 +335,27 @@ def test_a_file_using_model_nodes_by_name_is_dependent_on_the_apps_models(tmp_pa
     assert widget.status == "error"
     assert "'WidgetCreateNode' is not available in the isolated worker" in widget.reason
     assert "Available nodes" not in widget.reason
+
+
+def test_a_cold_scan_imports_files_while_its_screen_is_still_going(tmp_path, monkeypatch):
+    """With nothing timed yet, files go to workers as the screen lets them through:
+    here the first import happens before a deliberately slow screen has finished."""
+    from nexus_dataflow_plugin import cache as cache_module
+
+    (tmp_path / "workflows").mkdir()
+    for i in range(60):
+        shutil.copyfile(FIXTURES / "good_pipeline.py", tmp_path / "workflows" / f"g{i:03}.py")
+    screened: list[float] = []
+    analyze = cache_module.analyze
+
+    def slow_analyze(data: bytes):
+        time.sleep(0.05)
+        facts = analyze(data)
+        screened.append(time.time())
+        return facts
+
+    monkeypatch.setattr(cache_module, "analyze", slow_analyze)
+    report = SmartDiscovery(tmp_path, cache=False).run()
+    assert len(report.workflows) == 60
+    first_import = min(p.stat().st_mtime for p in (tmp_path / "workflows").glob("*.ran"))
+    assert first_import < max(screened), "every import waited for the whole screen"
