@@ -339,8 +339,8 @@ class WorkerPool:
         self.start(expected)
         while stream is not None or finished < taken:
             hungry = stream is not None and len(pending) < batch_size * workers
-            if hungry:
-                got = self._take(stream, pending, batch_size)  # type: ignore[arg-type]
+            if stream is not None and hungry:
+                got = self._take(stream, pending, batch_size)
                 taken += got
                 if got < batch_size:
                     stream = None
