@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import processes_with_env
 
 from nexus_dataflow_plugin.screen import analyze
 
@@ -351,23 +352,6 @@ def test_ctrl_c_ends_the_scan_and_its_workers_in_one_line(
     assert err.strip().splitlines()[-1] == "nexus-dataflow: interrupted"
     assert "Traceback" not in err
     assert not processes_with_env("NDP_CLI_MARK", str(mark)), "a worker survived Ctrl+C"
-
-
-def processes_with_env(key: str, value: str) -> list[int]:
-    """Pids of live processes whose environment has ``key=value`` (any parent)."""
-    needle = f"{key}={value}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and needle in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
 
 
 # --- errors: one line on stderr, exit 2, no traceback -----------------------------------------

@@ -6,7 +6,7 @@ a free port; everything is checked from outside: HTTP, the database file (or
 PostgreSQL) read directly, the report it prints, how it stops on Ctrl+C
 (SIGINT), and that no process it started outlives it.
 
-``ServeProcess`` and ``processes_with_env`` are shared with test_readme.py.
+``ServeProcess`` is shared with test_readme.py; ``processes_with_env`` lives in procs.py.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+from procs import processes_with_env
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "docs" / "examples" / "shop"
@@ -40,25 +41,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def processes_with_env(key: str, value: str) -> list[str]:
-    """Live (not zombie) processes whose environment has ``key=value``: every descendant
-    of a process started with it, wherever it was re-parented."""
-    needle = f"{key}={value}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and needle in environ.split(b"\0"):
-            found.append(f"{entry.name} {cmdline}")
-    return found
 
 
 def copy_example(target: Path) -> Path:
@@ -159,7 +141,7 @@ class ServeProcess:
         self._reader.join(5)
         return code, time.monotonic() - started
 
-    def leftovers(self, grace: float = 5.0) -> list[str]:
+    def leftovers(self, grace: float = 5.0) -> list[tuple[int, str]]:
         """Processes of this command still alive (after a short grace for reaping)."""
         deadline = time.monotonic() + grace
         while (alive := processes_with_env(MARK, self.marker)) and time.monotonic() < deadline:
@@ -168,7 +150,7 @@ class ServeProcess:
 
     def kill(self) -> None:
         """Last-resort cleanup: SIGKILL the server's group and anything carrying its marker."""
-        for pid in [int(p.split()[0]) for p in processes_with_env(MARK, self.marker)]:
+        for pid, _ in processes_with_env(MARK, self.marker):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -258,8 +240,8 @@ def test_serve_the_example_shop(backend: str, tmp_path: Path, request: Any) -> N
         assert f"POST http://127.0.0.1:{port}/workflows/price_quote/execute" in output
         assert "explicit  workflows/order_intake.py: order_intake.restock_workflow" in output
 
-        running = [p.split()[0] for p in processes_with_env(MARK, server.marker)]
-        assert str(server.process.pid) in running  # the leftover check below can see it
+        running = [pid for pid, _ in processes_with_env(MARK, server.marker)]
+        assert server.process.pid in running  # the leftover check below can see it
 
         code, seconds = server.interrupt()
         assert code in (0, 130), server.stderr_tail()
