@@ -22,6 +22,7 @@ from kailash.workflow import Workflow
 from kailash.workflow.builder import WorkflowBuilder
 
 SKIP_NAMES = frozenset({"WorkflowBuilder", "Workflow"})
+GENERIC_NAMES = frozenset({"workflow", "builder", "wf"})
 
 # What the worker reports, as sentences (the server's report wraps them).
 MSG_IMPORT_RAISED = "Raised {exc} while importing{where}: {message}"
@@ -31,10 +32,17 @@ MSG_CALL_RAISED = "{name}{call} raised {exc}: {message}{where}"
 
 @dataclass
 class Probed:
-    """Workflows found (attr -> Workflow, in namespace order) and failures, as sentences."""
+    """Workflows found (attr -> Workflow, in namespace order, the last of each name)
+    and failures, as sentences."""
 
     workflows: dict[str, Workflow] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+
+
+def workflow_name(path: str, attr: str) -> str:
+    """The name native discovery gives: the file's stem, or ``stem.attr``."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem if attr.lower() in GENERIC_NAMES else f"{stem}.{attr}"
 
 
 def where(exc: BaseException, path: str) -> str:
@@ -122,4 +130,10 @@ def probe(
             )
             continue
         probed.workflows[name] = value
+    # Native keeps the last of the workflows that share a name (``builder`` and
+    # ``workflow = builder.build()`` both take the file's): the others would
+    # only be encoded, sent and rebuilt to be dropped.
+    last = {workflow_name(path, attr): attr for attr in probed.workflows}
+    kept = set(last.values())
+    probed.workflows = {a: w for a, w in probed.workflows.items() if a in kept}
     return probed

@@ -23,6 +23,7 @@ from kailash.workflow import Workflow
 
 from . import report as r
 from ._paths import in_project
+from ._probe import workflow_name
 from .cache import ScreenCache
 from .finder import (
     DEFAULT_MAX_FILE_BYTES,
@@ -48,7 +49,6 @@ from .transfer import decode, quiet_rebuilds
 
 logger = logging.getLogger(__name__)
 
-GENERIC_NAMES = frozenset({"workflow", "builder", "wf"})
 DEFAULT_TIMEOUT_S = 10.0
 
 
@@ -78,12 +78,6 @@ def paused_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def workflow_name(rel: str, attr: str) -> str:
-    """The name native discovery gives: the file's stem, or ``stem.attr``."""
-    stem = Path(rel).stem
-    return stem if attr.lower() in GENERIC_NAMES else f"{stem}.{attr}"
 
 
 @dataclass

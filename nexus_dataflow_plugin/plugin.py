@@ -23,9 +23,9 @@ from kailash.workflow import Workflow
 from nexus.plugins import NexusPlugin
 
 from . import report as r
-from ._probe import probe
+from ._probe import probe, workflow_name
 from .config import Settings, check_arguments, load_settings
-from .discovery import SmartDiscovery, workflow_name
+from .discovery import SmartDiscovery
 from .isolation import WorkerPool
 from .screen import analyze
 

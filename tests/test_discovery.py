@@ -31,6 +31,7 @@ LAYOUT = {
     "workflow_orders_workflow.py": "workflow_orders.py",
     "workflows/names_generic_and_specific.py": "names_generic_and_specific.py",
     "workflows/billing.py": "generic_name_builder.py",
+    "workflows/invoices.py": "builder_and_the_workflow_it_built.py",
     "src/workflows/shipping.py": "generic_name_wf.py",
     "reports.workflow.py": "good_pipeline.py",
     # Two files named orders.py: native lets the later pattern (app/workflows/) win.
@@ -73,6 +74,7 @@ EXPECTED_NAMES = {
     "names_generic_and_specific.make_report",
     "names_generic_and_specific.make_audit",
     "billing",
+    "invoices",
     "shipping",
     "reports.workflow",
     "orders",
@@ -120,6 +122,14 @@ def test_generic_names_use_the_stem_and_builders_are_built(report):
     assert set(report.workflows["billing"].nodes) == {"b"}  # `builder = WorkflowBuilder()`
     assert set(report.workflows["shipping"].nodes) == {"w"}  # `wf = ...build()`
     assert set(report.workflows["workflow_orders_workflow"].nodes) == {"orders"}  # `workflow`
+
+
+def test_of_two_workflows_sharing_a_name_only_the_later_one_travels(report):
+    # `builder` and `workflow = builder.build()`: native registers `workflow`.
+    assert set(report.workflows["invoices"].nodes) == {"first"}
+    entry = report.file("workflows/invoices.py")
+    assert entry.workflows == ["invoices"]
+    assert "1 workflow(s) found" in entry.reason
 
 
 def test_factories_returning_builders_and_workflows_are_registered(report):
@@ -272,14 +282,17 @@ def test_discover_workflows_is_a_drop_in_returning_workflows_by_native_name(
     for dest, src in {
         "workflows/names_generic_and_specific.py": "names_generic_and_specific.py",
         "workflows/billing.py": "generic_name_builder.py",
+        "workflows/invoices.py": "builder_and_the_workflow_it_built.py",
         "workflows/models_from_dataflow_import.py": "models_from_dataflow_import.py",
     }.items():
         shutil.copyfile(FIXTURES / src, base / dest)
     found = discover_workflows(str(base))
     assert isinstance(found, dict)
     assert set(found) == {name for name in EXPECTED_NAMES if name.startswith("names_")} | {
-        "billing"
+        "billing",
+        "invoices",
     }
+    assert set(found["invoices"].nodes) == {"first"}
     assert all(isinstance(w, Workflow) for w in found.values())
     assert runs(base / "workflows" / "models_from_dataflow_import.py") == []
     assert runs(base / "workflows" / "billing.py")[0] != os.getpid()
