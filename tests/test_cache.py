@@ -1,0 +1,139 @@
+"""The screen cache: a warm scan trusts a file's stat, a changed file is screened
+again, and a broken or foreign cache file costs a re-parse, never a wrong answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from nexus_dataflow_plugin import SmartDiscovery
+from nexus_dataflow_plugin.cache import ScreenCache, facts_from_json, facts_to_json
+from nexus_dataflow_plugin.screen import analyze
+
+MODELS = """from dataflow import DataFlow
+
+db = DataFlow("sqlite:///app.db")
+
+
+@db.model
+class Order:
+    id: int
+"""
+
+# Every kind of fact the screen records, for the JSON round trip.
+RICH = """import time
+
+from kailash.workflow.builder import WorkflowBuilder
+from .shared import helper
+from ..models import db
+
+db.model(Invoice)
+
+
+def build_pipeline():
+    builder = WorkflowBuilder()
+    builder.add_node("PythonCodeNode", "a", {"code": "result = {}"})
+    return builder.build()
+
+
+while False:
+    time.sleep(1)
+"""
+
+WORKFLOW = """from kailash.workflow.builder import WorkflowBuilder
+
+
+def build_pipeline():
+    builder = WorkflowBuilder()
+    builder.add_node("PythonCodeNode", "a", {"code": "result = {}"})
+    return builder.build()
+"""
+
+
+def _project(root: Path) -> Path:
+    (root / "workflows").mkdir(parents=True)
+    (root / "workflows" / "models.py").write_text(MODELS)
+    (root / "workflows" / "orders.py").write_text(WORKFLOW)
+    return root
+
+
+def _same_stat_no_models(path: Path) -> None:
+    """Rewrite ``path`` as comments, keeping its size and mtime: only a cache misses that."""
+    stat = path.stat()
+    path.write_text(("# no models here\n" * stat.st_size)[: stat.st_size - 1] + "\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_facts_survive_the_round_trip_through_json():
+    facts = analyze(RICH.encode())
+    assert facts.imports and facts.external_model_uses and facts.factories and facts.may_block
+    assert facts_from_json(json.loads(json.dumps(facts_to_json(facts)))) == facts
+
+
+def test_a_warm_scan_reuses_facts_while_size_and_mtime_are_unchanged(tmp_path):
+    root = _project(tmp_path / "app")
+    models = (root / "workflows" / "models.py").resolve()
+    first = ScreenCache(root, tmp_path / "cache")
+    assert first.facts(models).model
+    first.save()
+
+    # Same size and mtime, no longer a model file: the cache answers without reading it.
+    _same_stat_no_models(models)
+    assert ScreenCache(root, tmp_path / "cache").facts(models).model
+
+    # A real edit changes the mtime, and the file is screened again.
+    os.utime(models, ns=(0, models.stat().st_mtime_ns + 1_000_000))
+    assert ScreenCache(root, tmp_path / "cache").facts(models).model is None
+
+
+def test_durations_are_kept_for_the_next_scan(tmp_path):
+    root = _project(tmp_path / "app")
+    orders = (root / "workflows" / "orders.py").resolve()
+    cache = ScreenCache(root, tmp_path / "cache")
+    cache.facts(orders)
+    assert not cache.timed()
+    cache.record_duration(orders, 0.25)
+    cache.save()
+    again = ScreenCache(root, tmp_path / "cache")
+    assert again.timed() and again.duration(orders) == 0.25
+
+
+BROKEN = {
+    "truncated": lambda good: good[: len(good) // 2],
+    "garbage_bytes": lambda good: "\x00\xff not json at all",
+    "wrong_shapes_right_header": lambda good: json.dumps(
+        {**json.loads(good), "files": {k: {"stat": v["stat"], "facts": [1, 2]}
+                                       for k, v in json.loads(good)["files"].items()}}
+    ),
+    "older_format": lambda good: json.dumps({**json.loads(good), "format": 3}),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(BROKEN))
+def test_a_broken_cache_costs_a_reparse_never_a_wrong_answer(tmp_path, damage):
+    root = _project(tmp_path / "app")
+    cache_dir = tmp_path / "cache"
+    clean = SmartDiscovery(root, timeout=10, workers=1, cache_dir=cache_dir).run()
+    (cache_file,) = cache_dir.glob("screen-*.json")
+    cache_file.write_text(BROKEN[damage](cache_file.read_text()))
+
+    again = SmartDiscovery(root, timeout=10, workers=1, cache_dir=cache_dir).run()
+
+    assert sorted(again.workflows) == sorted(clean.workflows) == ["orders.build_pipeline"]
+    assert again.file("workflows/models.py").status == clean.file("workflows/models.py").status
+    json.loads(cache_file.read_text())  # rewritten whole
+
+
+def test_a_cache_that_cannot_be_written_is_logged_not_raised(tmp_path, caplog):
+    root = _project(tmp_path / "app")
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("a file where the cache directory should be")
+    cache = ScreenCache(root, blocker / "cache")
+    cache.facts((root / "workflows" / "orders.py").resolve())
+    with caplog.at_level(logging.DEBUG, logger="nexus_dataflow_plugin.cache"):
+        cache.save()
+    assert "screen cache not saved" in caplog.text
