@@ -14,7 +14,6 @@ replaced; the scan goes on.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -336,13 +335,16 @@ class WorkerPool:
         batches = workers * BATCHES_PER_WORKER if workers > 1 else 1
         batch_size = max(1, min(MAX_BATCH, math.ceil(expected / batches)))
         finished = 0
+        held: list[Outcome] = []
         self.start(expected)
         while stream is not None or finished < taken:
-            hungry = stream is not None and len(pending) < batch_size * workers
-            if stream is not None and hungry:
-                got = self._take(stream, pending, batch_size)
+            # Take from an open stream between events, not only when the queue runs
+            # low: a file the screen sees may block must reach a worker (first, alone)
+            # as soon as it is screened, not after every file sorted before it.
+            if stream is not None:
+                got, more = self._take(stream, pending, batch_size)
                 taken += got
-                if got < batch_size:
+                if not more:
                     stream = None
             for worker in list(self._workers):
                 if worker.ready:
@@ -354,26 +356,34 @@ class WorkerPool:
                 if not batch.detached and batch.child_pid is not None:
                     wakeups.append(batch.file_started_at + self.slow_after)
             wait = max(0.0, min(wakeups) - now) if wakeups else 1.0
-            if hungry:
+            if stream is not None:
                 wait = 0.0  # look at events, then take more from the stream
             for key, _ in self._selector.select(timeout=min(wait, 1.0)):
-                for outcome in self._read(key.data, pending):
-                    finished += 1
-                    yield outcome
-            for outcome in self._enforce(pending):
-                finished += 1
-                yield outcome
+                held += self._read(key.data, pending)
+            held += self._enforce(pending)
+            # Outcomes wait while the stream is open: whoever consumes them (the
+            # server rebuilding workflows) would otherwise slow the screen that
+            # feeds the workers.
+            if stream is None:
+                finished += len(held)
+                yield from held
+                held.clear()
 
-    def _take(self, stream: Iterator[Task], pending: deque[Task], count: int) -> int:
-        """Up to ``count`` more tasks from ``stream``, slow ones to the front of the queue."""
-        got = 0
-        for task in itertools.islice(stream, count):
-            got += 1
+    def _take(self, stream: Iterator[Task], pending: deque[Task], count: int) -> tuple[int, bool]:
+        """Up to ``count`` more tasks from ``stream``; how many, and whether more may come.
+
+        A slow task goes to the front of the queue and ends the take: it starts
+        now, not after the screen has gone through the files behind it.
+        """
+        for got in range(count):
+            task = next(stream, None)
+            if task is None:
+                return got, False
             if self._slow(task):
                 pending.appendleft(task)
-            else:
-                pending.append(task)
-        return got
+                return got + 1, True
+            pending.append(task)
+        return count, True
 
     def _slow(self, task: Task) -> bool:
         """Expected to be slow: such files start first, each alone."""

@@ -372,3 +372,39 @@ def test_a_cold_scan_imports_files_while_its_screen_is_still_going(tmp_path, mon
     assert len(report.workflows) == 60
     first_import = min(p.stat().st_mtime for p in (tmp_path / "workflows").glob("*.ran"))
     assert first_import < max(screened), "every import waited for the whole screen"
+
+
+def test_a_file_the_screen_sees_may_block_starts_as_soon_as_it_is_screened(
+    tmp_path, monkeypatch
+):
+    """A hang the screen can foresee starts when the screen reaches it, not after the
+    files behind it, so its timeout runs alongside the rest of the scan."""
+    from nexus_dataflow_plugin import cache as cache_module
+
+    (tmp_path / "workflows").mkdir()
+    for prefix in ("a", "z"):  # screened before and after the hanging file
+        for i in range(20):
+            shutil.copyfile(FIXTURES / "good_pipeline.py",
+                            tmp_path / "workflows" / f"{prefix}{i:03}.py")
+    discovery = SmartDiscovery(tmp_path, timeout=2, cache=False)
+    with discovery.make_pool() as pool:
+        SmartDiscovery(tmp_path, timeout=2, cache=False, pool=pool).run()  # a warm worker
+        hang = tmp_path / "workflows" / "hang_at_import.py"
+        shutil.copyfile(FIXTURES / "hang_at_import.py", hang)
+        screened: list[float] = []
+        analyze = cache_module.analyze
+
+        def slow_analyze(data: bytes):
+            time.sleep(0.05)
+            facts = analyze(data)
+            screened.append(time.time())
+            return facts
+
+        monkeypatch.setattr(cache_module, "analyze", slow_analyze)
+        report = SmartDiscovery(tmp_path, timeout=2, cache=False, pool=pool).run()
+
+    assert report.file("workflows/hang_at_import.py").status == "timeout"
+    assert len(report.workflows) == 40
+    started = Path(f"{hang}.ran").stat().st_mtime
+    # 21 files are screened up to the hanging one; 19 more remain behind it.
+    assert started < screened[25], "the hanging file waited for the files screened after it"
