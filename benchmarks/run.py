@@ -287,6 +287,11 @@ class Bench:
             if self.repeat > 1:
                 note += (f"; range over runs: native {_span(runs[native_key])}, "
                          f"ours {_span(runs[ours_key])}")
+                paired = [b["wall_s"] / a["wall_s"] for a, b in
+                          zip(runs[native_key], runs[ours_key], strict=True) if a and b]
+                if paired:  # each repeat ran both back to back: drift cancels in the pair
+                    note += (f"; ratio within each repeat {min(paired):.2f}-{max(paired):.2f}, "
+                             f"median {statistics.median(paired):.3f}")
             self.check(case, label, n["wall_s"], o["wall_s"], target=target, note=note)
         native_mem = medians["native_cold"]["self_peak_growth_kb"] / MB
         ours_mem = medians["ours_cold"]["self_peak_growth_kb"] / MB
@@ -529,6 +534,29 @@ def _medians(results: list[dict[str, Any] | None]) -> dict[str, Any]:
     return out
 
 
+_SPIN = ("import time\nbegan = time.perf_counter()\nn = 0\nwhile n < 10_000_000:\n    n += 1\n"
+         "print(time.perf_counter() - began)\n")
+
+
+def parallel_cores() -> float:
+    """How many cores' worth of CPU the machine gives right now: one busy loop timed
+    alone, then one per core at once (medians of five tries each).
+
+    On a shared virtual machine this moves between runs, even within one, and it
+    moves ours (workers in parallel) but not native (one thread).
+    """
+    cores = os.cpu_count() or 1
+
+    def spin(count: int) -> float:
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(count)]
+        return statistics.mean(float(p.communicate()[0]) for p in procs)
+
+    alone = statistics.median(spin(1) for _ in range(5))
+    together = statistics.median(spin(cores) for _ in range(5))
+    return round(cores * alone / together, 2)
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"nproc": os.cpu_count(), "python": platform.python_version(),
                             "platform": platform.platform()}
@@ -594,6 +622,8 @@ def table(document: dict[str, Any]) -> str:
         f"load average before: {document['load_before']}, after: {document['load_after']}; "
         f"repeat {document['repeat']} (median){'; QUICK mode' if document['quick'] else ''}; "
         f"{document['elapsed_s']:.0f} s",
+        *([f"cores' worth of CPU a busy loop per core got, before and after: "
+           f"{document['parallel_cores']}"] if document.get("parallel_cores") else []),
         "",
     ]
     header = ("case", "measure", "native", "ours", "ours/native", "target", "result")
@@ -659,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
                   Path(args.profile).resolve() if args.profile else None)
     ref = None
     load_before = os.getloadavg()
+    cores_before = None if args.quick else parallel_cores()
     began = time.monotonic()
     try:
         if args.ref:
@@ -693,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         "measured": f"git {ref}" if ref else "working tree (as installed)",
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
+        "parallel_cores": None if args.quick else [cores_before, parallel_cores()],
         "quick": args.quick,
         "repeat": repeat,
         "workers": bench.workers,
