@@ -16,6 +16,7 @@ import traceback
 import types
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from kailash.workflow import Workflow
@@ -41,7 +42,7 @@ class Probed:
 
 def workflow_name(path: str, attr: str) -> str:
     """The name native discovery gives: the file's stem, or ``stem.attr``."""
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = PurePath(path).stem  # as native computes it
     return stem if attr.lower() in GENERIC_NAMES else f"{stem}.{attr}"
 
 

@@ -319,8 +319,8 @@ class WorkerPool:
 
         With ``expected`` (at most how many tasks will come), ``tasks`` is taken
         as it is produced: a screen still running hands files on as it finds
-        them, and workers start on the first ones while it goes on. Without it,
-        all tasks are taken first.
+        them, and workers start on the first ones while it goes on; outcomes
+        follow once it is done. Without it, all tasks are taken first.
         """
         stream: Iterator[Task] | None = None
         if expected is None:

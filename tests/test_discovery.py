@@ -350,14 +350,10 @@ def test_a_file_using_model_nodes_by_name_is_dependent_on_the_apps_models(tmp_pa
     assert "Available nodes" not in widget.reason
 
 
-def test_a_cold_scan_imports_files_while_its_screen_is_still_going(tmp_path, monkeypatch):
-    """With nothing timed yet, files go to workers as the screen lets them through:
-    here the first import happens before a deliberately slow screen has finished."""
+def _slow_screen(monkeypatch) -> list[float]:
+    """Make the screen take 50 ms a file; returns when each file was screened."""
     from nexus_dataflow_plugin import cache as cache_module
 
-    (tmp_path / "workflows").mkdir()
-    for i in range(60):
-        shutil.copyfile(FIXTURES / "good_pipeline.py", tmp_path / "workflows" / f"g{i:03}.py")
     screened: list[float] = []
     analyze = cache_module.analyze
 
@@ -368,6 +364,16 @@ def test_a_cold_scan_imports_files_while_its_screen_is_still_going(tmp_path, mon
         return facts
 
     monkeypatch.setattr(cache_module, "analyze", slow_analyze)
+    return screened
+
+
+def test_a_cold_scan_imports_files_while_its_screen_is_still_going(tmp_path, monkeypatch):
+    """With nothing timed yet, files go to workers as the screen lets them through:
+    here the first import happens before a deliberately slow screen has finished."""
+    (tmp_path / "workflows").mkdir()
+    for i in range(60):
+        shutil.copyfile(FIXTURES / "good_pipeline.py", tmp_path / "workflows" / f"g{i:03}.py")
+    screened = _slow_screen(monkeypatch)
     report = SmartDiscovery(tmp_path, cache=False).run()
     assert len(report.workflows) == 60
     first_import = min(p.stat().st_mtime for p in (tmp_path / "workflows").glob("*.ran"))
@@ -379,8 +385,6 @@ def test_a_file_the_screen_sees_may_block_starts_as_soon_as_it_is_screened(
 ):
     """A hang the screen can foresee starts when the screen reaches it, not after the
     files behind it, so its timeout runs alongside the rest of the scan."""
-    from nexus_dataflow_plugin import cache as cache_module
-
     (tmp_path / "workflows").mkdir()
     for prefix in ("a", "z"):  # screened before and after the hanging file
         for i in range(20):
@@ -391,16 +395,7 @@ def test_a_file_the_screen_sees_may_block_starts_as_soon_as_it_is_screened(
         SmartDiscovery(tmp_path, timeout=2, cache=False, pool=pool).run()  # a warm worker
         hang = tmp_path / "workflows" / "hang_at_import.py"
         shutil.copyfile(FIXTURES / "hang_at_import.py", hang)
-        screened: list[float] = []
-        analyze = cache_module.analyze
-
-        def slow_analyze(data: bytes):
-            time.sleep(0.05)
-            facts = analyze(data)
-            screened.append(time.time())
-            return facts
-
-        monkeypatch.setattr(cache_module, "analyze", slow_analyze)
+        screened = _slow_screen(monkeypatch)
         report = SmartDiscovery(tmp_path, timeout=2, cache=False, pool=pool).run()
 
     assert report.file("workflows/hang_at_import.py").status == "timeout"
