@@ -169,7 +169,7 @@ def _main_guard_calls(body: list[ast.stmt]) -> set[str]:
     called: set[str] = set()
     for stmt in body:
         if isinstance(stmt, ast.If) and _is_main_guard(stmt.test):
-            for node in ast.walk(stmt):
+            for node in _walk([stmt]):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                     called.add(node.func.id)
     return called
