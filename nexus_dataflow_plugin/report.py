@@ -75,6 +75,9 @@ MSG_NOT_TRANSFERABLE = (
     "{problems}. Register this workflow explicitly with app.register(name, workflow) "
     "in your app."
 )
+MSG_NAME_TAKEN = (
+    " The name {name!r} is also produced by {owner}, which wins (as in native discovery)."
+)
 MSG_USES_MODEL_NODES = (
     "Uses {nodes}, which DataFlow generates from your models: only the server has them. "
     "Load it explicitly after your models exist: plugin.load_workflows({path!r})."
