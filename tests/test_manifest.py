@@ -1,0 +1,322 @@
+"""Frozen discovery: ``nexus-dataflow freeze`` and a real Nexus starting from its manifest.
+
+The project is copied from tests/fixtures/engine: every file that can run writes
+``<file>.ran`` when executed (the canaries). The manifest is made by a real scan
+(isolated workers); the markers it left are removed; then a real Nexus with
+``auto_discovery=True`` starts (``start(blocking=False)``) with the plugin's
+``manifest`` setting. Worker processes carry the environment variable
+``NDP_MANIFEST_MARK`` they inherit from this process, which /proc shows while
+the server starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nexus import Nexus
+from procs import processes_with_env
+
+from nexus_dataflow_plugin import DataFlowCompatiblePlugin
+from nexus_dataflow_plugin import manifest as m
+from nexus_dataflow_plugin.config import load_settings
+
+ENGINE = Path(__file__).resolve().parent / "fixtures" / "engine"
+CLI = str(Path(sys.executable).with_name("nexus-dataflow"))
+MARK = "NDP_MANIFEST_MARK"
+FILES = {
+    "workflows/good_pipeline.py": "good_pipeline.py",
+    "workflows/runnable_pipeline.py": "runnable_pipeline.py",
+    "workflows/models.py": "models_from_dataflow_import.py",
+}
+HELPER_FLOW = '''"""A workflow whose node code comes from a project module."""
+
+import os
+
+from kailash.workflow.builder import WorkflowBuilder
+
+from steps import CODE
+
+with open(__file__ + ".ran", "a") as _marker:
+    _marker.write(f"{os.getpid()}\\n")
+
+workflow = WorkflowBuilder()
+workflow.add_node("PythonCodeNode", "step", {"code": CODE})
+'''
+STEPS = 'CODE = "result = {\'value\': 1}"\n'
+NAMES = {"good_pipeline", "runnable_pipeline", "helper_flow"}
+MANIFEST = "nexus-manifest.json"
+
+
+def ran(project: Path) -> list[str]:
+    """Project files that have executed, as relative paths."""
+    return sorted(p.relative_to(project).as_posix()[: -len(".ran")]
+                  for p in project.rglob("*.ran"))
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project with a manifest made by a real scan; no canary has fired since."""
+    root = tmp_path / "project"
+    for rel, fixture in FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ENGINE / fixture, root / rel)
+    (root / "workflows/helper_flow.py").write_text(HELPER_FLOW)
+    (root / "steps.py").write_text(STEPS)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "freeze-cache"))
+    m.write(m.freeze(root, load_settings(root, {"workers": 1})), root / MANIFEST)
+    assert ran(root) == ["workflows/good_pipeline.py", "workflows/helper_flow.py",
+                         "workflows/runnable_pipeline.py"]  # the scan ran them, in workers
+    for marker in root.rglob("*.ran"):
+        marker.unlink()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "start-cache"))
+    monkeypatch.setenv(MARK, uuid.uuid4().hex)
+    monkeypatch.chdir(root)  # Nexus discovers from the working directory
+    return root
+
+
+@contextmanager
+def workers_seen() -> Iterator[set[int]]:
+    """Pids of processes carrying this test's mark (workers), sampled while the block runs."""
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            seen.update(pid for pid, _ in processes_with_env(MARK, os.environ[MARK]))
+            done.wait(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()
+
+
+def start(**options: Any) -> tuple[Nexus, DataFlowCompatiblePlugin, set[int]]:
+    app = Nexus(auto_discovery=True, enable_durability=False, enable_auth=False)
+    plugin = DataFlowCompatiblePlugin(manifest=MANIFEST, workers=1, **options)
+    with workers_seen() as seen:
+        app.add_plugin(plugin)
+        try:
+            app.start(blocking=False)
+        except BaseException:
+            app.stop()
+            raise
+    return app, plugin, seen
+
+
+@pytest.fixture
+def started() -> Iterator[list[Nexus]]:
+    """Apps a test started, stopped afterwards."""
+    apps: list[Nexus] = []
+    yield apps
+    for app in apps:
+        app.stop()
+
+
+def test_a_matching_manifest_starts_without_workers_or_running_any_project_file(
+    project: Path, started: list[Nexus]
+) -> None:
+    app, plugin, seen = start()
+    started.append(app)
+    assert NAMES <= set(app._workflows)
+    assert "models.User" not in app._workflows
+    assert ran(project) == []
+    assert not seen, "a worker process was started"
+    assert not (project.parent / "start-cache").exists(), "a project file was screened (parsed)"
+    assert plugin.report is not None
+    statuses = {e.path: e.status for e in plugin.report.files}
+    assert statuses["workflows/models.py"] == "skipped_model"
+    assert statuses["workflows/good_pipeline.py"] == "registered"
+    result, _ = app.runtime.execute(app._workflows["runnable_pipeline"])
+    assert result["total"]["result"] == {"sum": 12, "count": 3}
+
+
+def test_a_changed_file_alone_is_scanned_and_named_in_one_log_line(
+    project: Path, started: list[Nexus], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = project / "workflows/good_pipeline.py"
+    path.write_text(path.read_text().replace("42", "43"))
+    with caplog.at_level(logging.WARNING, logger="nexus_dataflow_plugin.manifest"):
+        app, _, seen = start()
+    started.append(app)
+    assert ran(project) == ["workflows/good_pipeline.py"]
+    assert seen, "the changed file was scanned in a worker"
+    lines = [r.getMessage() for r in caplog.records if r.name == "nexus_dataflow_plugin.manifest"]
+    assert len(lines) == 1 and "workflows/good_pipeline.py (changed)" in lines[0]
+    assert NAMES <= set(app._workflows)
+    result, _ = app.runtime.execute(app._workflows["good_pipeline"])
+    assert result["step"]["result"] == {"value": 43}
+
+
+def test_a_changed_project_module_rescans_the_files_that_import_it(
+    project: Path, started: list[Nexus]
+) -> None:
+    (project / "steps.py").write_text(STEPS.replace("1", "2"))
+    app, _, _ = start()
+    started.append(app)
+    assert ran(project) == ["workflows/helper_flow.py"]
+    result, _ = app.runtime.execute(app._workflows["helper_flow"])
+    assert result["step"]["result"] == {"value": 2}
+
+
+def test_new_and_removed_files_change_what_is_registered(
+    project: Path, started: list[Nexus]
+) -> None:
+    (project / "workflows/runnable_pipeline.py").unlink()
+    shutil.copy(ENGINE / "good_pipeline.py", project / "workflows/late_pipeline.py")
+    app, plugin, _ = start()
+    started.append(app)
+    assert ran(project) == ["workflows/late_pipeline.py"]
+    assert "runnable_pipeline" not in app._workflows
+    assert {"good_pipeline", "late_pipeline", "helper_flow"} <= set(app._workflows)
+    assert plugin.report is not None
+    assert plugin.report.file("workflows/runnable_pipeline.py") is None
+
+
+def test_strict_mode_refuses_to_start_listing_the_changed_files(project: Path) -> None:
+    (project / "workflows/good_pipeline.py").write_text("# emptied\n")
+    (project / "steps.py").write_text(STEPS.replace("1", "3"))
+    with pytest.raises(m.ManifestError) as caught:
+        start(manifest_strict=True)
+    message = str(caught.value)
+    assert str(project / MANIFEST) in message
+    assert "workflows/good_pipeline.py (changed)" in message
+    assert "workflows/helper_flow.py (changed via steps.py)" in message
+    assert "nexus-dataflow freeze" in message
+    assert ran(project) == []
+
+
+def _corrupt(path: Path) -> None:
+    path.write_text(path.read_text()[:200])
+
+
+def _foreign(path: Path) -> None:
+    data = json.loads(path.read_text())
+    data["versions"]["kailash"] = "0.0.1"
+    path.write_text(m.dumps(data))
+
+
+def _not_a_manifest(path: Path) -> None:
+    path.write_text('{"files": []}\n')
+
+
+BROKEN = {
+    "missing": (Path.unlink, "does not exist"),
+    "corrupt": (_corrupt, "not JSON"),
+    "not a manifest": (_not_a_manifest, "is not a nexus-dataflow-manifest"),
+    "foreign version": (_foreign, "was made with kailash 0.0.1, but kailash 2"),
+}
+
+
+@pytest.mark.parametrize("how", BROKEN)
+def test_an_unusable_manifest_in_strict_mode_is_an_error_naming_it_and_the_fix(
+    project: Path, how: str
+) -> None:
+    damage, problem = BROKEN[how]
+    damage(project / MANIFEST)
+    with pytest.raises(m.ManifestError) as caught:
+        start(manifest_strict=True)
+    message = str(caught.value)
+    assert f"Manifest {project / MANIFEST}" in message and problem in message
+    assert "Re-run `nexus-dataflow freeze" in message
+    assert ran(project) == []
+
+
+@pytest.mark.parametrize("how", ["missing", "foreign version"])
+def test_an_unusable_manifest_otherwise_is_logged_as_an_error_and_every_file_scanned(
+    project: Path, started: list[Nexus], caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    BROKEN[how][0](project / MANIFEST)
+    with caplog.at_level(logging.ERROR, logger="nexus_dataflow_plugin.manifest"):
+        app, _, _ = start()
+    started.append(app)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and str(project / MANIFEST) in errors[0]
+    assert "Scanning every file instead" in errors[0]
+    assert NAMES <= set(app._workflows)
+    assert ran(project) == ["workflows/good_pipeline.py", "workflows/helper_flow.py",
+                            "workflows/runnable_pipeline.py"]
+
+
+def test_the_manifest_setting_comes_from_the_environment_and_pyproject(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings(project).manifest is None
+    (project / "pyproject.toml").write_text(
+        '[tool.nexus]\ndataflow_manifest = "nexus-manifest.json"\n'
+        "dataflow_manifest_strict = true\n")
+    settings = load_settings(project)
+    assert (settings.manifest, settings.manifest_strict) == (MANIFEST, True)
+    monkeypatch.setenv("NEXUS_DATAFLOW_MANIFEST", "other.json")
+    monkeypatch.setenv("NEXUS_DATAFLOW_MANIFEST_STRICT", "0")
+    settings = load_settings(project)
+    assert (settings.manifest, settings.manifest_strict) == ("other.json", False)
+    assert "manifest" not in settings.discovery_options()
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_freeze_writes_the_same_bytes_for_the_same_tree_with_no_machine_paths(
+    project: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "elsewhere" / "checkout"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns(MANIFEST, "*.ran"))
+    done = cli("freeze", str(copy), "-o", str(tmp_path / "again.json"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stderr and "3 workflow(s) from 4 file(s)" in done.stderr
+    text = (tmp_path / "again.json").read_text()
+    assert text == (project / MANIFEST).read_text()
+    for machine in (str(tmp_path), str(Path.home()), sys.prefix, os.uname().nodename):
+        assert machine not in text
+    data = json.loads(text)
+    assert set(data["versions"]) == {"nexus-dataflow-plugin", "kailash", "kailash-nexus",
+                                     "kailash-dataflow"}
+    record = data["files"]["workflows/helper_flow.py"]
+    assert record["imports"] == ["steps.py"] and set(data["modules"]) == {"steps.py"}
+    node_modules = data["workflows"]["runnable_pipeline"]["node_modules"]
+    assert node_modules == {"PythonCodeNode": "kailash.nodes.code.python"}
+
+
+def test_freeze_check_passes_on_a_matching_tree_and_lists_what_changed(project: Path) -> None:
+    done = cli("freeze", "--check", "-o", MANIFEST, cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == ""
+    (project / "steps.py").write_text(STEPS.replace("1", "4"))
+    (project / "workflows/runnable_pipeline.py").unlink()
+    shutil.copy(ENGINE / "good_pipeline.py", project / "workflows/late_pipeline.py")
+    done = cli("freeze", "--check", "-o", MANIFEST, cwd=project)
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        "workflows/helper_flow.py: changed",
+        "workflows/late_pipeline.py: new",
+        "workflows/runnable_pipeline.py: removed",
+        "steps.py: changed (imported by a discovered file)",
+    ]
+    assert "nexus-dataflow freeze" in done.stderr
+
+
+def test_freeze_check_uses_the_manifest_setting_and_reports_a_missing_one(project: Path) -> None:
+    (project / "pyproject.toml").write_text('[tool.nexus]\ndataflow_manifest = "none.json"\n')
+    done = cli("freeze", "--check", cwd=project)
+    assert done.returncode == 1
+    assert f"Manifest {project / 'none.json'} does not exist" in done.stdout
+    (project / "pyproject.toml").unlink()
+    done = cli("freeze", "--check", cwd=project)
+    assert done.returncode == 2 and "--check needs the manifest" in done.stderr
