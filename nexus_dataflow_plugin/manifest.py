@@ -242,15 +242,33 @@ def _shape_problem(data: Any) -> str | None:
     for key in ("versions", "files", "modules", "workflows"):
         if not isinstance(data.get(key), dict):
             return f"its {key!r} is not an object"
+    for rel in [*data["files"], *data["modules"]]:
+        if not _relative(rel):
+            return f"it names {rel!r}, which is not a path inside the project"
     for rel, record in data["files"].items():
-        if not isinstance(record, dict) or not {"sha256", "status", "reason", "workflows",
-                                                 "imports"} <= set(record):
+        if not (isinstance(record, dict) and _strings(record.get("workflows"))
+                and _strings(record.get("imports"))
+                and all(m in data["modules"] for m in record["imports"])
+                and isinstance(record.get("status"), str)
+                and isinstance(record.get("reason"), str)
+                and isinstance(record.get("sha256"), (str, type(None)))):
             return f"its entry for {rel} is incomplete"
     for name, record in data["workflows"].items():
-        if not isinstance(record, dict) or not isinstance(record.get("data"), dict) or \
-                record.get("file") not in data["files"]:
+        if not (isinstance(record, dict) and isinstance(record.get("data"), dict)
+                and isinstance(record.get("node_modules", {}), dict)
+                and record.get("file") in data["files"]):
             return f"its workflow {name!r} is incomplete"
     return None
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _relative(rel: str) -> bool:
+    """A relative POSIX path that stays inside the project (no ``..``, not absolute)."""
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and ".." not in parts and "\\" not in rel
 
 
 def load_manifest(path: Path) -> dict[str, Any]:

@@ -215,11 +215,25 @@ def _not_a_manifest(path: Path) -> None:
     path.write_text('{"files": []}\n')
 
 
+def _escapes_the_project(path: Path) -> None:
+    data = json.loads(path.read_text())
+    data["modules"]["../../etc/passwd"] = None
+    path.write_text(m.dumps(data))
+
+
+def _wrong_types(path: Path) -> None:
+    data = json.loads(path.read_text())
+    data["files"]["workflows/good_pipeline.py"]["imports"] = 5
+    path.write_text(m.dumps(data))
+
+
 BROKEN = {
     "missing": (Path.unlink, "does not exist"),
     "corrupt": (_corrupt, "not JSON"),
     "not a manifest": (_not_a_manifest, "is not a nexus-dataflow-manifest"),
     "foreign version": (_foreign, "was made with kailash 0.0.1, but kailash 2"),
+    "path out of the project": (_escapes_the_project, "'../../etc/passwd', which is not a path"),
+    "wrong types": (_wrong_types, "entry for workflows/good_pipeline.py is incomplete"),
 }
 
 
@@ -267,6 +281,19 @@ def test_the_manifest_setting_comes_from_the_environment_and_pyproject(
     settings = load_settings(project)
     assert (settings.manifest, settings.manifest_strict) == ("other.json", False)
     assert "manifest" not in settings.discovery_options()
+
+
+def test_the_environment_switch_alone_starts_a_plain_nexus_from_the_manifest(
+    project: Path, started: list[Nexus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXUS_DATAFLOW_COMPATIBLE", "1")
+    monkeypatch.setenv("NEXUS_DATAFLOW_MANIFEST", MANIFEST)
+    app = Nexus(auto_discovery=True, enable_durability=False, enable_auth=False)
+    started.append(app)
+    with workers_seen() as seen:
+        app.start(blocking=False)
+    assert NAMES <= set(app._workflows)
+    assert ran(project) == [] and not seen
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
