@@ -17,93 +17,39 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from manifest_project import ENGINE, MANIFEST, NAMES, SCANNED, STEPS, make_project, ran
 from nexus import Nexus
-from procs import processes_with_env
+from procs import processes_seen_with_env
 
 from nexus_dataflow_plugin import DataFlowCompatiblePlugin
 from nexus_dataflow_plugin import manifest as m
 from nexus_dataflow_plugin.config import load_settings
 
-ENGINE = Path(__file__).resolve().parent / "fixtures" / "engine"
 CLI = str(Path(sys.executable).with_name("nexus-dataflow"))
 MARK = "NDP_MANIFEST_MARK"
-FILES = {
-    "workflows/good_pipeline.py": "good_pipeline.py",
-    "workflows/runnable_pipeline.py": "runnable_pipeline.py",
-    "workflows/models.py": "models_from_dataflow_import.py",
-}
-HELPER_FLOW = '''"""A workflow whose node code comes from a project module."""
-
-import os
-
-from kailash.workflow.builder import WorkflowBuilder
-
-from steps import CODE
-
-with open(__file__ + ".ran", "a") as _marker:
-    _marker.write(f"{os.getpid()}\\n")
-
-workflow = WorkflowBuilder()
-workflow.add_node("PythonCodeNode", "step", {"code": CODE})
-'''
-STEPS = 'CODE = "result = {\'value\': 1}"\n'
-NAMES = {"good_pipeline", "runnable_pipeline", "helper_flow"}
-MANIFEST = "nexus-manifest.json"
-
-
-def ran(project: Path) -> list[str]:
-    """Project files that have executed, as relative paths."""
-    return sorted(p.relative_to(project).as_posix()[: -len(".ran")]
-                  for p in project.rglob("*.ran"))
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project with a manifest made by a real scan; no canary has fired since."""
-    root = tmp_path / "project"
-    for rel, fixture in FILES.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ENGINE / fixture, root / rel)
-    (root / "workflows/helper_flow.py").write_text(HELPER_FLOW)
-    (root / "steps.py").write_text(STEPS)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "freeze-cache"))
-    m.write(m.freeze(root, load_settings(root, {"workers": 1})), root / MANIFEST)
-    assert ran(root) == ["workflows/good_pipeline.py", "workflows/helper_flow.py",
-                         "workflows/runnable_pipeline.py"]  # the scan ran them, in workers
-    for marker in root.rglob("*.ran"):
-        marker.unlink()
+    root = make_project(tmp_path / "project")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "start-cache"))
     monkeypatch.setenv(MARK, uuid.uuid4().hex)
     monkeypatch.chdir(root)  # Nexus discovers from the working directory
     return root
 
 
-@contextmanager
-def workers_seen() -> Iterator[set[int]]:
-    """Pids of processes carrying this test's mark (workers), sampled while the block runs."""
-    seen: set[int] = set()
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            seen.update(pid for pid, _ in processes_with_env(MARK, os.environ[MARK]))
-            done.wait(0.005)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield seen
-    finally:
-        done.set()
-        thread.join()
+def workers_seen() -> AbstractContextManager[set[int]]:
+    """Pids of worker processes (they carry this test's mark) while the block runs."""
+    return processes_seen_with_env(MARK, os.environ[MARK])
 
 
 def start(**options: Any) -> tuple[Nexus, DataFlowCompatiblePlugin, set[int]]:
@@ -263,8 +209,7 @@ def test_an_unusable_manifest_otherwise_is_logged_as_an_error_and_every_file_sca
     assert len(errors) == 1 and str(project / MANIFEST) in errors[0]
     assert "Scanning every file instead" in errors[0]
     assert NAMES <= set(app._workflows)
-    assert ran(project) == ["workflows/good_pipeline.py", "workflows/helper_flow.py",
-                            "workflows/runnable_pipeline.py"]
+    assert ran(project) == SCANNED
 
 
 def test_the_manifest_setting_comes_from_the_environment_and_pyproject(
