@@ -417,10 +417,14 @@ class Bench:
                 env = {**env, "XDG_CACHE_HOME": str(self.fresh("xdg"))}
                 spec = {"kind": "app", "base": str(tree.root), "settle": False}
                 apps[variant].append(self.child(spec, env=env))
+        for result in (r for rs in apps.values() for r in rs):
+            result["own_s"] = result["discover_s"] - result["register_s"]
         medians = {v: _medians(rs) for v, rs in apps.items()}
         expected = sorted(tree.expected)
         same = all(r["names"] == expected for rs in apps.values() for r in rs)
-        for metric, key in (("discovery at start()", "discover_s"), ("app.start()", "start_s")):
+        for metric, key in (("discovery at start()", "discover_s"),
+                            ("discovery less Nexus's register() calls", "own_s"),
+                            ("app.start()", "start_s")):
             manifest_s = medians["manifest"][key]
             for other in ("native", "scan"):
                 spread = (f"range over runs: {other} {_span(apps[other], key)}, manifest "

@@ -219,6 +219,10 @@ def test_the_other_nexus_dataflow_commands_run_in_the_fresh_venv(served: Served)
             path = shlex.split(command)[shlex.split(command).index("--explain") + 1]
             assert text.startswith(f"{path}: skipped_dependent"), text
             assert "shop/models.py" in text, text
+        elif command.startswith("nexus-dataflow freeze"):
+            words = shlex.split(command)
+            written = json.loads((served.checkout / words[words.index("-o") + 1]).read_text())
+            assert written["kind"] == "nexus-dataflow-manifest" and written["workflows"]
         elif command.startswith("nexus-dataflow scan"):
             assert text.splitlines()[0].split() == ["STATUS", "FILE", "WORKFLOWS", "TIME",
                                                     "REASON"]
@@ -276,6 +280,9 @@ VALID_VALUES = {
     "memory_limit_mb": ("_limit", f"MiB, a whole number >= 1; {NONE_AS}: no limit"),
     "cpu_limit_s": ("_limit", f"CPU seconds, a whole number >= 1; {NONE_AS}: no limit"),
     "cache": ("_boolean", BOOLEAN),
+    "manifest": ("_optional_path", "a file path, relative to the project unless absolute; "
+                                   "`\"none\"` or `\"\"`: no manifest"),
+    "manifest_strict": ("_boolean", BOOLEAN),
 }
 
 
