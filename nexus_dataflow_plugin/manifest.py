@@ -61,6 +61,7 @@ MSG_PARTIAL = (
     "Manifest {path}: {count} file(s) differ from it and are scanned in isolation; the rest "
     "come from the manifest: {files}"
 )
+MSG_STARTED = "Started from manifest {path}: {kept} file(s) from it, {scanned} scanned."
 MSG_FALLBACK = "{error} Scanning every file instead (set manifest_strict to refuse to start)."
 # How a file can differ from the manifest (the lists above name each file so).
 CHANGED = "changed"
@@ -434,6 +435,8 @@ def start_from_manifest(
     _name(found.order, workflows, entries, started)
     started.files = [entries[c.rel] for c in found.candidates if c.rel in entries]
     started.duration_s = time.monotonic() - began
+    logger.info(MSG_STARTED.format(path=path, kept=len(unchanged) - len(failed),
+                                   scanned=len(scanned.files)))
     return started
 
 
