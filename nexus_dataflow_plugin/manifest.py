@@ -397,7 +397,8 @@ def start_from_manifest(
     does not match; otherwise such a manifest is logged at ERROR and every file
     is scanned, and changed files alone are scanned with one WARNING line.
     """
-    assert settings.manifest is not None
+    if settings.manifest is None:
+        raise ValueError("start_from_manifest needs the manifest setting")
     path = manifest_path(base, settings.manifest)
     options = settings.discovery_options()
     try:

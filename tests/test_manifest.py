@@ -147,6 +147,38 @@ def test_strict_mode_refuses_to_start_listing_the_changed_files(project: Path) -
     assert ran(project) == []
 
 
+def _point_a_node_at_a_project_module(path: Path) -> None:
+    """The manifest tells the server to import a project file for a node class."""
+    data = json.loads(path.read_text())
+    record = data["workflows"]["good_pipeline"]
+    record["data"]["nodes"]["step"]["node_type"] = "ProjectOnlyNode"
+    record["node_modules"] = {"ProjectOnlyNode": "workflows.good_pipeline"}
+    path.write_text(m.dumps(data))
+
+
+def test_a_manifest_naming_a_project_module_never_imports_it_and_the_file_is_rescanned(
+    project: Path, started: list[Nexus]
+) -> None:
+    _point_a_node_at_a_project_module(project / MANIFEST)
+    app, plugin, seen = start()
+    started.append(app)
+    assert ran(project) == ["workflows/good_pipeline.py"]
+    pids = (project / "workflows/good_pipeline.py.ran").read_text().split()
+    assert pids != [str(os.getpid())] and seen, "it ran in a worker, not in the server"
+    assert app._workflows["good_pipeline"].to_dict()["nodes"]["step"]["node_type"] == \
+        "PythonCodeNode"
+
+
+def test_strict_mode_refuses_a_workflow_it_cannot_rebuild_without_importing_anything(
+    project: Path,
+) -> None:
+    _point_a_node_at_a_project_module(project / MANIFEST)
+    with pytest.raises(m.ManifestError, match=r"good_pipeline.py \(cannot be rebuilt: "
+                                              r"ValueError: node type ProjectOnlyNode"):
+        start(manifest_strict=True)
+    assert ran(project) == []
+
+
 def _corrupt(path: Path) -> None:
     path.write_text(path.read_text()[:200])
 
