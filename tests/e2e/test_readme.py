@@ -344,6 +344,10 @@ REASON_TEMPLATES = [
     ("transfer", "PROJECT_NODE"), ("transfer", "LOSSY"), ("transfer", "UNKNOWN_NODE"),
     ("plugin", "MSG_REJECTED"), ("plugin", "MSG_EXPLICIT_WINS"),
     ("_probe", "MISSING_NODE_HINT"),
+    *[("manifest", name) for name in (
+        "MSG_STARTED", "MSG_PARTIAL", "MSG_STALE", "MSG_MISSING", "MSG_CORRUPT", "MSG_FOREIGN",
+        "MSG_FALLBACK",
+    )],
 ]
 
 
