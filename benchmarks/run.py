@@ -429,6 +429,11 @@ class Bench:
             for other in ("native", "scan"):
                 spread = (f"range over runs: {other} {_span(apps[other], key)}, manifest "
                           f"{_span(apps['manifest'], key)}")
+                paired = [b[key] / a[key] for a, b in
+                          zip(apps[other], apps["manifest"], strict=True) if a and b and a[key]]
+                if len(paired) > 1:  # each repeat ran all three back to back
+                    spread += (f"; ratio within each repeat {min(paired):.2f}-{max(paired):.2f}, "
+                               f"median {statistics.median(paired):.3f}")
                 self.check(name, f"{metric} (s): manifest vs {other}",
                            medians[other][key], manifest_s, note=spread)
         self.checks.append(Check(
