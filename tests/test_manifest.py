@@ -324,3 +324,16 @@ def test_freeze_check_uses_the_manifest_setting_and_reports_a_missing_one(projec
     (project / "pyproject.toml").unlink()
     done = cli("freeze", "--check", cwd=project)
     assert done.returncode == 2 and "--check needs the manifest" in done.stderr
+
+
+def test_a_scan_limited_to_some_candidates_runs_reports_and_names_only_those(
+    project: Path,
+) -> None:
+    from nexus_dataflow_plugin import SmartDiscovery
+
+    only = ["workflows/runnable_pipeline.py", "workflows/models.py", "not/a/candidate.py"]
+    report = SmartDiscovery(project, workers=1).run(only=only)
+    assert [e.path for e in report.files] == ["workflows/models.py",
+                                              "workflows/runnable_pipeline.py"]
+    assert list(report.workflows) == ["runnable_pipeline"]
+    assert ran(project) == ["workflows/runnable_pipeline.py"]
