@@ -141,7 +141,9 @@ def _relative_text(text: str, base: Path) -> str:
     """A reason without the machine's paths: the project's become relative."""
     for root in dict.fromkeys((str(base.resolve()), str(base))):
         text = text.replace(root + os.sep, "").replace(root, ".")
-    return text.replace(sys.prefix + os.sep, "<python>/")
+    for prefix in dict.fromkeys((sys.prefix, sys.exec_prefix, sys.base_prefix)):
+        text = text.replace(prefix + os.sep, "<python>/")
+    return text
 
 
 def _reason(entry: r.FileResult, discovery: SmartDiscovery) -> str:

@@ -337,3 +337,28 @@ def test_a_scan_limited_to_some_candidates_runs_reports_and_names_only_those(
                                               "workflows/runnable_pipeline.py"]
     assert list(report.workflows) == ["runnable_pipeline"]
     assert ran(project) == ["workflows/runnable_pipeline.py"]
+
+
+PROBLEM_FILES = {
+    "workflows/hang_at_import.py": "hang_at_import.py",
+    "workflows/calls_os_exit.py": "calls_os_exit.py",
+    "workflows/syntax_error_at_line_4.py": "syntax_error_at_line_4.py",
+    "workflows/good_pipeline.py": "good_pipeline.py",
+}
+
+
+def test_files_that_hang_crash_or_do_not_parse_freeze_to_the_same_bytes_every_time(
+    tmp_path: Path,
+) -> None:
+    for rel, fixture in PROBLEM_FILES.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ENGINE / fixture, tmp_path / rel)
+    settings = load_settings(tmp_path, {"timeout": 1, "workers": 2})
+    first, second = (m.dumps(m.freeze(tmp_path, settings)) for _ in range(2))
+    assert first == second
+    statuses = {rel: f["status"] for rel, f in json.loads(first)["files"].items()}
+    assert statuses == {"workflows/hang_at_import.py": "timeout",
+                        "workflows/calls_os_exit.py": "crashed",
+                        "workflows/syntax_error_at_line_4.py": "error",
+                        "workflows/good_pipeline.py": "registered"}
+    assert str(tmp_path) not in first
