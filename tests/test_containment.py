@@ -31,7 +31,7 @@ import pytest
 from nexus_dataflow_plugin import SmartDiscovery
 from nexus_dataflow_plugin import discovery as discovery_module
 from nexus_dataflow_plugin import report as r
-from nexus_dataflow_plugin.isolation import SLOW_FILE_S
+from nexus_dataflow_plugin.schedule import SLOW_FILE_S
 
 HOSTILE = Path(__file__).parent / "fixtures" / "hostile"
 MARKER_ENV = "NDP_HOSTILE_PIDS"
