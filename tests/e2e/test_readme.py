@@ -276,6 +276,8 @@ VALID_VALUES = {
     "memory_limit_mb": ("_limit", f"MiB, a whole number >= 1; {NONE_AS}: no limit"),
     "cpu_limit_s": ("_limit", f"CPU seconds, a whole number >= 1; {NONE_AS}: no limit"),
     "cache": ("_boolean", BOOLEAN),
+    "max_result_bytes": ("_positive_int", "bytes, a whole number >= 1"),
+    "max_result_nodes": ("_positive_int", "nodes, a whole number >= 1"),
 }
 
 
