@@ -130,6 +130,8 @@ class Settings:
     memory_limit_mb: int | None = 4096
     cpu_limit_s: int | None = 60
     cache: bool = True
+    max_result_bytes: int = 16 * 1024 * 1024
+    max_result_nodes: int = 10_000
     manifest: str | None = None
     manifest_strict: bool = False
 
@@ -153,6 +155,8 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "memory_limit_mb": ("memory_limit_mb", _limit),
     "cpu_limit_s": ("cpu_limit_s", _limit),
     "cache": ("cache", _boolean),
+    "max_result_bytes": ("max_result_bytes", _positive_int),
+    "max_result_nodes": ("max_result_nodes", _positive_int),
     "manifest": ("manifest", _optional_path),
     "manifest_strict": ("manifest_strict", _boolean),
 }

@@ -133,6 +133,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
     ``[tool.nexus]`` in the project's pyproject.toml, then defaults):
     ``timeout`` per file in seconds, ``workers``, ``exclude`` glob patterns,
     ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``, ``cache``,
+    ``max_result_bytes`` and ``max_result_nodes`` (what one file's result may hold),
     ``manifest`` (start from the file ``nexus-dataflow freeze`` wrote) and
     ``manifest_strict`` (refuse to start when it does not match the project).
     """
@@ -147,6 +148,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         memory_limit_mb: int | None = None,
         cpu_limit_s: int | None = None,
         cache: bool | None = None,
+        max_result_bytes: int | None = None,
+        max_result_nodes: int | None = None,
         manifest: str | os.PathLike[str] | None = None,
         manifest_strict: bool | None = None,
     ) -> None:
@@ -158,6 +161,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             "memory_limit_mb": memory_limit_mb,
             "cpu_limit_s": cpu_limit_s,
             "cache": cache,
+            "max_result_bytes": max_result_bytes,
+            "max_result_nodes": max_result_nodes,
             "manifest": manifest,
             "manifest_strict": manifest_strict,
         }
