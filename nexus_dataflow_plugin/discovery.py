@@ -22,7 +22,7 @@ from typing import Any
 from kailash.workflow import Workflow
 
 from . import report as r
-from ._paths import in_project
+from ._paths import is_environment
 from ._probe import workflow_name
 from .cache import ScreenCache
 from .finder import (
@@ -162,7 +162,7 @@ class SmartDiscovery:
     def _static(self, found: Found) -> tuple[dict[str, r.FileResult], ScreenCache]:
         """Screen every candidate; the cache it filled is returned for further questions."""
         entries: dict[str, r.FileResult] = {}
-        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
+        cache = self._cache()
         with paused_gc():
             for _ in self._screen(found.candidates, entries, cache):
                 pass
@@ -179,7 +179,7 @@ class SmartDiscovery:
         found = self._find()
         entries: dict[str, r.FileResult] = {}
         loaded: dict[str, _Loaded] = {}
-        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
+        cache = self._cache()
         tasks: dict[int, tuple[Candidate, Facts]] = {}
         pool = self.pool
         try:
@@ -275,6 +275,7 @@ class SmartDiscovery:
         """
         graph = ImportGraph(self._roots(), cache.facts)
         generated = dataflow_node_types()
+        cache.prefetch(c.real for c in candidates if c.real is not None and not c.refusal)
         for candidate in candidates:
             began = time.monotonic()
             if candidate.refusal or candidate.real is None:
@@ -284,7 +285,9 @@ class SmartDiscovery:
             real = candidate.real
             facts = cache.facts(real)
             entry = None
-            if facts.error:
+            if facts.stalled:
+                entry = r.FileResult(candidate.rel, r.TIMEOUT, str(facts.error))
+            elif facts.error:
                 entry = r.FileResult(candidate.rel, r.ERROR, facts.error)
             elif (detail := graph.own_model(real)) is not None:
                 entry = r.FileResult(
@@ -298,12 +301,12 @@ class SmartDiscovery:
                 )
             elif (taint := graph.taint(real)) is not None:
                 chain = " -> ".join(self._rel(p) for p in taint.chain)
+                message = r.MSG_SKIPPED_UNSCREENABLE if taint.unscreenable else (
+                    r.MSG_SKIPPED_DEPENDENT)
                 entry = r.FileResult(
                     candidate.rel,
                     r.SKIPPED_DEPENDENT,
-                    r.MSG_SKIPPED_DEPENDENT.format(
-                        chain=f"{chain}: {taint.detail}", path=candidate.rel
-                    ),
+                    message.format(chain=f"{chain}: {taint.detail}", path=candidate.rel),
                 )
             if entry is not None:
                 entry.duration_s = time.monotonic() - began
@@ -428,11 +431,15 @@ class SmartDiscovery:
     def _find(self) -> Found:
         return find_candidates(self.base, exclude=self.exclude, max_file_bytes=self.max_file_bytes)
 
+    def _cache(self) -> ScreenCache:
+        return ScreenCache(self.base, self.cache_dir, persist=self.cache, timeout=self.timeout)
+
     def _roots(self) -> list[Path]:
-        """Where local imports resolve: the base path and sys.path entries inside it."""
+        """Where imports resolve in the worker: the base path, then this process's sys.path
+        (the worker inherits it), without the standard library and installed distributions."""
         roots = [self.base]
         for entry in sys.path:
-            if entry and in_project(entry, self.base):
+            if entry and os.path.isdir(entry) and not is_environment(entry):
                 roots.append(Path(entry))
         return roots
 
