@@ -31,8 +31,8 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+from nexus_dataflow_plugin import _guard, transfer
 from nexus_dataflow_plugin import _protocol as proto
-from nexus_dataflow_plugin import transfer
 from nexus_dataflow_plugin._probe import (
     MSG_IMPORT_MEMORY,
     MSG_IMPORT_RAISED,
@@ -127,6 +127,18 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 
 def _run_file(task: dict[str, Any], inner_timeout: float) -> dict[str, Any]:
+    """Import one candidate and probe it; a guard stop wins over any other outcome, even
+    if the file swallowed the stop (this worker lets ``on_stop`` return)."""
+    _guard.install(lambda verdict: None, task["path"])
+    result = _import_and_probe(task, inner_timeout)
+    stopped = _guard.verdict()
+    if stopped is not None:
+        return {"guard": {"status": stopped.status, "reason": stopped.detail,
+                          "chain": [list(step) for step in stopped.chain]}}
+    return result
+
+
+def _import_and_probe(task: dict[str, Any], inner_timeout: float) -> dict[str, Any]:
     """Import one candidate and probe it; every way it can fail becomes a result."""
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, inner_timeout)

@@ -380,6 +380,8 @@ class SmartDiscovery:
                 elapsed=outcome.duration_s, timeout=self.timeout, where=result["timeout"]
             )
             return r.FileResult(rel, r.TIMEOUT, reason), None
+        if "guard" in result:
+            return self._guarded(rel, result["guard"]), None
         if "error" in result:
             return r.FileResult(rel, r.ERROR, str(result["error"])), None
         files_loaded = _decode_result(result)
@@ -396,6 +398,16 @@ class SmartDiscovery:
             reason = "No workflow loaded: " + "; ".join(files_loaded.failures)
             return r.FileResult(rel, r.ERROR, reason), None
         return r.FileResult(rel, r.NO_WORKFLOWS, r.MSG_NO_WORKFLOWS), None
+
+    def _guarded(self, rel: str, stop: dict[str, Any]) -> r.FileResult:
+        """The runtime guard stopped the file: what it tried, and the chain it saw."""
+        steps = [f"{self._rel(Path(str(file)))}:{line} ({module})"
+                 for file, module, line in stop.get("chain", [])]
+        status = r.SKIPPED_MODEL if stop.get("status") == r.SKIPPED_MODEL else r.SKIPPED_DEPENDENT
+        reason = r.MSG_GUARD_STOPPED.format(action=stop.get("reason"),
+                                            chain=" -> ".join(steps) or "no project frame",
+                                            path=rel)
+        return r.FileResult(rel, status, reason)
 
     def _name(
         self,
