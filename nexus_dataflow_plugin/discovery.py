@@ -206,9 +206,11 @@ class SmartDiscovery:
         """Why the static screen treats ``path`` as it does, from the engine's own answers.
 
         The status and reason are ``SmartDiscovery.screen()``'s; the model lines,
-        imports and chain come from ``screen.analyze`` (via the screen cache) and
-        ``imports.ImportGraph``. A file that passes the screen is only imported by
-        a full scan, so its outcome after import is not part of the explanation.
+        imports (literal dynamic ones included), the directories it puts on
+        ``sys.path``, the files it runs by path and the chain come from
+        ``screen.analyze`` (via the screen cache) and ``imports.ImportGraph``. A file
+        that passes the screen is only imported by a full scan, so its outcome after
+        import (the runtime guard's included) is not part of the explanation.
         """
         base = self.base
         rel = path.relative_to(base).as_posix()
@@ -255,8 +257,13 @@ class SmartDiscovery:
                  "project_files": project_files(ref)}
                 for ref in facts.imports
             ],
+            "sys_path_entries": [{"line": e.line, "path": self._rel(graph.place(real, e))}
+                                 for e in facts.path_entries],
+            "runs_paths": [{"line": e.line, "path": self._rel(graph.place(real, e))}
+                           for e in facts.run_paths],
             "chain": [self._rel(p) for p in taint.chain] if taint else [],
             "chain_detail": taint.detail if taint else None,
+            "chain_unscreenable": bool(taint and taint.unscreenable),
             "factories": list(facts.factories),
         })
         return result

@@ -105,7 +105,7 @@ class ImportGraph:
             here = here / part
         return files
 
-    def _place(self, importer: Path, ref: PathRef) -> Path:
+    def place(self, importer: Path, ref: PathRef) -> Path:
         """The path a ``PathRef`` names, for a file at ``importer``."""
         if ref.anchor == ANCHOR_FILE:
             start = importer
@@ -127,7 +127,7 @@ class ImportGraph:
             own: list[Path] = []
         else:
             bases = list(self.roots)
-            own = [self._place(importer, p) for p in self.facts_of(importer).path_entries]
+            own = [self.place(importer, p) for p in self.facts_of(importer).path_entries]
         found: list[Path] = []
         # The first root that has the module is the one imported; a directory the file
         # put on sys.path may come before or after: its module counts as well.
@@ -179,7 +179,7 @@ class ImportGraph:
             for ref in facts.imports:
                 targets.update(dict.fromkeys(self.resolve(path, ref)))
             for run in facts.run_paths:
-                target = self._run_target(self._place(path, run))
+                target = self._run_target(self.place(path, run))
                 if target is not None:
                     targets[target] = None
             self._edges[path] = [t for t in targets if t != path]

@@ -254,3 +254,15 @@ def test_installed_distributions_on_the_path_are_not_screened(tmp_path):
         "import importlib\nimportlib.import_module('kailash.workflow.builder')\n")
     assert SmartDiscovery(tmp_path, timeout=5, cache=False).screen() == []
     assert any("site-packages" in p for p in sys.path)
+
+
+def test_explain_shows_the_places_a_file_adds_and_runs(layout):
+    base = layout["base"]
+    discovery = SmartDiscovery(base, cache=False)
+    ran = discovery.explain(base / "workflows" / "runs_models_with_run_path.py")
+    assert ran["runs_paths"] == [{"line": 10, "path": "run_path_models.py"}]
+    assert ran["chain"] == ["workflows/runs_models_with_run_path.py", "run_path_models.py"]
+    added = discovery.explain(base / "workflows" / "adds_own_dir_to_sys_path_then_imports_sibling.py")
+    assert added["sys_path_entries"] == [{"line": 10, "path": "workflows"}]
+    compiled = discovery.explain(base / "workflows" / "imports_sourceless_compiled_module.py")
+    assert compiled["chain_unscreenable"] is True
