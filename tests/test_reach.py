@@ -262,7 +262,8 @@ def test_explain_shows_the_places_a_file_adds_and_runs(layout):
     ran = discovery.explain(base / "workflows" / "runs_models_with_run_path.py")
     assert ran["runs_paths"] == [{"line": 10, "path": "run_path_models.py"}]
     assert ran["chain"] == ["workflows/runs_models_with_run_path.py", "run_path_models.py"]
-    added = discovery.explain(base / "workflows" / "adds_own_dir_to_sys_path_then_imports_sibling.py")
+    added = discovery.explain(
+        base / "workflows" / "adds_own_dir_to_sys_path_then_imports_sibling.py")
     assert added["sys_path_entries"] == [{"line": 10, "path": "workflows"}]
     compiled = discovery.explain(base / "workflows" / "imports_sourceless_compiled_module.py")
     assert compiled["chain_unscreenable"] is True
