@@ -1,9 +1,9 @@
 """The worker process: imports candidate files so the server never has to.
 
 Runs as ``python -m nexus_dataflow_plugin._worker TASK_FD EVENT_FD``. It may
-import only the standard library, Kailash, ``_protocol``, ``_probe``, ``_paths``
-and ``transfer`` (which themselves import only those): never Nexus, DataFlow or this package's
-server-side modules: a candidate must find the process as a bare Kailash
+import only the standard library, Kailash, ``_protocol``, ``_probe``, ``_paths``,
+``_guard`` and ``transfer`` (which themselves import only those): never Nexus,
+DataFlow or this package's server-side modules: a candidate must find the process as a bare Kailash
 program would, plus the node libraries the server has (imported on first use).
 
 Shape: the worker warms up once (imports Kailash's core), then for each batch
