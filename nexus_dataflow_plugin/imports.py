@@ -2,13 +2,15 @@
 
 Imports resolve as the worker's interpreter would resolve them: against the
 project root and every ``sys.path`` entry the worker has (``PYTHONPATH``
-included), plus the directories a file puts on ``sys.path`` itself. Every
+included), plus the directories a file puts on ``sys.path`` itself (they hold
+for the modules it imports, too). Every
 module found is screened, wherever it lives and through symlinks, except the
 standard library and installed distributions: those are not the project's
 models. Importing ``pkg.mod`` also runs ``pkg/__init__.py``, so packages on
 the way count; a package whose ``__init__`` is clean does not taint its
-siblings. A compiled module without source cannot be screened, so reaching one
-taints like a model module does, flagged ``unscreenable``.
+siblings. A compiled module without source, or one whose screen ran out of
+time, cannot be screened, so reaching one taints like a model module does,
+flagged ``unscreenable``.
 
 Nothing a file contains raises out of here: an unresolvable name (too long,
 NUL bytes, a symlink loop) is simply not a project module.
@@ -24,7 +26,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 from ._paths import is_environment
-from .report import MSG_SOURCELESS
+from .report import MSG_SOURCELESS, MSG_STALLED_MODULE
 from .screen import ANCHOR_ABSOLUTE, ANCHOR_FILE, Facts, ImportRef, PathRef
 
 FactsOf = Callable[[Path], Facts]
@@ -38,7 +40,8 @@ _PATH_ERRORS = (OSError, ValueError, RuntimeError)  # RuntimeError: a symlink lo
 class Taint:
     """Why a module reaches DataFlow models: the chain of files and the model detail.
 
-    ``unscreenable``: the chain ends in a compiled module the screen cannot read.
+    ``unscreenable``: the chain ends in a module the screen cannot read (compiled
+    without source, or its screen ran out of time).
     """
 
     chain: tuple[Path, ...]
@@ -63,9 +66,10 @@ class ImportGraph:
         self.facts_of = facts_of
         self._taint: dict[Path, Taint | None] = {}
         self._own: dict[Path, str | None] = {}
-        self._edges: dict[Path, list[Path]] = {}
+        self._edges: dict[tuple[Path, tuple[Path, ...]], list[Path]] = {}
         self._modules: dict[tuple[Path, str], list[Path]] = {}
         self._listings: dict[Path, dict[str, bool]] = {}
+        self._unscreenable: set[Path] = set()
 
     @staticmethod
     def _real(path: Path) -> Path | None:
@@ -117,17 +121,27 @@ class ImportGraph:
             start = start.parent
         return start / ref.tail if ref.tail else start
 
-    def resolve(self, importer: Path, ref: ImportRef) -> list[Path]:
-        """Screened files that run when ``importer`` executes ``ref``."""
+    def added(self, path: Path, inherited: tuple[Path, ...] = ()) -> tuple[Path, ...]:
+        """The directories on ``sys.path`` while ``path`` runs that the worker did not
+        start with: those added by the files that imported it, then its own."""
+        if _sourceless(path):
+            return inherited
+        own = (self.place(path, p) for p in self.facts_of(path).path_entries)
+        return tuple(dict.fromkeys((*inherited, *own)))
+
+    def resolve(self, importer: Path, ref: ImportRef,
+                inherited: tuple[Path, ...] = ()) -> list[Path]:
+        """Screened files that run when ``importer`` executes ``ref`` (``inherited``: the
+        directories the files that imported it put on ``sys.path``)."""
         if ref.level:
             base = importer.parent
             for _ in range(ref.level - 1):
                 base = base.parent
             bases = [base]
-            own: list[Path] = []
+            own: tuple[Path, ...] = ()
         else:
             bases = list(self.roots)
-            own = [self.place(importer, p) for p in self.facts_of(importer).path_entries]
+            own = self.added(importer, inherited)
         found: list[Path] = []
         # The first root that has the module is the one imported; a directory the file
         # put on sys.path may come before or after: its module counts as well.
@@ -171,19 +185,20 @@ class ImportGraph:
             self._modules[key] = [f for f in resolved if f is not None and not is_environment(f)]
         return list(self._modules[key])
 
-    def edges(self, path: Path) -> list[Path]:
-        """Screened files ``path`` imports or runs, directly (memoised)."""
-        if path not in self._edges:
+    def edges(self, path: Path, inherited: tuple[Path, ...] = ()) -> list[Path]:
+        """Screened files ``path`` imports or runs, directly (memoised per ``inherited``)."""
+        key = (path, inherited)
+        if key not in self._edges:
             facts = self.facts_of(path) if not _sourceless(path) else Facts()
             targets: dict[Path, None] = {}
             for ref in facts.imports:
-                targets.update(dict.fromkeys(self.resolve(path, ref)))
+                targets.update(dict.fromkeys(self.resolve(path, ref, inherited)))
             for run in facts.run_paths:
                 target = self._run_target(self.place(path, run))
                 if target is not None:
                     targets[target] = None
-            self._edges[path] = [t for t in targets if t != path]
-        return self._edges[path]
+            self._edges[key] = [t for t in targets if t != path]
+        return self._edges[key]
 
     def _run_target(self, place: Path) -> Path | None:
         """The screened file ``runpy.run_path(place)`` runs (a directory runs its
@@ -205,36 +220,42 @@ class ImportGraph:
             return self._taint[path]
         self._taint[path] = None  # guards recursion through own_model
         parents: dict[Path, Path | None] = {path: None}
-        queue = deque([path])
+        # sys.path entries a file adds stay for everything imported after it.
+        queue: deque[tuple[Path, tuple[Path, ...]]] = deque([(path, ())])
         result: Taint | None = None
         while queue:
-            node = queue.popleft()
+            node, inherited = queue.popleft()
             detail = self.own_model(node)
             if detail is not None:
                 chain = [node]
                 while parents[chain[-1]] is not None:
                     chain.append(parents[chain[-1]])
-                result = Taint(tuple(reversed(chain)), detail, _sourceless(node))
+                result = Taint(tuple(reversed(chain)), detail, node in self._unscreenable)
                 break
-            for target in self.edges(node):
+            for target in self.edges(node, inherited):
                 if target not in parents:
                     parents[target] = node
-                    queue.append(target)
+                    queue.append((target, self.added(node, inherited)))
         self._taint[path] = result
         return result
 
     def own_model(self, path: Path) -> str | None:
         """Why this file itself defines models: in-file evidence, or ``@x.model``
         where ``x`` is imported from a module that reaches DataFlow (or why it
-        cannot be screened: a compiled module without source)."""
+        cannot be screened: compiled without source, or its screen ran out of time)."""
         if path in self._own:
             return self._own[path]
         if _sourceless(path):
             kind = "bytecode" if path.suffix == ".pyc" else "extension module"
             self._own[path] = MSG_SOURCELESS.format(path=path.name, kind=kind)
+            self._unscreenable.add(path)
             return self._own[path]
         self._own[path] = None  # an import cycle back here finds no model
         facts = self.facts_of(path)
+        if facts.stalled:
+            self._own[path] = MSG_STALLED_MODULE.format(path=path.name)
+            self._unscreenable.add(path)
+            return self._own[path]
         detail = facts.model
         if detail is None:
             for use in facts.external_model_uses:

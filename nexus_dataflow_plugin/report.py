@@ -87,6 +87,10 @@ MSG_SOURCELESS = (
     "{path} is a compiled module without source ({kind}); the screen cannot read what it "
     "imports, so it may reach DataFlow models"
 )
+MSG_STALLED_MODULE = (
+    "{path} could not be screened within the timeout (parsing it took too long), so what "
+    "it imports is unknown"
+)
 MSG_GUARD_STOPPED = (
     "Stopped by the runtime guard when it tried to {action} ({chain}); discovery never lets "
     "a file reach DataFlow. Load it explicitly after your models exist: "

@@ -34,6 +34,7 @@ STATIC = {
     "star_import_reaches_models_through_all.py": "star_pkg/models.py",
     "adds_own_dir_to_sys_path_then_imports_sibling.py": "workflows/sibling_models.py",
     "adds_own_dir_with_pathlib_then_imports_sibling.py": "workflows/sibling_models.py",
+    "adds_shared_dir_whose_helper_imports_models.py": "shared/shared_models.py",
     "imports_models_in_zero_argument_factory.py": "factory_models.py",
     "imports_symlinked_model_package.py": "vendor_models_pkg/__init__.py",
     "imports_model_module_from_pythonpath.py": "pythonpath_models.py",
@@ -59,6 +60,7 @@ NEVER_RUN_IMPORTS = (
 NEVER_RUN = (
     "dynamic_models.py", "dunder_models.py", "run_module_models.py", "run_path_models.py",
     "star_pkg/models.py", "workflows/sibling_models.py", "type_checking_models.py",
+    "shared/shared_models.py", "shared/shared_helpers.py",
 )
 
 

@@ -118,3 +118,13 @@ def test_the_import_graph_never_raises_whatever_names_a_file_imports(source):
         graph = ImportGraph([base, base / "pkg"], cache.facts)
         graph.taint(candidate.resolve())
         graph.own_model(candidate.resolve())
+
+
+def test_a_module_whose_screen_stalls_makes_its_importers_dependent_not_clean(tmp_path):
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "huge_fstring_helpers.py").write_text(huge_fstring(300))
+    (tmp_path / "workflows" / "imports_a_module_too_slow_to_screen.py").write_text(
+        "import huge_fstring_helpers\n" + WORKFLOW)
+    [entry] = SmartDiscovery(tmp_path, timeout=0.5, cache=False).screen()
+    assert entry.status == "skipped_dependent", entry.reason
+    assert "cannot read" in entry.reason and "within the timeout" in entry.reason
