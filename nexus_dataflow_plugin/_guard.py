@@ -77,7 +77,8 @@ class GuardStop(BaseException):
 
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"on_stop": None, "candidate": None, "verdict": None, "hooked": False}
+_state: dict[str, Any] = {"on_stop": None, "candidate": None, "verdict": None, "hooked": False,
+                          "earlier_threads": frozenset()}
 
 
 def verdict() -> Verdict | None:
@@ -92,6 +93,10 @@ def install(on_stop: Callable[[Verdict], None], candidate_path: str | None = Non
         _state["on_stop"] = on_stop
         _state["candidate"] = os.path.realpath(candidate_path) if candidate_path else None
         _state["verdict"] = None
+        # Threads already running belong to files that ran before this one.
+        main = threading.main_thread().ident
+        _state["earlier_threads"] = frozenset(
+            t.ident for t in threading.enumerate() if t.ident != main)
         if _state["hooked"]:
             return
         _state["hooked"] = True
@@ -164,6 +169,10 @@ def _stop(action: str, frame: FrameType | None, library: str) -> None:
         return
     if _state["verdict"] is not None:
         raise GuardStop(_state["verdict"])
+    if threading.get_ident() in _state["earlier_threads"]:
+        # A thread an earlier file of this process left running: stopped, but it is
+        # not this file's doing, so this file's verdict is not decided by it.
+        raise GuardStop(Verdict(STATUS_DEPENDENT, action, _chain(frame, library)))
     chain = _chain(frame, library)
     candidate = _state["candidate"]
     innermost = chain[-1].file if chain else ""

@@ -377,6 +377,7 @@ class _Scanner:
         self.model_uses: list[tuple[str, str, int]] = []
         self.node_types: dict[str, None] = {}
         self.places: dict[str, _Place] = {}  # names bound to a path the screen can follow
+        self.names: dict[str, list[str]] = {}  # names bound to literal strings (or lists)
         self.path_entries: list[PathRef] = []
         self.run_paths: list[PathRef] = []
         self.exports: list[str] = []
@@ -394,6 +395,8 @@ class _Scanner:
                 self._import(node, live=True)  # type: ignore[arg-type]
             elif kind in (ast.Assign, ast.AugAssign):
                 self._live_assign(node)  # type: ignore[arg-type]
+            elif kind is ast.For:
+                self._for(node)  # type: ignore[arg-type]
         if not models_possible:
             return
         nodes = _walk([tree])
@@ -427,11 +430,10 @@ class _Scanner:
             if node_type:
                 self.node_types[node_type] = None
         elif name in _IMPORT_CALLS:
-            module = _literal(_argument(node, 0, _IMPORT_CALLS[name]))
-            if module:
+            fromlist = tuple(_strings(_argument(node, 3, "fromlist") or ast.List(elts=[])) or ())
+            for module in self._texts(_argument(node, 0, _IMPORT_CALLS[name])):
                 stripped = module.lstrip(".")
-                names = tuple(_strings(_argument(node, 3, "fromlist") or ast.List(elts=[])) or ())
-                self._add_import(ImportRef(stripped, names, len(module) - len(stripped),
+                self._add_import(ImportRef(stripped, fromlist, len(module) - len(stripped),
                                            node.lineno))
         elif name in _PATH_CALLS:
             index, keyword = _PATH_CALLS[name]
@@ -447,6 +449,23 @@ class _Scanner:
                 arg = node.args[0]
                 self.exports += _strings(arg) or [v for v in [_literal(arg)] if v]
 
+    def _texts(self, node: ast.expr | None) -> list[str]:
+        """The literal strings an expression is: a string, or a name bound to strings
+        (``NAME = "models"``, ``for name in ["a", "b"]:``)."""
+        text = _literal(node)
+        if text:
+            return [text]
+        return list(self.names.get(node.id, [])) if isinstance(node, ast.Name) else []
+
+    def _for(self, node: ast.For) -> None:
+        """``for name in ["plugins.a", "plugins.b"]:`` binds ``name`` to each string."""
+        if isinstance(node.target, ast.Name):
+            values = _strings(node.iter)
+            if values is None and isinstance(node.iter, ast.Name):
+                values = self.names.get(node.iter.id)
+            if values:
+                self.names[node.target.id] = list(values)
+
     def _live_assign(self, node: ast.Assign | ast.AugAssign) -> None:
         """``here = Path(__file__).parent``, ``sys.path[:0] = [...]``, ``__all__ = [...]``."""
         targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -460,6 +479,9 @@ class _Scanner:
                 place = self._place(node.value)
                 if place is not None:
                     self.places[target.id] = place
+                values = _strings(node.value) or [v for v in [_literal(node.value)] if v]
+                if values and isinstance(node, ast.Assign):
+                    self.names[target.id] = values
 
     def _place(self, node: ast.expr | None, depth: int = 0) -> _Place | None:
         """Where a path expression points, from literals, ``__file__`` and names bound to

@@ -165,3 +165,39 @@ def test_dataflow_library_modules_still_import_for_their_node_classes(tmp_path):
         """)
     assert code == 0 and result["outcome"] == "finished", result
     assert result["verdict"] is None and result["calls"] == []
+
+
+def test_a_thread_an_earlier_file_left_running_is_stopped_without_deciding_the_next_file(
+    tmp_path,
+):
+    (tmp_path / "first.py").write_text("# starts the thread\n")
+    (tmp_path / "second.py").write_text("# innocent\n")
+    script = tmp_path / "two_files.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, threading
+        from nexus_dataflow_plugin import _guard
+        calls, seen = [], []
+        go = threading.Event()
+
+        def late():
+            go.wait()
+            try:
+                from dataflow import DataFlow
+                DataFlow("sqlite:///{tmp_path / 'late.db'}")
+            except BaseException as exc:
+                seen.append(type(exc).__name__)
+
+        _guard.install(calls.append, {str(tmp_path / "first.py")!r})
+        thread = threading.Thread(target=late)
+        thread.start()
+        _guard.install(calls.append, {str(tmp_path / "second.py")!r})
+        go.set()
+        thread.join()
+        print(json.dumps({{"calls": len(calls), "verdict": _guard.verdict() is not None,
+                          "seen": seen}}))
+        """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "calls": 0, "verdict": False, "seen": ["GuardStop"]}
+    assert not (tmp_path / "late.db").exists()

@@ -182,6 +182,10 @@ def _imports(source: str) -> list[str]:
     "__import__('pkg.models')\n",
     "import runpy\nrunpy.run_module('pkg.models')\n",
     "import runpy\nrunpy.run_module(mod_name='pkg.models')\n",
+    "import importlib\nNAME = 'pkg.models'\nimportlib.import_module(NAME)\n",
+    "import importlib\nfor name in ['pkg.billing', 'pkg.models']:\n"
+    "    importlib.import_module(name)\n",
+    "import importlib\nPLUGINS = ('pkg.models',)\nfor p in PLUGINS:\n    __import__(p)\n",
 ])
 def test_literal_dynamic_imports_are_imports(source):
     assert "pkg.models" in _imports(source)
