@@ -43,9 +43,16 @@ CACHE_FORMAT = 5
 # Up to 32 KB the worst case stays under 0.1 s, so such files are parsed in the server.
 IN_PROCESS_MAX_BYTES = 32 * 1024
 
+# At most this many large files are screened at once, each within this address space:
+# a syntax tree takes up to several hundred times its source (a 3 MB file reached
+# 1.5 GB), and a project of many large files must not take the machine's memory.
+MAX_SCREENS = max(2, os.cpu_count() or 1)
+SCREEN_MEMORY_BYTES = 2 * 1024**3
+
 # -I ignores PYTHONPATH: the child puts this package's parent on sys.path itself.
 _CHILD = (
-    "import sys, json\n"
+    "import sys, json, resource\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))\n"
     "sys.path.insert(0, sys.argv[1])\n"
     "from nexus_dataflow_plugin.cache import facts_to_json\n"
     "from nexus_dataflow_plugin.screen import analyze\n"
@@ -121,7 +128,8 @@ class _Screening:
         self._in.seek(0)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and code
-            [sys.executable, "-I", "-S", "-c", _CHILD, package_parent],
+            [sys.executable, "-I", "-S", "-c", _CHILD, package_parent,
+             str(SCREEN_MEMORY_BYTES)],
             stdin=self._in, stdout=self._out, stderr=subprocess.DEVNULL,
         )
 
@@ -216,6 +224,8 @@ class ScreenCache:
                 continue  # facts() reports it
             if small or path in self._memo or path in self._running:
                 continue
+            if len(self._running) >= MAX_SCREENS:
+                return  # the rest are screened when reached, one at a time
             read = self._read(path)
             if isinstance(read, tuple) and len(read[1]) > IN_PROCESS_MAX_BYTES:
                 stamp, data = read

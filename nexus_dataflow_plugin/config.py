@@ -131,7 +131,7 @@ class Settings:
     cpu_limit_s: int | None = 60
     cache: bool = True
     max_result_bytes: int = 16 * 1024 * 1024
-    max_result_nodes: int = 10_000
+    max_result_nodes: int = 2_000
     manifest: str | None = None
     manifest_strict: bool = False
 

@@ -67,7 +67,7 @@ MSG_TIMEOUT_STOPPED = (
     "factory), still running{where}. Move slow work out of module level, or raise the timeout."
 )
 MSG_CRASHED = (
-    "The worker process died while importing this file ({how}); the rest of the scan "
+    "Its process died while importing this file ({how}); the rest of the scan "
     "went on. Check for os._exit, native crashes or resource exhaustion at import."
 )
 MSG_SYNTAX = "Cannot be parsed: {what} at line {line}. Fix the syntax error."
@@ -108,7 +108,7 @@ PROBLEM_TOO_LARGE = (
     "(NEXUS_DATAFLOW_MAX_RESULT_BYTES)"
 )
 PROBLEM_TOO_MANY_NODES = (
-    "{count:,} nodes, over the {limit:,}-node limit set by max_result_nodes "
+    "{count:,} nodes and connections, over the limit of {limit:,} set by max_result_nodes "
     "(NEXUS_DATAFLOW_MAX_RESULT_NODES)"
 )
 MSG_CHANGED = (

@@ -80,7 +80,7 @@ OPTIONS = [
     ),
     Option(
         "max_result_nodes", "NEXUS_DATAFLOW_MAX_RESULT_NODES", "dataflow_max_result_nodes",
-        10, "20", "30", 10, 20, 30, 10_000,
+        10, "20", "30", 10, 20, 30, 2_000,
     ),
     Option(
         "manifest", "NEXUS_DATAFLOW_MANIFEST", "dataflow_manifest",

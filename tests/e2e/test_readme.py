@@ -281,7 +281,7 @@ VALID_VALUES = {
     "cpu_limit_s": ("_limit", f"CPU seconds, a whole number >= 1; {NONE_AS}: no limit"),
     "cache": ("_boolean", BOOLEAN),
     "max_result_bytes": ("_positive_int", "bytes, a whole number >= 1"),
-    "max_result_nodes": ("_positive_int", "nodes, a whole number >= 1"),
+    "max_result_nodes": ("_positive_int", "nodes and connections, a whole number >= 1"),
     "manifest": ("_optional_path", "a file path, relative to the project unless absolute; "
                                    "`\"none\"` or `\"\"`: no manifest"),
     "manifest_strict": ("_boolean", BOOLEAN),
