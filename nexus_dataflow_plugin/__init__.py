@@ -13,6 +13,8 @@ _EXPORTS = {
     "DiscoveryReport": "report",
     "FileResult": "report",
     "DataFlowCompatiblePlugin": "plugin",
+    "plugin_of": "plugin",
+    "LoadRefused": "plugin",
     "register_dataflow_workflows": "dataflow_workflows",
     "Settings": "config",
     "ConfigError": "config",
@@ -24,11 +26,13 @@ __all__ = [
     "DataFlowCompatiblePlugin",
     "DiscoveryReport",
     "FileResult",
+    "LoadRefused",
     "Settings",
     "SmartDiscovery",
     "__version__",
     "discover_workflows",
     "load_settings",
+    "plugin_of",
     "register_dataflow_workflows",
 ]
 

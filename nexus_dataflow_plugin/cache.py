@@ -24,7 +24,7 @@ from .screen import Facts, ImportRef, ModelUse, analyze
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 
 
 def default_cache_dir() -> Path:
@@ -48,11 +48,12 @@ def facts_to_json(facts: Facts) -> list[Any]:
         list(facts.factories),
         list(facts.node_types),
         facts.may_block,
+        list(facts.model_classes),
     ]
 
 
 def facts_from_json(data: list[Any]) -> Facts:
-    error, model, imports, uses, factories, nodes, may_block = data
+    error, model, imports, uses, factories, nodes, may_block, classes = data
     return Facts(
         error=error,
         model=model,
@@ -63,6 +64,7 @@ def facts_from_json(data: list[Any]) -> Facts:
         factories=tuple(str(f) for f in factories),
         node_types=tuple(str(n) for n in nodes),
         may_block=bool(may_block),
+        model_classes=tuple(str(c) for c in classes),
     )
 
 

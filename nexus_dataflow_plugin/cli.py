@@ -167,7 +167,8 @@ def cmd_scan(args: argparse.Namespace, out: TextIO) -> int:
     from .discovery import SmartDiscovery
 
     with progress(f"scanning {args.path}"):
-        report = SmartDiscovery(base, **settings.discovery_options()).run()
+        # What the server would do with the project's models loaded (one status per file).
+        report = SmartDiscovery(base, models_loaded=False, **settings.discovery_options()).run()
     if args.json:
         json.dump(report.to_dict(), out, indent=2)
         out.write("\n")

@@ -123,10 +123,12 @@ class Settings:
     cache: bool = True
     max_result_bytes: int = 16 * 1024 * 1024
     max_result_nodes: int = 10_000
+    load_dependents: bool = False
 
     def discovery_options(self) -> dict[str, Any]:
         """Keyword arguments for ``SmartDiscovery``."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "enabled"}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in _PLUGIN_ONLY}
 
 
 # option name -> (key suffix, parser); the key is dataflow_<suffix> / NEXUS_DATAFLOW_<SUFFIX>
@@ -141,7 +143,10 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "cache": ("cache", _boolean),
     "max_result_bytes": ("max_result_bytes", _positive_int),
     "max_result_nodes": ("max_result_nodes", _positive_int),
+    "load_dependents": ("load_dependents", _boolean),
 }
+# Options the plugin acts on itself, not the scan.
+_PLUGIN_ONLY = frozenset({"enabled", "load_dependents"})
 
 
 def pyproject_key(option: str) -> str:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 import types
 import weakref
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,11 @@ from kailash.workflow import Workflow
 from nexus.plugins import NexusPlugin
 
 from . import report as r
-from ._probe import probe, workflow_name
+from ._probe import MSG_IMPORT_RAISED, describe, probe, where, workflow_name
+from .cache import ScreenCache
 from .config import Settings, check_arguments, load_settings
 from .discovery import SmartDiscovery
+from .imports import ImportGraph
 from .isolation import WorkerPool
 from .screen import analyze
 
@@ -43,6 +47,18 @@ MSG_INCOMPATIBLE = (
 MSG_REJECTED = "Nexus rejected the name {name!r} ({error}); rename the file or object."
 MSG_EXPLICIT_WINS = "{name!r} was registered explicitly; the explicit workflow wins."
 MSG_LOAD_MISSING = "Cannot load workflows from {path}: no such file."
+MSG_LOAD_REFUSED = (
+    "Not loaded, nothing of it executed: its imports reach {file}, which defines DataFlow "
+    "models, as module {module!r}, and the app has not loaded {file} as {module!r} "
+    "(sys.modules{found}). Loading it would run the models a second time. Import the models "
+    "in your app as `import {module}` before loading this file."
+)
+MSG_LOADED_DEPENDENT = "Loaded in the server by load_dependents(): {names}."
+MSG_NO_DISCOVERY = "No discovery has run in this app yet: nothing to load (call after start())."
+
+
+class LoadRefused(RuntimeError):
+    """A file's import chain reaches a model module the app has not loaded; nothing ran."""
 
 
 def _nexus_version() -> str:
@@ -124,7 +140,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
     ``[tool.nexus]`` in the project's pyproject.toml, then defaults):
     ``timeout`` per file in seconds, ``workers``, ``exclude`` glob patterns,
     ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``, ``cache``,
-    ``max_result_bytes`` and ``max_result_nodes`` (what one file's result may hold).
+    ``max_result_bytes`` and ``max_result_nodes`` (what one file's result may hold),
+    ``load_dependents`` (load ``skipped_dependent`` files at the end of discovery).
     """
 
     def __init__(
@@ -139,6 +156,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         cache: bool | None = None,
         max_result_bytes: int | None = None,
         max_result_nodes: int | None = None,
+        load_dependents: bool | None = None,
     ) -> None:
         self.options: dict[str, Any] = {
             "timeout": timeout,
@@ -150,6 +168,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             "cache": cache,
             "max_result_bytes": max_result_bytes,
             "max_result_nodes": max_result_nodes,
+            "load_dependents": load_dependents,
         }
         # A bad argument is an error here; the environment and pyproject.toml are read
         # (and their errors raised) when the plugin installs and when discovery runs.
@@ -192,6 +211,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             finally:
                 if pool is not None:
                     pool.close()
+            if settings.load_dependents:
+                plugin.load_dependents(nexus_self)
 
         app._auto_discover_workflows = types.MethodType(_auto_discover_workflows, app)
         setattr(app, PLUGIN_ATTR, self)
@@ -245,6 +266,43 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         """
         return load_workflow_files(self._app(app), paths)
 
+    def load_dependents(self, app: Any | None = None) -> Loaded:
+        """Load, in this process, every file the last discovery reported
+        ``skipped_dependent``, once each model module on its import chain is the app's own.
+
+        A file whose chain reaches a model module the app has not loaded (under the name
+        the chain imports it by) is refused before anything of it runs; the reason is
+        added to its entry in the report. Returns what was registered and refused.
+        """
+        app = self._app(app)
+        report = getattr(app, REPORT_ATTR, None)
+        if report is None:
+            raise RuntimeError(MSG_NO_DISCOVERY)
+        loaded = Loaded()
+        base = Path(report.base_path)
+        for entry in report.by_status(r.SKIPPED_DEPENDENT):
+            path = base / entry.path
+            refusal = chain_refusal(path, base)
+            if refusal is not None:
+                logger.warning("%s: %s", entry.path, refusal)
+                loaded.refused[entry.path] = refusal
+                entry.reason += " " + refusal
+                continue
+            try:
+                workflows = _load_file(app, path, entry.path)
+            except Exception as exc:  # noqa: BLE001 - one file's failure is its entry's
+                failure = MSG_IMPORT_RAISED.format(exc=type(exc).__name__,
+                                                   where=where(exc, str(path)),
+                                                   message=describe(exc))
+                logger.warning("%s: %s", entry.path, failure)
+                loaded.refused[entry.path] = failure
+                entry.reason += " " + failure
+                continue
+            loaded.workflows.update(workflows)
+            entry.workflows = list(workflows)
+            entry.reason += " " + MSG_LOADED_DEPENDENT.format(names=", ".join(workflows) or "none")
+        return loaded
+
     def register_dataflow_workflows(self, db: Any, **kwargs: Any) -> dict[str, Workflow]:
         """Register CRUD workflows for ``db``'s models into the installed app."""
         from .dataflow_workflows import register_dataflow_workflows
@@ -252,24 +310,115 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         return register_dataflow_workflows(self._app(kwargs.pop("app", None)), db, **kwargs)
 
 
-def load_workflow_files(app: Any, paths: Iterable[str | os.PathLike[str]]) -> dict[str, Workflow]:
-    """Execute each file in-process (like native discovery) and register its workflows."""
+@dataclass
+class Loaded:
+    """What ``load_dependents()`` did: workflows registered by name; files refused or
+    failed, with why."""
+
+    workflows: dict[str, Workflow] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def plugin_of(app: Any) -> DataFlowCompatiblePlugin | None:
+    """The plugin installed in ``app`` (however it was enabled), or None.
+
+    ``app.use_plugin("dataflow_compatible")`` and the configuration switch return no
+    plugin object; this is how such an app reaches ``load_dependents()`` and the report.
+    """
+    plugin = getattr(app, PLUGIN_ATTR, None)
+    return plugin if isinstance(plugin, DataFlowCompatiblePlugin) else None
+
+
+def _loaded_file(module: str) -> str | None:
+    origin = getattr(sys.modules.get(module), "__file__", None)
+    return os.path.realpath(origin) if origin else None
+
+
+def chain_refusal(path: Path, base: Path) -> str | None:
+    """Why executing ``path`` here would run a model module again; None when it would not.
+
+    Follows every project import reachable from ``path`` (the screen's import graph,
+    nothing executed); each import that reaches a file defining models must find that
+    very file in ``sys.modules`` under the name it imports it by.
+    """
+    discovery = SmartDiscovery(base, cache=False)
+    graph = ImportGraph(discovery._roots(), ScreenCache(base, persist=False).facts)
+    start = path.resolve()
+    seen = {start}
+    queue = [start]
+    while queue:
+        importer = queue.pop(0)
+        for ref in graph.facts_of(importer).imports:
+            names = [ref.module] if ref.module else []
+            names += [f"{ref.module}.{n}" if ref.module else n for n in ref.names]
+            for target in graph.resolve(importer, ref):
+                if graph.own_model(target) is not None:
+                    module = _module_name(target, graph.roots, names)
+                    if _loaded_file(module) != str(target):
+                        found = _loaded_file(module)
+                        return MSG_LOAD_REFUSED.format(
+                            file=discovery._rel(target), module=module,
+                            found=f"[{module!r}] is {found}" if found else f" has no {module!r}")
+                elif target not in seen:
+                    seen.add(target)
+                    queue.append(target)
+    return None
+
+
+def _module_name(target: Path, roots: Sequence[Path], imported: Sequence[str]) -> str:
+    """The dotted name ``target`` is imported by: the one of ``imported`` (or a package on
+    the way to one) that it is relative to a root, else its name under the first root."""
+    names = []
+    for root in roots:
+        if target.is_relative_to(root):
+            parts = list(target.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            names.append(".".join(parts))
+    prefixes = {".".join(n.split(".")[:i + 1]) for n in imported for i in range(n.count(".") + 1)}
+    return next((n for n in names if n in prefixes), names[0] if names else target.stem)
+
+
+def _load_file(app: Any, path: Path, label: str) -> dict[str, Workflow]:
+    """Execute one file in this process, as native discovery does, and register its workflows."""
+    facts = analyze(path.read_bytes())
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"Cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    probed = probe(vars(module), str(path), facts.factories)
+    for failure in probed.failures:
+        logger.warning("%s: %s", path, failure)
     registered: dict[str, Workflow] = {}
-    for raw in paths:
-        path = Path(raw).absolute()
+    for attr, workflow in probed.workflows.items():
+        name = workflow_name(label, attr)
+        app.register(name, workflow)
+        registered[name] = workflow
+    return registered
+
+
+def load_workflow_files(app: Any, paths: Iterable[str | os.PathLike[str]]) -> dict[str, Workflow]:
+    """Execute each file in-process (like native discovery) and register its workflows.
+
+    Every file is checked first (``chain_refusal``, against the current directory's
+    project); if one would run a model module again, ``LoadRefused`` is raised and
+    none of them is executed.
+    """
+    files = [Path(raw).absolute() for raw in paths]
+    for path in files:
         if not path.is_file():
             raise FileNotFoundError(MSG_LOAD_MISSING.format(path=path))
-        facts = analyze(path.read_bytes())
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"Cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        probed = probe(vars(module), str(path), facts.factories)
-        for failure in probed.failures:
-            logger.warning("%s: %s", path, failure)
-        for attr, workflow in probed.workflows.items():
-            name = workflow_name(path.name, attr)
-            app.register(name, workflow)
-            registered[name] = workflow
+        refusal = chain_refusal(path, _project_of(path))
+        if refusal is not None:
+            raise LoadRefused(f"{path}: {refusal}")
+    registered: dict[str, Workflow] = {}
+    for path in files:
+        registered.update(_load_file(app, path, path.name))
     return registered
+
+
+def _project_of(path: Path) -> Path:
+    """The project a file belongs to: the current directory when it is inside it."""
+    cwd = Path.cwd()
+    return cwd if path.resolve().is_relative_to(cwd.resolve()) else path.parent

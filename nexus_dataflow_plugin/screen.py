@@ -66,6 +66,9 @@ class Facts(NamedTuple):
     factories: tuple[str, ...] = ()
     node_types: tuple[str, ...] = ()
     may_block: bool = False
+    # Classes this file hands to ``<target>.model``: DataFlow's node names derive from
+    # them, when the import graph confirms the file defines models.
+    model_classes: tuple[str, ...] = ()
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -265,10 +268,13 @@ class _Scanner:
                         self.model_uses.append((target, cls, node.lineno))
 
     def _add_node(self, node: ast.Call) -> None:
-        """``x.add_node("CSVReaderNode", ...)``: a node type the worker should have loaded."""
+        """``x.add_node("CSVReaderNode", ...)`` or ``add_node(node_type="...")``: a node
+        type the worker should have loaded (or stand in for, if DataFlow generates it)."""
         func = node.func
-        if isinstance(func, ast.Attribute) and func.attr == "add_node" and node.args:
-            first = node.args[0]
+        if not (isinstance(func, ast.Attribute) and func.attr == "add_node"):
+            return
+        named = [k.value for k in node.keywords if k.arg == "node_type"]
+        for first in node.args[:1] + named:
             if isinstance(first, ast.Constant) and isinstance(first.value, str):
                 self.node_types[first.value] = None
 
@@ -399,6 +405,8 @@ def analyze(data: bytes) -> Facts:
             factories=_factories(parsed, statements),
             node_types=tuple(scanner.node_types),
             may_block=_may_block(statements),
+            model_classes=tuple(dict.fromkeys(
+                cls for _, cls, _ in scanner.model_uses if cls != "<expr>")),
         )
     except RecursionError:
         return Facts(error=MSG_SYNTAX.format(what="nesting too deep to analyse", line=1))
