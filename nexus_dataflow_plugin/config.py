@@ -128,7 +128,7 @@ class Settings:
     def discovery_options(self) -> dict[str, Any]:
         """Keyword arguments for ``SmartDiscovery``."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in _PLUGIN_ONLY}
+                if f.name not in PLUGIN_ONLY}
 
 
 # option name -> (key suffix, parser); the key is dataflow_<suffix> / NEXUS_DATAFLOW_<SUFFIX>
@@ -146,7 +146,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "load_dependents": ("load_dependents", _boolean),
 }
 # Options the plugin acts on itself, not the scan.
-_PLUGIN_ONLY = frozenset({"enabled", "load_dependents"})
+PLUGIN_ONLY = frozenset({"enabled", "load_dependents"})
 
 
 def pyproject_key(option: str) -> str:

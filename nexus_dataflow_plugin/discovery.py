@@ -115,6 +115,7 @@ class ModelIndex:
 
     def model_of(self, node_type: str) -> str:
         """``Customer (models.py)``: the model a node type comes from, and its file."""
+        self._walk()
         found = (self._project or {}).get(node_type)
         if found is not None:
             return f"{found[0]} ({found[1]})"

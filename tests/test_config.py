@@ -17,6 +17,7 @@ import pytest
 
 from nexus_dataflow_plugin import DataFlowCompatiblePlugin
 from nexus_dataflow_plugin.config import (
+    PLUGIN_ONLY,
     ConfigError,
     Settings,
     env_var,
@@ -81,6 +82,10 @@ OPTIONS = [
         "max_result_nodes", "NEXUS_DATAFLOW_MAX_RESULT_NODES", "dataflow_max_result_nodes",
         10, "20", "30", 10, 20, 30, 10_000,
     ),
+    Option(
+        "load_dependents", "NEXUS_DATAFLOW_LOAD_DEPENDENTS", "dataflow_load_dependents",
+        True, "0", "true", True, False, True, False,
+    ),
 ]  # fmt: skip
 BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -95,7 +100,7 @@ def test_every_option_is_covered_and_named_three_ways() -> None:
     assert {o.name for o in OPTIONS} == {
         "enabled", "timeout", "workers", "exclude",
         "max_file_bytes", "memory_limit_mb", "cpu_limit_s", "cache", "max_result_bytes",
-        "max_result_nodes",
+        "max_result_nodes", "load_dependents",
     }  # fmt: skip
     assert set(Settings.__dataclass_fields__) == set(BY_NAME)
     for option in OPTIONS:
@@ -133,7 +138,9 @@ def test_all_levels_at_once(tmp_path: Path) -> None:
     assert settings == Settings(enabled=True, timeout=1.5, workers=3, exclude=("x.py",))
     options = settings.discovery_options()
     assert "enabled" not in options  # the switch is not a discovery option
-    assert options == {o.name: getattr(settings, o.name) for o in OPTIONS if o.name != "enabled"}
+    assert "load_dependents" not in options  # the plugin does that after the scan
+    assert options == {o.name: getattr(settings, o.name) for o in OPTIONS
+                       if o.name not in PLUGIN_ONLY}
 
 
 def test_process_environment_is_the_default_source(
