@@ -486,7 +486,7 @@ class SmartDiscovery:
         if found:
             reason = r.MSG_REGISTERED.format(count=found)
             reason += "".join(
-                r.MSG_NEEDS_MODELS.format(name=workflow_name(rel, attr), models=", ".join(needs))
+                " " + r.MSG_NEEDS_MODELS.format(name=workflow_name(rel, attr), models=", ".join(needs))
                 for attr, needs in files_loaded.needs.items()
                 if attr in files_loaded.workflows or attr in files_loaded.deferred
             )

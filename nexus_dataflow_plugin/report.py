@@ -92,7 +92,7 @@ MSG_CHANGED = (
     "twice); run the scan again once it is saved."
 )
 MSG_NEEDS_MODELS = (
-    " {name!r} is built from DataFlow nodes of your models {models}: the server rebuilds it "
+    "{name!r} is built from DataFlow nodes of your models {models}: the server rebuilds it "
     "with the app's own nodes, so the app must import those models before start()."
 )
 MSG_MODEL_MISSING = (

@@ -278,6 +278,7 @@ VALID_VALUES = {
     "cache": ("_boolean", BOOLEAN),
     "max_result_bytes": ("_positive_int", "bytes, a whole number >= 1"),
     "max_result_nodes": ("_positive_int", "nodes, a whole number >= 1"),
+    "load_dependents": ("_boolean", BOOLEAN),
 }
 
 
