@@ -12,6 +12,7 @@ import gc
 import itertools
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -138,10 +139,13 @@ class ModelIndex:
                     self._add(Path(root, name))
 
     def _add(self, path: Path) -> None:
+        """Learn ``path``'s model classes; only a regular file, small enough, is read
+        (a FIFO or ``/dev/zero`` under a ``.py`` name would block or never end)."""
         try:
-            if path.stat().st_size > self.max_file_bytes:
-                return
+            info = path.stat()
         except OSError:
+            return
+        if not stat.S_ISREG(info.st_mode) or info.st_size > self.max_file_bytes:
             return
         facts = self.facts_of(path)
         if not facts.model_classes or self.graph.own_model(path) is None:
@@ -485,11 +489,11 @@ class SmartDiscovery:
         found = len(files_loaded.workflows) + len(files_loaded.deferred)
         if found:
             reason = r.MSG_REGISTERED.format(count=found)
-            reason += "".join(
-                " " + r.MSG_NEEDS_MODELS.format(name=workflow_name(rel, attr), models=", ".join(needs))
-                for attr, needs in files_loaded.needs.items()
-                if attr in files_loaded.workflows or attr in files_loaded.deferred
-            )
+            for attr in [*files_loaded.workflows, *files_loaded.deferred]:
+                if attr in files_loaded.needs:
+                    models = ", ".join(files_loaded.needs[attr])
+                    reason += " " + r.MSG_NEEDS_MODELS.format(name=workflow_name(rel, attr),
+                                                              models=models)
             if notes:
                 reason += " Not loaded: " + "; ".join(notes)
             return r.FileResult(rel, r.REGISTERED, reason), files_loaded

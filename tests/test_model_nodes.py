@@ -260,3 +260,49 @@ def test_plugin_of_returns_the_plugin_however_it_was_enabled(tmp_path: Path, app
     plugin = DataFlowCompatiblePlugin()
     app = app_in(tmp_path, plugin)
     assert plugin_of(app) is plugin
+
+
+CONNECTED = '''
+from kailash.workflow.builder import WorkflowBuilder
+
+workflow = WorkflowBuilder()
+workflow.add_node("{model}CreateNode", "create", {{}})
+workflow.add_node("{model}ReadNode", "read", {{}})
+workflow.add_connection("create", "id", "read", "id")
+'''
+
+
+def test_a_workflow_connecting_model_nodes_keeps_its_connections_when_rebuilt(
+    tmp_path: Path, app_in
+) -> None:
+    base = project(tmp_path, "Booking")
+    (base / "workflows" / "book_and_read.py").write_text(CONNECTED.format(model="Booking"))
+    models = load_module("models", base / "models.py")
+    app = app_in(base)
+    app.start(blocking=False)
+
+    entry = plugin_of(app).report.file("workflows/book_and_read.py")
+    assert entry.status == "registered", entry.reason
+    workflow = app._workflows["book_and_read"]
+    assert [(c.source_node, c.source_output, c.target_node, c.target_input)
+            for c in workflow.connections] == [("create", "id", "read", "id")]
+    assert type(workflow._node_instances["read"]) is models.db._nodes["BookingReadNode"]
+
+
+def test_a_fifo_and_dev_zero_named_like_modules_do_not_stall_the_search_for_models(
+    tmp_path: Path,
+) -> None:
+    """The project is walked for model files; what is not a regular file is not read."""
+    import os
+    import subprocess
+
+    base = project(tmp_path, "Quota")
+    os.mkfifo(base / "blocking_fifo.py")  # reading it would wait for a writer forever
+    (base / "endless_zero.py").symlink_to("/dev/zero")  # reading it would never end
+    proc = subprocess.run(
+        [sys.executable, "-m", "nexus_dataflow_plugin.cli", "scan", "--json", str(base)],
+        capture_output=True, text=True, timeout=120,
+    )
+    signup = next(f for f in __import__("json").loads(proc.stdout)["files"]
+                  if f["path"] == "workflows/signup.py")
+    assert signup["status"] == "registered" and "Quota (models.py)" in signup["reason"]
