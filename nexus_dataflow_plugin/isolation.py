@@ -333,6 +333,7 @@ class WorkerPool:
         return sum(f.slow for f in self._flights.values())
 
     def _dispatch(self, pending: deque[Task]) -> None:
+        """Send what ``schedule.assign`` picks from the front of the queue."""
         if not pending:
             return
         loads = [
@@ -340,16 +341,13 @@ class WorkerPool:
                                        if f.worker is w and not f.slow))
             for w in self._workers
         ]
-        window = [self._slow(t) for t in list(pending)[: len(loads) * schedule.PER_WORKER
-                                                      + schedule.MAX_SLOW]]
-        plan = schedule.assign(window, loads, self._slow_running())
-        chosen = {index for index, _, _ in plan}
-        tasks = list(pending)
+        size = min(len(pending), len(loads) * schedule.PER_WORKER + schedule.MAX_SLOW)
+        window = [pending.popleft() for _ in range(size)]
+        plan = schedule.assign([self._slow(t) for t in window], loads, self._slow_running())
         for index, worker_index, slow in plan:
-            self._send(tasks[index], self._workers[worker_index], slow)
-        remaining = [t for i, t in enumerate(tasks) if i not in chosen]
-        pending.clear()
-        pending.extend(remaining)
+            self._send(window[index], self._workers[worker_index], slow)
+        chosen = {index for index, _, _ in plan}
+        pending.extendleft(reversed([t for i, t in enumerate(window) if i not in chosen]))
 
     def _send(self, task: Task, worker: WorkerProcess, slow: bool) -> None:
         inner = max(self.limits.timeout_s * 0.8, self.limits.timeout_s - 1.0)

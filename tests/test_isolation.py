@@ -343,3 +343,19 @@ def test_a_file_beside_a_slow_one_holds_no_descriptor_of_its_siblings(tmp_path):
     assert not [t for t in targets if t.startswith("pipe:") or "pidfd" in t], seen
     sockets = [line for line in seen if "socket:" in line]
     assert len(sockets) == 2 and sockets[0].startswith("2 "), seen  # stderr, result channel
+
+
+def test_nothing_of_a_scan_is_written_into_the_project(tmp_path):
+    """No bytecode, no scratch files: the tree after a scan is the tree before it."""
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "helpers.py").write_text("STEP = {'code': 'result = {\"v\": 1}'}\n")
+    (tmp_path / "workflows" / "uses_helper.py").write_text(
+        "from kailash.workflow.builder import WorkflowBuilder\n"
+        "from helpers import STEP\n\n"
+        "workflow = WorkflowBuilder()\n"
+        "workflow.add_node('PythonCodeNode', 'step', STEP)\n"
+    )
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    report = SmartDiscovery(tmp_path, timeout=10, workers=1, cache=False).run()
+    assert report.file("workflows/uses_helper.py").status == "registered"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
