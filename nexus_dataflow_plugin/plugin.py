@@ -279,28 +279,9 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         if report is None:
             raise RuntimeError(MSG_NO_DISCOVERY)
         loaded = Loaded()
-        base = Path(report.base_path)
         for entry in report.by_status(r.SKIPPED_DEPENDENT):
-            path = base / entry.path
-            refusal = chain_refusal(path, base)
-            if refusal is not None:
-                logger.warning("%s: %s", entry.path, refusal)
-                loaded.refused[entry.path] = refusal
-                entry.reason += " " + refusal
-                continue
-            try:
-                workflows = _load_file(app, path, entry.path)
-            except Exception as exc:  # noqa: BLE001 - one file's failure is its entry's
-                failure = MSG_IMPORT_RAISED.format(exc=type(exc).__name__,
-                                                   where=where(exc, str(path)),
-                                                   message=describe(exc))
-                logger.warning("%s: %s", entry.path, failure)
-                loaded.refused[entry.path] = failure
-                entry.reason += " " + failure
-                continue
-            loaded.workflows.update(workflows)
-            entry.workflows = list(workflows)
-            entry.reason += " " + MSG_LOADED_DEPENDENT.format(names=", ".join(workflows) or "none")
+            if entry.path not in report.loaded:  # once per discovery; a refused file may retry
+                _load_dependent(app, Path(report.base_path), entry, loaded, report.loaded)
         return loaded
 
     def register_dataflow_workflows(self, db: Any, **kwargs: Any) -> dict[str, Workflow]:
@@ -379,8 +360,34 @@ def _module_name(target: Path, roots: Sequence[Path], imported: Sequence[str]) -
     return next((n for n in names if n in prefixes), names[0] if names else target.stem)
 
 
-def _load_file(app: Any, path: Path, label: str) -> dict[str, Workflow]:
-    """Execute one file in this process, as native discovery does, and register its workflows."""
+def _load_dependent(app: Any, base: Path, entry: r.FileResult, loaded: Loaded,
+                    done: list[str]) -> None:
+    """Check one dependent file's chain, then load it; the outcome goes into its entry."""
+    path = base / entry.path
+    problem = chain_refusal(path, base)
+    if problem is None:
+        try:
+            workflows = _load_file(app, path, entry.path, keep_existing=True)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - one file's failure is its own
+            problem = MSG_IMPORT_RAISED.format(exc=type(exc).__name__,
+                                               where=where(exc, str(path)),
+                                               message=describe(exc))
+    if problem is not None:
+        logger.warning("%s: %s", entry.path, problem)
+        loaded.refused[entry.path] = problem
+        entry.reason += " " + problem
+        return
+    done.append(entry.path)
+    loaded.workflows.update(workflows)
+    entry.workflows = list(workflows)
+    entry.reason += " " + MSG_LOADED_DEPENDENT.format(names=", ".join(workflows) or "none")
+
+
+def _load_file(app: Any, path: Path, label: str, keep_existing: bool = False
+               ) -> dict[str, Workflow]:
+    """Execute one file in this process, as native discovery does, and register its
+    workflows; with ``keep_existing``, a name the app has already is left to it, as
+    discovery leaves explicit registrations."""
     facts = analyze(path.read_bytes())
     spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or spec.loader is None:
@@ -393,6 +400,9 @@ def _load_file(app: Any, path: Path, label: str) -> dict[str, Workflow]:
     registered: dict[str, Workflow] = {}
     for attr, workflow in probed.workflows.items():
         name = workflow_name(label, attr)
+        if keep_existing and name in app._workflows:
+            logger.info(MSG_EXPLICIT_WINS.format(name=name))
+            continue
         app.register(name, workflow)
         registered[name] = workflow
     return registered

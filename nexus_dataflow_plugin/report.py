@@ -129,6 +129,8 @@ class DiscoveryReport:
     # Names a server with the project's models loaded would register, not rebuilt by
     # this scan (it ran without them: ``SmartDiscovery(models_loaded=False)``).
     deferred: list[str] = field(default_factory=list)
+    # ``skipped_dependent`` files since loaded into the server (``load_dependents()``).
+    loaded: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Number of files per status, in the canonical status order."""

@@ -306,3 +306,67 @@ def test_a_fifo_and_dev_zero_named_like_modules_do_not_stall_the_search_for_mode
     signup = next(f for f in __import__("json").loads(proc.stdout)["files"]
                   if f["path"] == "workflows/signup.py")
     assert signup["status"] == "registered" and "Quota (models.py)" in signup["reason"]
+
+
+def test_load_dependents_loads_each_file_once_and_leaves_explicit_names_to_the_app(
+    tmp_path: Path, app_in
+) -> None:
+    from kailash.workflow.builder import WorkflowBuilder
+
+    base = project(tmp_path, "Courier")
+    load_module("models", base / "models.py")
+    app = app_in(base)
+    explicit = WorkflowBuilder()
+    explicit.add_node("PythonCodeNode", "mine", {"code": "result = {'mine': True}"})
+    app.register("counting", explicit.build())  # the app's own, registered first
+    app.start(blocking=False)
+    plugin = plugin_of(app)
+
+    first = plugin.load_dependents()
+    second = plugin.load_dependents()
+    assert (first.workflows, first.refused) == ({}, {})
+    assert (second.workflows, second.refused) == ({}, {})
+    assert ran(base / "workflows" / "counting.py") == ["ran"]  # once, not twice
+    assert "mine" in app._workflows["counting"].nodes  # the explicit one stayed
+
+
+CRASHES_IN_SERVER = '''
+from models import {model}  # noqa: F401
+import sys
+
+sys.exit("the file exits at import")
+'''
+
+
+def test_a_dependent_file_that_exits_at_import_is_reported_not_fatal_to_the_server(
+    tmp_path: Path, app_in
+) -> None:
+    base = project(tmp_path, "Parcel")
+    (base / "workflows" / "exits_at_import.py").write_text(
+        CRASHES_IN_SERVER.format(model="Parcel"))
+    load_module("models", base / "models.py")
+    plugin = DataFlowCompatiblePlugin(cache=False, workers=1, load_dependents=True)
+    app = app_in(base, plugin)
+    app.start(blocking=False)  # does not exit
+
+    assert "counting" in app._workflows
+    entry = plugin.report.file("workflows/exits_at_import.py")
+    assert entry.status == "skipped_dependent"
+    assert "Raised SystemExit while importing (line 5): the file exits at import" in entry.reason
+
+
+def test_scan_fail_on_error_passes_a_project_whose_workflows_name_its_models_nodes(
+    tmp_path: Path,
+) -> None:
+    """CI runs the scan without the app: a file the server serves must not fail it."""
+    import subprocess
+
+    base = project(tmp_path, "Invoice")
+    proc = subprocess.run(
+        [sys.executable, "-m", "nexus_dataflow_plugin.cli", "scan", str(base),
+         "--fail-on", "error,timeout,crashed"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Invoice (models.py)" in proc.stdout
+    assert ran(base / "models.py") == []
