@@ -36,7 +36,7 @@ from .finder import (
     find_candidates,
     resolve_base,
 )
-from .imports import ImportGraph
+from .imports import FactsOf, ImportGraph
 from .isolation import (
     DEFAULT_MAX_RESULT_BYTES,
     DEFAULT_MAX_RESULT_NODES,
@@ -99,7 +99,8 @@ class ModelIndex:
     Also the node types DataFlow generated in this process (the server's models).
     """
 
-    def __init__(self, base: Path, graph: ImportGraph, facts_of: Any, max_file_bytes: int) -> None:
+    def __init__(self, base: Path, graph: ImportGraph, facts_of: FactsOf,
+                 max_file_bytes: int) -> None:
         self.base = base
         self.graph = graph
         self.facts_of = facts_of
