@@ -262,7 +262,9 @@ class DataFlowCompatiblePlugin(NexusPlugin):
 
         For files discovery skipped because they import your models: call this
         after your models exist, so the file reuses them instead of re-running
-        them in isolation. Returns the workflows registered, by name.
+        them in isolation. Returns the workflows registered, by name. Raises
+        ``LoadRefused``, having run none of them, when a file's imports reach a
+        model module the app has not loaded under that name.
         """
         return load_workflow_files(self._app(app), paths)
 
