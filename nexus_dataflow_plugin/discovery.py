@@ -24,7 +24,7 @@ from kailash.workflow import Workflow
 
 from . import _protocol as proto
 from . import report as r
-from ._paths import in_project
+from ._paths import is_environment
 from ._probe import workflow_name
 from .cache import ScreenCache
 from .dataflow_workflows import OPERATIONS, node_name_for
@@ -140,13 +140,17 @@ class ModelIndex:
                     self._add(Path(root, name))
 
     def _add(self, path: Path) -> None:
-        """Learn ``path``'s model classes; only a regular file, small enough, is read
-        (a FIFO or ``/dev/zero`` under a ``.py`` name would block or never end)."""
+        """Learn ``path``'s model classes. Only a regular file, small enough, is read (a
+        FIFO or ``/dev/zero`` under a ``.py`` name would block or never end), and only
+        one whose bytes hold ``.model`` is screened: most of a project cannot define
+        models, and screening a large file starts a process."""
         try:
             info = path.stat()
+            if not stat.S_ISREG(info.st_mode) or info.st_size > self.max_file_bytes:
+                return
+            if b".model" not in path.read_bytes():
+                return
         except OSError:
-            return
-        if not stat.S_ISREG(info.st_mode) or info.st_size > self.max_file_bytes:
             return
         facts = self.facts_of(path)
         if not facts.model_classes or self.graph.own_model(path) is None:
@@ -268,7 +272,7 @@ class SmartDiscovery:
     def _static(self, found: Found) -> tuple[dict[str, r.FileResult], ScreenCache]:
         """Screen every candidate; the cache it filled is returned for further questions."""
         entries: dict[str, r.FileResult] = {}
-        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
+        cache = self._cache()
         with paused_gc():
             for _ in self._screen(found.candidates, entries, cache):
                 pass
@@ -285,7 +289,7 @@ class SmartDiscovery:
         found = self._find()
         entries: dict[str, r.FileResult] = {}
         loaded: dict[str, _Loaded] = {}
-        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
+        cache = self._cache()
         tasks: dict[int, tuple[Candidate, Facts]] = {}
         pool = self.pool
         try:
@@ -312,9 +316,11 @@ class SmartDiscovery:
         """Why the static screen treats ``path`` as it does, from the engine's own answers.
 
         The status and reason are ``SmartDiscovery.screen()``'s; the model lines,
-        imports and chain come from ``screen.analyze`` (via the screen cache) and
-        ``imports.ImportGraph``. A file that passes the screen is only imported by
-        a full scan, so its outcome after import is not part of the explanation.
+        imports (literal dynamic ones included), the directories it puts on
+        ``sys.path``, the files it runs by path and the chain come from
+        ``screen.analyze`` (via the screen cache) and ``imports.ImportGraph``. A file
+        that passes the screen is only imported by a full scan, so its outcome after
+        import (the runtime guard's included) is not part of the explanation.
         """
         base = self.base
         rel = path.relative_to(base).as_posix()
@@ -361,8 +367,13 @@ class SmartDiscovery:
                  "project_files": project_files(ref)}
                 for ref in facts.imports
             ],
+            "sys_path_entries": [{"line": e.line, "path": self._rel(graph.place(real, e))}
+                                 for e in facts.path_entries],
+            "runs_paths": [{"line": e.line, "path": self._rel(graph.place(real, e))}
+                           for e in facts.run_paths],
             "chain": [self._rel(p) for p in taint.chain] if taint else [],
             "chain_detail": taint.detail if taint else None,
+            "chain_unscreenable": bool(taint and taint.unscreenable),
             "factories": list(facts.factories),
         })
         return result
@@ -382,6 +393,7 @@ class SmartDiscovery:
         """
         graph = ImportGraph(self._roots(), cache.facts)
         self.models = models = ModelIndex(self.base, graph, cache.facts, self.max_file_bytes)
+        cache.prefetch(c.real for c in candidates if c.real is not None and not c.refusal)
         for candidate in candidates:
             began = time.monotonic()
             if candidate.refusal or candidate.real is None:
@@ -391,7 +403,9 @@ class SmartDiscovery:
             real = candidate.real
             facts = cache.facts(real)
             entry = None
-            if facts.error:
+            if facts.stalled:
+                entry = r.FileResult(candidate.rel, r.TIMEOUT, str(facts.error))
+            elif facts.error:
                 entry = r.FileResult(candidate.rel, r.ERROR, facts.error)
             elif (detail := graph.own_model(real)) is not None:
                 entry = r.FileResult(
@@ -399,12 +413,12 @@ class SmartDiscovery:
                 )
             elif (taint := graph.taint(real)) is not None:
                 chain = " -> ".join(self._rel(p) for p in taint.chain)
+                message = r.MSG_SKIPPED_UNSCREENABLE if taint.unscreenable else (
+                    r.MSG_SKIPPED_DEPENDENT)
                 entry = r.FileResult(
                     candidate.rel,
                     r.SKIPPED_DEPENDENT,
-                    r.MSG_SKIPPED_DEPENDENT.format(
-                        chain=f"{chain}: {taint.detail}", path=candidate.rel
-                    ),
+                    message.format(chain=f"{chain}: {taint.detail}", path=candidate.rel),
                 )
             if entry is not None:
                 entry.duration_s = time.monotonic() - began
@@ -424,7 +438,8 @@ class SmartDiscovery:
             tasks[tid] = (candidate, facts)
             yield Task(tid, str(candidate.path), Path(candidate.rel).stem, facts.factories,
                        facts.node_types, last_duration_s=cache.duration(candidate.real),
-                       may_block=facts.may_block, standins=standins)
+                       may_block=facts.may_block, digest=cache.digest(candidate.real),
+                       standins=standins)
 
     def _isolate(
         self,
@@ -435,27 +450,41 @@ class SmartDiscovery:
         loaded: dict[str, _Loaded],
         cache: ScreenCache,
         pool: WorkerPool,
+        *,
+        again: bool = True,
     ) -> None:
         """Import the files the screen lets through in workers; outcomes become entries.
 
         When an earlier scan timed the files, the screen finishes first and the
         slowest files go first, so they do not finish last. Otherwise (a cold
-        cache) files go to the workers as the screen finds them.
+        cache) files go to the workers as the screen finds them. A file whose
+        bytes changed after the screen judged them is screened again and, if it
+        still passes, imported once more (``again``), its new bytes this time.
         """
         ordered: Iterable[Task] = jobs
         expected: int | None = candidates
         if cache.timed():
             ordered = sorted(jobs, key=lambda t: -(t.last_duration_s or 0.0))
             expected = None
+        changed: list[Candidate] = []
         with quiet_rebuilds:
             for outcome in pool.run(ordered, expected):
                 candidate = tasks[outcome.task.id][0]
+                if again and outcome.result is not None and outcome.result.changed:
+                    changed.append(candidate)
+                    continue
                 entry, files_loaded = self._entry(candidate, outcome)
                 entry.duration_s = outcome.duration_s
                 entries[candidate.rel] = entry
                 cache.record_duration(candidate.real, outcome.duration_s)
                 if files_loaded is not None:
                     loaded[candidate.rel] = files_loaded
+        if changed:
+            for candidate in changed:
+                cache.forget(candidate.real)  # type: ignore[arg-type] # screened: real is set
+            rescreened = self._jobs(self._screen(changed, entries, cache), tasks, cache)
+            self._isolate(rescreened, len(changed), tasks, entries, loaded, cache, pool,
+                          again=False)
 
     def make_pool(self) -> WorkerPool:
         """A worker pool for this scan's settings; ``start()`` it early to hide its warm-up."""
@@ -481,6 +510,8 @@ class SmartDiscovery:
                 elapsed=outcome.duration_s, timeout=self.timeout, where=result.timeout
             )
             return r.FileResult(rel, r.TIMEOUT, reason), None
+        if result.guarded is not None:
+            return self._guarded(rel, result.guarded), None
         if result.error is not None:
             return r.FileResult(rel, r.ERROR, result.error), None
         if result.changed:
@@ -507,6 +538,16 @@ class SmartDiscovery:
             reason = "No workflow loaded: " + "; ".join(files_loaded.failures)
             return r.FileResult(rel, r.ERROR, reason), None
         return r.FileResult(rel, r.NO_WORKFLOWS, r.MSG_NO_WORKFLOWS), None
+
+    def _guarded(self, rel: str, stop: proto.Guarded) -> r.FileResult:
+        """The runtime guard stopped the file: what it tried, and the chain it saw."""
+        steps = [f"{self._rel(Path(step.file))}:{step.line} ({step.module})"
+                 for step in stop.chain]
+        status = r.SKIPPED_MODEL if stop.status == r.SKIPPED_MODEL else r.SKIPPED_DEPENDENT
+        reason = r.MSG_GUARD_STOPPED.format(action=stop.detail,
+                                            chain=" -> ".join(steps) or "no project frame",
+                                            path=rel)
+        return r.FileResult(rel, status, reason)
 
     def _name(
         self,
@@ -546,11 +587,15 @@ class SmartDiscovery:
     def _find(self) -> Found:
         return find_candidates(self.base, exclude=self.exclude, max_file_bytes=self.max_file_bytes)
 
+    def _cache(self) -> ScreenCache:
+        return ScreenCache(self.base, self.cache_dir, persist=self.cache, timeout=self.timeout)
+
     def _roots(self) -> list[Path]:
-        """Where local imports resolve: the base path and sys.path entries inside it."""
+        """Where imports resolve in the worker: the base path, then this process's sys.path
+        (the worker inherits it), without the standard library and installed distributions."""
         roots = [self.base]
         for entry in sys.path:
-            if entry and in_project(entry, self.base):
+            if entry and os.path.isdir(entry) and not is_environment(entry):
                 roots.append(Path(entry))
         return roots
 

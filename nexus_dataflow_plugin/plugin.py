@@ -16,6 +16,7 @@ import os
 import sys
 import types
 import weakref
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,11 @@ MSG_LOAD_REFUSED = (
     "models, as module {module!r}, and the app has not loaded {file} as {module!r} "
     "(sys.modules{found}). Loading it would run the models a second time. Import the models "
     "in your app as `import {module}` before loading this file."
+)
+MSG_LOAD_REFUSED_RUN = (
+    "Not loaded, nothing of it executed: its imports run {file}, which defines DataFlow "
+    "models, by its path (runpy.run_path, spec_from_file_location), which executes it "
+    "again whatever the app has imported. Import the models by module name instead."
 )
 MSG_LOADED_DEPENDENT = "Loaded in the server by load_dependents(): {names}."
 MSG_NO_DISCOVERY = "No discovery has run in this app yet: nothing to load (call after start())."
@@ -320,31 +326,44 @@ def _loaded_file(module: str) -> str | None:
 def chain_refusal(path: Path, base: Path) -> str | None:
     """Why executing ``path`` here would run a model module again; None when it would not.
 
-    Follows every project import reachable from ``path`` (the screen's import graph,
-    nothing executed); each import that reaches a file defining models must find that
-    very file in ``sys.modules`` under the name it imports it by.
+    Follows every project import reachable from ``path`` as the screen's import graph
+    does (``sys.path`` entries files add, files run by path), executing nothing; each
+    import that reaches a file defining models (or one that cannot be screened) must
+    find that very file in ``sys.modules`` under the name it imports it by. Running
+    such a file by its path re-executes it whatever is loaded: always refused.
     """
     discovery = SmartDiscovery(base, cache=False)
     graph = ImportGraph(discovery._roots(), ScreenCache(base, persist=False).facts)
     start = path.resolve()
     seen = {start}
-    queue = [start]
+    queue: deque[tuple[Path, tuple[Path, ...]]] = deque([(start, ())])
     while queue:
-        importer = queue.pop(0)
-        for ref in graph.facts_of(importer).imports:
+        importer, inherited = queue.popleft()
+        facts = graph.facts_of(importer)
+        here = graph.added(importer, inherited)
+        reached: list[tuple[Path, list[str] | None]] = []
+        for run in facts.run_paths:
+            target = graph._run_target(graph.place(importer, run))
+            if target is not None:
+                reached.append((target, None))
+        for ref in facts.imports:
             names = [ref.module] if ref.module else []
             names += [f"{ref.module}.{n}" if ref.module else n for n in ref.names]
-            for target in graph.resolve(importer, ref):
-                if graph.own_model(target) is not None:
-                    module = _module_name(target, graph.roots, names)
-                    if _loaded_file(module) != str(target):
-                        found = _loaded_file(module)
-                        return MSG_LOAD_REFUSED.format(
-                            file=discovery._rel(target), module=module,
-                            found=f"[{module!r}] is {found}" if found else f" has no {module!r}")
-                elif target not in seen:
+            reached += [(t, names) for t in graph.resolve(importer, ref, inherited)]
+        for target, names in reached:
+            if graph.own_model(target) is None:
+                if target not in seen:
                     seen.add(target)
-                    queue.append(target)
+                    queue.append((target, here))
+                continue
+            if names is None:
+                return MSG_LOAD_REFUSED_RUN.format(file=discovery._rel(target))
+            module = _module_name(target, (*graph.roots, *here), names)
+            found = _loaded_file(module)
+            if found != str(target):
+                return MSG_LOAD_REFUSED.format(
+                    file=discovery._rel(target), module=module,
+                    found=f"[{module!r}] is {found}" if found else f" has no {module!r}")
     return None
 
 

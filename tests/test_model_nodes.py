@@ -106,9 +106,10 @@ def load_module(name: str, path: Path) -> ModuleType:
 def app_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[callable]:
     """An app factory run from a project directory; models and apps cleaned up after."""
     apps: list[Nexus] = []
-    saved = dict(sys.modules)
+    bases: list[Path] = []
 
     def make(base: Path, plugin: DataFlowCompatiblePlugin | None = None) -> Nexus:
+        bases.append(base)
         monkeypatch.chdir(base)
         monkeypatch.syspath_prepend(str(base))
         app = Nexus(auto_discovery=True, enable_durability=False, enable_auth=False)
@@ -119,11 +120,13 @@ def app_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[callable]:
     yield make
     for app in apps:
         app.stop()
-    for name in set(sys.modules) - set(saved):
-        module = sys.modules.pop(name)
-        db = getattr(module, "db", None)
-        if db is not None and hasattr(db, "close"):
-            db.close()
+    for name, module in list(sys.modules.items()):  # the projects' modules, not libraries
+        origin = getattr(module, "__file__", None) or ""
+        if any(origin.startswith(str(base)) for base in bases):
+            del sys.modules[name]
+            db = getattr(module, "db", None)
+            if db is not None and hasattr(db, "close"):
+                db.close()
 
 
 def test_the_screen_learns_model_classes_and_node_types_given_by_keyword() -> None:
@@ -370,3 +373,33 @@ def test_scan_fail_on_error_passes_a_project_whose_workflows_name_its_models_nod
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Invoice (models.py)" in proc.stdout
     assert ran(base / "models.py") == []
+
+
+RUNS_MODELS_BY_PATH = '''
+import runpy
+
+with open(__file__ + ".ran", "a") as _marker:
+    _marker.write("ran\\n")
+
+runpy.run_path("models.py")
+'''
+
+
+def test_load_dependents_refuses_a_file_that_runs_the_model_file_by_its_path(
+    tmp_path: Path, app_in
+) -> None:
+    """Running a file by path executes it again whatever the app imported: never loaded."""
+    base = project(tmp_path, "Rental")
+    (base / "workflows" / "runs_models_by_path.py").write_text(RUNS_MODELS_BY_PATH)
+    load_module("models", base / "models.py")
+    app = app_in(base)
+    app.start(blocking=False)
+    plugin = plugin_of(app)
+    assert plugin.report.file("workflows/runs_models_by_path.py").status == "skipped_dependent"
+
+    loaded = plugin.load_dependents()
+    reason = loaded.refused["workflows/runs_models_by_path.py"]
+    assert "run models.py" in reason and "by its path" in reason
+    assert "counting" in loaded.workflows  # the other dependent, importing by name, loads
+    assert ran(base / "workflows" / "runs_models_by_path.py") == []
+    assert len(ran(base / "models.py")) == 1

@@ -92,10 +92,11 @@ def write_project(base: Path, model: str) -> Path:
 @pytest.fixture
 def app_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
     """This test process as the app: imports ``models`` from the project, as an app does."""
-    saved = set(sys.modules)
     opened: list[Any] = []
+    bases: list[Path] = []
 
     def start(base: Path, url: str) -> Any:
+        bases.append(base)
         monkeypatch.setenv(DATABASE_ENV, url)
         monkeypatch.chdir(base)
         monkeypatch.syspath_prepend(str(base))
@@ -107,8 +108,16 @@ def app_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]
     yield start
     for db in opened:
         db.close()
-    for name in set(sys.modules) - saved:
-        del sys.modules[name]
+    forget_project_modules(bases)
+
+
+def forget_project_modules(bases: list[Path]) -> None:
+    """Drop the project's modules (``models``) so the next test's project is imported
+    afresh; libraries stay (a second copy of a C extension's module can crash)."""
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None) or ""
+        if any(origin.startswith(str(base)) for base in bases):
+            del sys.modules[name]
 
 
 def execute(client: httpx.Client, name: str, inputs: dict[str, Any]) -> Any:

@@ -341,7 +341,8 @@ REASON_TEMPLATES = [
     ("transfer", "PROJECT_NODE"), ("transfer", "LOSSY"), ("transfer", "UNKNOWN_NODE"),
     ("transfer", "REFUSED_MODULE"),
     ("plugin", "MSG_REJECTED"), ("plugin", "MSG_EXPLICIT_WINS"),
-    ("plugin", "MSG_LOAD_REFUSED"), ("plugin", "MSG_LOADED_DEPENDENT"),
+    ("plugin", "MSG_LOAD_REFUSED"), ("plugin", "MSG_LOAD_REFUSED_RUN"),
+    ("plugin", "MSG_LOADED_DEPENDENT"),
     ("_probe", "MISSING_NODE_HINT"),
 ]
 
