@@ -19,6 +19,8 @@ _EXPORTS = {
     "Settings": "config",
     "ConfigError": "config",
     "load_settings": "config",
+    "ManifestError": "manifest",
+    "freeze": "manifest",
 }
 
 __all__ = [
@@ -27,10 +29,12 @@ __all__ = [
     "DiscoveryReport",
     "FileResult",
     "LoadRefused",
+    "ManifestError",
     "Settings",
     "SmartDiscovery",
     "__version__",
     "discover_workflows",
+    "freeze",
     "load_settings",
     "plugin_of",
     "register_dataflow_workflows",

@@ -15,7 +15,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,14 +279,22 @@ class SmartDiscovery:
         cache.save()
         return entries, cache
 
-    def run(self) -> r.DiscoveryReport:
-        """Every stage: the report holds the workflows to register and one entry per file."""
-        with paused_gc():
-            return self._run()
+    def run(self, *, only: Collection[str] | None = None) -> r.DiscoveryReport:
+        """Every stage: the report holds the workflows to register and one entry per file.
 
-    def _run(self) -> r.DiscoveryReport:
+        ``only`` (relative POSIX paths of candidates) keeps just those candidates
+        after finding as usual; names among them resolve in native order.
+        """
+        with paused_gc():
+            return self._run(only)
+
+    def _run(self, only: Collection[str] | None = None) -> r.DiscoveryReport:
         started = time.monotonic()
         found = self._find()
+        if only is not None:
+            keep = set(only)
+            found = Found(found.base, tuple(c for c in found.candidates if c.rel in keep),
+                          tuple(rel for rel in found.order if rel in keep))
         entries: dict[str, r.FileResult] = {}
         loaded: dict[str, _Loaded] = {}
         cache = self._cache()
@@ -573,10 +581,7 @@ class SmartDiscovery:
             report.deferred += deferred
             for name in names:
                 if owner.get(name) != rel:
-                    entry.reason += (
-                        f" The name {name!r} is also produced by {owner[name]}, which wins "
-                        "(as in native discovery)."
-                    )
+                    entry.reason += r.MSG_NAME_TAKEN.format(name=name, owner=owner[name])
 
     # -- helpers -----------------------------------------------------------------
 

@@ -131,8 +131,17 @@ def register_discovered(app: Any, report: r.DiscoveryReport) -> list[str]:
 def smart_auto_discover(
     app: Any, settings: Settings, pool: WorkerPool | None = None
 ) -> r.DiscoveryReport:
-    """What ``Nexus._auto_discover_workflows`` does, via isolated smart discovery."""
-    report = SmartDiscovery(os.getcwd(), pool=pool, **settings.discovery_options()).run()
+    """What ``Nexus._auto_discover_workflows`` does, via isolated smart discovery.
+
+    With the ``manifest`` setting, the workflows come from the manifest instead
+    (``manifest.start_from_manifest``), and only files that changed are scanned.
+    """
+    if settings.manifest is not None:
+        from .manifest import start_from_manifest
+
+        report = start_from_manifest(Path.cwd(), settings, pool)
+    else:
+        report = SmartDiscovery(os.getcwd(), pool=pool, **settings.discovery_options()).run()
     register_discovered(app, report)
     log_report(report)
     setattr(app, REPORT_ATTR, report)
@@ -147,6 +156,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
     ``timeout`` per file in seconds, ``workers``, ``exclude`` glob patterns,
     ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``, ``cache``,
     ``max_result_bytes`` and ``max_result_nodes`` (what one file's result may hold),
+    ``manifest`` (start from the file ``nexus-dataflow freeze`` wrote),
+    ``manifest_strict`` (refuse to start when it does not match the project) and
     ``load_dependents`` (load ``skipped_dependent`` files at the end of discovery).
     """
 
@@ -163,6 +174,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         max_result_bytes: int | None = None,
         max_result_nodes: int | None = None,
         load_dependents: bool | None = None,
+        manifest: str | os.PathLike[str] | None = None,
+        manifest_strict: bool | None = None,
     ) -> None:
         self.options: dict[str, Any] = {
             "timeout": timeout,
@@ -175,6 +188,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             "max_result_bytes": max_result_bytes,
             "max_result_nodes": max_result_nodes,
             "load_dependents": load_dependents,
+            "manifest": manifest,
+            "manifest_strict": manifest_strict,
         }
         # A bad argument is an error here; the environment and pyproject.toml are read
         # (and their errors raised) when the plugin installs and when discovery runs.
@@ -201,12 +216,13 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         """Replace the app's discovery with the isolated one.
 
         When the app will discover, workers start now: their Kailash import
-        overlaps the app's own start-up instead of adding to ``start()``.
+        overlaps the app's own start-up instead of adding to ``start()``. Not
+        with a manifest: starting from one needs no worker at all.
         """
         check_compatible(app)
         plugin = self
         settings = load_settings(Path.cwd(), self.options)
-        if getattr(app, "_auto_discovery_enabled", False):
+        if getattr(app, "_auto_discovery_enabled", False) and settings.manifest is None:
             self._prestart(Path.cwd(), settings)
 
         def _auto_discover_workflows(nexus_self: Any) -> None:

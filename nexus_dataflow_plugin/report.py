@@ -125,6 +125,9 @@ MSG_MODEL_MISSING = (
     "discovery ran; import your models (the module that defines them) before calling "
     "start()."
 )
+MSG_NAME_TAKEN = (
+    " The name {name!r} is also produced by {owner}, which wins (as in native discovery)."
+)
 
 
 @dataclass
