@@ -174,7 +174,7 @@ class _Loaded:
     problems: list[str]
     failures: list[str]
     needs: dict[str, list[str]] = field(default_factory=dict)
-    deferred: list[str] = field(default_factory=list)
+    deferred: dict[str, proto.WorkflowData] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
 
 
@@ -187,7 +187,7 @@ def _decode_result(result: proto.Result, models: ModelIndex | None = None,
             needs = list(dict.fromkeys(models.model_of(t) for t in entry.model_nodes))
             loaded.needs[entry.attr] = needs
             if not models_loaded:
-                loaded.deferred.append(entry.attr)
+                loaded.deferred[entry.attr] = entry
                 continue
             registered = dataflow_node_types()
             unregistered = [models.model_of(t) for t in entry.model_nodes if t not in registered]
@@ -576,9 +576,11 @@ class SmartDiscovery:
             names = [workflow_name(rel, attr) for attr in files_loaded.workflows]
             entry.workflows = [n for n in names if owner.get(n) == rel]
             # Not rebuilt outside the server; listed as the server would register them.
-            deferred = [workflow_name(rel, attr) for attr in files_loaded.deferred]
-            entry.workflows += deferred
-            report.deferred += deferred
+            deferred = {workflow_name(rel, attr): {"data": data.data,
+                                                   "node_modules": data.node_modules}
+                        for attr, data in files_loaded.deferred.items()}
+            entry.workflows += list(deferred)
+            report.deferred.update(deferred)
             for name in names:
                 if owner.get(name) != rel:
                     entry.reason += r.MSG_NAME_TAKEN.format(name=name, owner=owner[name])

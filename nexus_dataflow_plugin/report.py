@@ -154,9 +154,10 @@ class DiscoveryReport:
     workflows: dict[str, Workflow] = field(default_factory=dict)
     files: list[FileResult] = field(default_factory=list)
     duration_s: float = 0.0
-    # Names a server with the project's models loaded would register, not rebuilt by
-    # this scan (it ran without them: ``SmartDiscovery(models_loaded=False)``).
-    deferred: list[str] = field(default_factory=list)
+    # What a server with the project's models loaded would register, not rebuilt by this
+    # scan (it ran without them: ``SmartDiscovery(models_loaded=False)``): name -> the
+    # workflow as data (``data``, ``node_modules``), for ``freeze``.
+    deferred: dict[str, dict[str, Any]] = field(default_factory=dict)
     # ``skipped_dependent`` files since loaded into the server (``load_dependents()``).
     loaded: list[str] = field(default_factory=list)
 
@@ -185,6 +186,6 @@ class DiscoveryReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "workflows": list(self.workflows) + self.deferred,
+            "workflows": [*self.workflows, *self.deferred],
             "files": [entry.to_dict() for entry in self.files],
         }

@@ -403,3 +403,28 @@ def test_load_dependents_refuses_a_file_that_runs_the_model_file_by_its_path(
     assert "counting" in loaded.workflows  # the other dependent, importing by name, loads
     assert ran(base / "workflows" / "runs_models_by_path.py") == []
     assert len(ran(base / "models.py")) == 1
+
+
+def test_a_frozen_manifest_carries_model_node_workflows_and_the_server_rebuilds_them(
+    tmp_path: Path, app_in
+) -> None:
+    """``freeze`` runs without the models, as ``scan`` does: the manifest holds the
+    workflow as data, and a server starting from it rebuilds it with the app's nodes."""
+    from nexus_dataflow_plugin import manifest as m
+    from nexus_dataflow_plugin.config import load_settings
+
+    base = project(tmp_path, "Ticket")
+    frozen = m.freeze(base, load_settings(base))
+    assert frozen["files"]["workflows/signup.py"]["status"] == "registered"
+    assert "signup" in frozen["workflows"]
+    m.write(frozen, base / "manifest.json")
+    assert ran(base / "models.py") == []
+
+    models = load_module("models", base / "models.py")
+    app = app_in(base, DataFlowCompatiblePlugin(manifest="manifest.json", workers=1))
+    app.start(blocking=False)
+
+    assert plugin_of(app).report.file("workflows/signup.py").status == "registered"
+    node = app._workflows["signup"]._node_instances["create"]
+    assert type(node) is models.db._nodes["TicketCreateNode"]
+    assert len(ran(base / "models.py")) == 1
