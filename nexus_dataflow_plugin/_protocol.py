@@ -80,6 +80,9 @@ class RunFile:
     preload: tuple[str, ...]
     inner_timeout: float
     digest: str | None = None
+    # Node types DataFlow generates from the project's models: stand-ins are registered
+    # under these names in the file's process only, and the server rebuilds them.
+    standins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class WorkflowData:
     data: dict[str, Any] | None
     node_modules: dict[str, str]
     problems: tuple[str, ...]
+    model_nodes: tuple[str, ...] = ()  # stand-ins it uses: the server has the real classes
 
 
 @dataclass(frozen=True)

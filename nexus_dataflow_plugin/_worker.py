@@ -143,8 +143,10 @@ def _probe(module: types.ModuleType, run: proto.RunFile, base: str) -> proto.Res
     found = []
     for name, workflow in probed.workflows.items():
         encoded = transfer.encode(workflow, base, {module.__name__})
-        found.append(proto.WorkflowData(name, encoded.data, encoded.node_modules,
-                                        encoded.problems))
+        modules = dict(encoded.node_modules)
+        model_nodes = tuple(t for t in run.standins if modules.pop(t, None) is not None)
+        found.append(proto.WorkflowData(name, encoded.data, modules, encoded.problems,
+                                        model_nodes))
     return proto.Result(workflows=tuple(found), failures=tuple(probed.failures))
 
 
@@ -153,6 +155,7 @@ def _run_file(run: proto.RunFile, base: str) -> proto.Result:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, run.inner_timeout)
     try:
+        transfer.register_standins(run.standins)
         return _probe(_load(run), run, base)
     except _ImportTimeout as exc:
         return proto.Result(timeout=where(exc, run.path))

@@ -36,7 +36,7 @@ from .screen import Facts, ImportRef, ModelUse, PathRef, analyze
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 5
+CACHE_FORMAT = 6
 
 # Measured on CPython 3.11 (ast.parse, worst case an f-string of `{a}` fields): 50 KB
 # 0.2 s, 100 KB 0.64 s, 200 KB 2.4 s, 600 KB 20 s; plain code parses at about 1 MB/s.
@@ -90,11 +90,13 @@ def facts_to_json(facts: Facts) -> list[Any]:
         [list(p) for p in facts.run_paths],
         list(facts.exports),
         facts.stalled,
+        list(facts.model_classes),
     ]
 
 
 def facts_from_json(data: list[Any]) -> Facts:
-    error, model, imports, uses, factories, nodes, may_block, entries, runs, exports, stalled = data
+    (error, model, imports, uses, factories, nodes, may_block, entries, runs, exports,
+     stalled, classes) = data
     return Facts(
         error=error,
         model=model,
@@ -109,6 +111,7 @@ def facts_from_json(data: list[Any]) -> Facts:
         run_paths=tuple(_path(p) for p in runs),
         exports=tuple(str(e) for e in exports),
         stalled=bool(stalled),
+        model_classes=tuple(str(c) for c in classes),
     )
 
 

@@ -168,7 +168,8 @@ def cmd_scan(args: argparse.Namespace, out: TextIO) -> int:
     from .discovery import SmartDiscovery
 
     with progress(f"scanning {args.path}"):
-        report = SmartDiscovery(base, **settings.discovery_options()).run()
+        # What the server would do with the project's models loaded (one status per file).
+        report = SmartDiscovery(base, models_loaded=False, **settings.discovery_options()).run()
     if args.json:
         json.dump(report.to_dict(), out, indent=2)
         out.write("\n")
@@ -315,6 +316,7 @@ def prepare_app(app: Any, plugin: Any, base: Path, settings: Any, out: TextIO) -
     """
     from .dataflow_workflows import register_dataflow_workflows
     from .discovery import SmartDiscovery
+    from .plugin import LoadRefused
 
     static = SmartDiscovery(base, **settings.discovery_options()).screen()
     for entry in static:
@@ -329,7 +331,11 @@ def prepare_app(app: Any, plugin: Any, base: Path, settings: Any, out: TextIO) -
             out.write(f"models    {entry.path}\n")
     for entry in static:
         if entry.status == r.SKIPPED_DEPENDENT:
-            names = plugin.load_workflows(base / entry.path, app=app)
+            try:
+                names = plugin.load_workflows(base / entry.path, app=app)
+            except LoadRefused as exc:  # its chain reaches models not loaded: nothing ran
+                out.write(f"refused   {exc}\n")
+                continue
             out.write(f"explicit  {entry.path}: {', '.join(names) or '-'}\n")
     for db in project_dataflows(base):
         db.create_tables()

@@ -132,6 +132,7 @@ class Settings:
     cache: bool = True
     max_result_bytes: int = 16 * 1024 * 1024
     max_result_nodes: int = 2_000
+    load_dependents: bool = False
     manifest: str | None = None
     manifest_strict: bool = False
 
@@ -142,7 +143,8 @@ class Settings:
 
 
 # Settings that choose how discovery starts, not how a scan runs.
-NOT_DISCOVERY_OPTIONS = frozenset({"enabled", "manifest", "manifest_strict"})
+NOT_DISCOVERY_OPTIONS = frozenset({"enabled", "manifest", "manifest_strict",
+                                   "load_dependents"})
 
 
 # option name -> (key suffix, parser); the key is dataflow_<suffix> / NEXUS_DATAFLOW_<SUFFIX>
@@ -157,6 +159,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "cache": ("cache", _boolean),
     "max_result_bytes": ("max_result_bytes", _positive_int),
     "max_result_nodes": ("max_result_nodes", _positive_int),
+    "load_dependents": ("load_dependents", _boolean),
     "manifest": ("manifest", _optional_path),
     "manifest_strict": ("manifest_strict", _boolean),
 }

@@ -90,6 +90,7 @@ class Task:
     last_duration_s: float | None = None  # how long it took in the previous scan
     may_block: bool = False  # the screen saw it loop or wait at import
     digest: str | None = None
+    standins: tuple[str, ...] = ()  # DataFlow node types of the project's models
 
 
 @dataclass(frozen=True)
@@ -368,7 +369,7 @@ class WorkerPool:
         modules = self.init.node_modules
         preload = sorted({modules[t] for t in task.node_types if t in modules})
         run = proto.RunFile(task.id, task.path, task.module, tuple(task.factories),
-                            tuple(preload), inner, task.digest)
+                            tuple(preload), inner, task.digest, tuple(task.standins))
         channels, child_fds = FileChannels.open(self.limits.max_result_bytes + 4096)
         sent = worker.send(run, child_fds)
         for fd in child_fds:

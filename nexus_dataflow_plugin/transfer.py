@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kailash.nodes.base import NodeRegistry
+from kailash.nodes.base import Node, NodeRegistry
 from kailash.workflow import Workflow
 
 from ._paths import in_project, is_installed
@@ -160,6 +160,24 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
         else:
             problems += _lost_connections(workflow, data)
     return Encoded(None if problems else data, node_modules, tuple(problems))
+
+
+class ModelNodeStandIn(Node):
+    """Stands in, in a file's own process only, for a node DataFlow generates from the
+    project's models: the file's workflow builds and travels as data, and the server
+    rebuilds it with the app's own node classes. It accepts any config and never runs."""
+
+    def get_parameters(self) -> dict[str, Any]:
+        return {}
+
+    def run(self, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("a stand-in for a DataFlow node runs only in the server")
+
+
+def register_standins(names: tuple[str, ...]) -> None:
+    """Register the stand-in under each name: only ever called in a file's process."""
+    for name in names:
+        NodeRegistry.register(ModelNodeStandIn, alias=name)
 
 
 @functools.lru_cache(maxsize=4)
