@@ -121,10 +121,12 @@ class Settings:
     memory_limit_mb: int | None = 4096
     cpu_limit_s: int | None = 60
     cache: bool = True
+    watch: bool = False
 
     def discovery_options(self) -> dict[str, Any]:
         """Keyword arguments for ``SmartDiscovery``."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "enabled"}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in _NOT_DISCOVERY}
 
 
 # option name -> (key suffix, parser); the key is dataflow_<suffix> / NEXUS_DATAFLOW_<SUFFIX>
@@ -137,7 +139,11 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "memory_limit_mb": ("memory_limit_mb", _limit),
     "cpu_limit_s": ("cpu_limit_s", _limit),
     "cache": ("cache", _boolean),
+    "watch": ("watch", _boolean),
 }
+
+# Settings of the plugin itself, not keyword arguments of ``SmartDiscovery``.
+_NOT_DISCOVERY = frozenset({"enabled", "watch"})
 
 
 def pyproject_key(option: str) -> str:

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,14 +169,22 @@ class SmartDiscovery:
         cache.save()
         return entries, cache
 
-    def run(self) -> r.DiscoveryReport:
-        """Every stage: the report holds the workflows to register and one entry per file."""
-        with paused_gc():
-            return self._run()
+    def run(self, *, only: Collection[str] | None = None) -> r.DiscoveryReport:
+        """Every stage: the report holds the workflows to register and one entry per file.
 
-    def _run(self) -> r.DiscoveryReport:
+        ``only`` (relative POSIX paths) keeps just those candidates, for a rescan of
+        what changed; they are named among themselves in native order.
+        """
+        with paused_gc():
+            return self._run(only)
+
+    def _run(self, only: Collection[str] | None = None) -> r.DiscoveryReport:
         started = time.monotonic()
         found = self._find()
+        if only is not None:
+            keep = frozenset(only)
+            found = Found(found.base, tuple(c for c in found.candidates if c.rel in keep),
+                          tuple(rel for rel in found.order if rel in keep))
         entries: dict[str, r.FileResult] = {}
         loaded: dict[str, _Loaded] = {}
         cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)

@@ -79,6 +79,16 @@ MSG_USES_MODEL_NODES = (
     "Uses {nodes}, which DataFlow generates from your models: only the server has them. "
     "Load it explicitly after your models exist: plugin.load_workflows({path!r})."
 )
+MSG_KEPT_LAST_GOOD = (
+    "The last good version keeps serving ({names}) until the file is fixed or removed."
+)
+MSG_SHARED_NAME = (
+    "The name {name!r} is also produced by {owner}, which wins (as in native discovery)."
+)
+MSG_MODELS_CHANGED = (
+    "DataFlow models changed ({paths}); discovery never re-runs model files. Restart the "
+    "server to load them (nexus-dataflow serve --reload restarts by itself)."
+)
 
 
 @dataclass

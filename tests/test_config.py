@@ -73,6 +73,10 @@ OPTIONS = [
         "cache", "NEXUS_DATAFLOW_CACHE", "dataflow_cache",
         False, "yes", "false", False, True, False, True,
     ),
+    Option(
+        "watch", "NEXUS_DATAFLOW_WATCH", "dataflow_watch",
+        True, "off", "true", True, False, True, False,
+    ),
 ]  # fmt: skip
 BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -124,7 +128,9 @@ def test_all_levels_at_once(tmp_path: Path) -> None:
     assert settings == Settings(enabled=True, timeout=1.5, workers=3, exclude=("x.py",))
     options = settings.discovery_options()
     assert "enabled" not in options  # the switch is not a discovery option
-    assert options == {o.name: getattr(settings, o.name) for o in OPTIONS if o.name != "enabled"}
+    assert "watch" not in options  # nor is the plugin's watch mode
+    assert options == {o.name: getattr(settings, o.name) for o in OPTIONS
+                       if o.name not in {"enabled", "watch"}}
 
 
 def test_process_environment_is_the_default_source(

@@ -276,6 +276,7 @@ VALID_VALUES = {
     "memory_limit_mb": ("_limit", f"MiB, a whole number >= 1; {NONE_AS}: no limit"),
     "cpu_limit_s": ("_limit", f"CPU seconds, a whole number >= 1; {NONE_AS}: no limit"),
     "cache": ("_boolean", BOOLEAN),
+    "watch": ("_boolean", BOOLEAN),
 }
 
 

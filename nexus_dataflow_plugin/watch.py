@@ -1,0 +1,304 @@
+"""Watch mode: when a project file is saved, rescan what it affects and swap it in.
+
+``watchfiles`` (inotify on Linux, so nothing runs while nothing changes) hands
+over bursts of ``.py`` changes. A burst is one rescan of the candidates it
+touches: changed or added candidate files, and candidates that import a
+changed helper module. They go through ``SmartDiscovery.run(only=...)``, the
+same screen and isolated workers as the first scan, and their workflows are
+registered, replaced or deregistered in the running app. A file that now
+fails keeps its last good workflows serving. A model module is never
+re-imported by discovery: its change is reported once, for a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
+from pathlib import Path
+from typing import Any
+
+import watchfiles
+from kailash.workflow import Workflow
+
+from . import report as r
+from .cache import ScreenCache
+from .config import Settings
+from .discovery import SmartDiscovery
+from .finder import Found, find_candidates
+from .imports import ImportGraph
+from .isolation import WorkerPool
+from .plugin import MSG_EXPLICIT_WINS, MSG_REJECTED, _not_registered
+
+logger = logging.getLogger(__name__)
+
+THREAD_NAME = "nexus-dataflow-watch"
+# A burst ends after this many quiet milliseconds, and is cut off after DEBOUNCE_MS.
+STEP_MS = 100
+DEBOUNCE_MS = 1000
+# A replaced workflow's runtime stays open this long, so requests already running finish.
+RETIRE_AFTER_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+ModelsChanged = Callable[[list[str]], None]
+Rescanned = Callable[[r.DiscoveryReport, list[str]], None]
+
+
+class Watcher:
+    """Keeps a running app's discovered workflows in step with the project's files.
+
+    ``report`` is the first scan's, after registration (its entries name what
+    was registered). ``on_rescan(report, models_changed)`` gets the whole
+    updated report after each rescan; ``on_models_changed(paths)`` is called
+    once per burst that changed model modules.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        base: Path,
+        settings: Settings,
+        report: r.DiscoveryReport,
+        *,
+        on_rescan: Rescanned | None = None,
+        on_models_changed: ModelsChanged | None = None,
+    ) -> None:
+        self.app = app
+        self.base = Path(base).absolute()
+        self.settings = settings
+        self.on_rescan = on_rescan
+        self.on_models_changed = on_models_changed
+        self.models_changed: list[str] = []
+        self._files = {entry.path: entry for entry in report.files}
+        self._owned: dict[str, dict[str, Workflow]] = {}
+        for entry in report.files:
+            if entry.workflows:
+                self._owned[entry.path] = {n: report.workflows[n] for n in entry.workflows}
+        self._models: set[Path] = set()
+        self._retired: deque[tuple[float, Any]] = deque()
+        self._pool: WorkerPool | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.report = report
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Learn which files define models, then watch in a daemon thread."""
+        if self._thread is not None:
+            return
+        discovery = self._discovery()
+        found, graph = self._survey(discovery)
+        reached = _closure(graph, [c.real for c in found.candidates if c.real])
+        self._models = {path for path in reached if graph.own_model(path) is not None}
+        self._pool = discovery.make_pool().start(files=1)
+        self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
+        self._thread.start()
+        logger.info("dataflow_compatible watch mode: watching %s", self.base)
+
+    def stop(self) -> None:
+        """Stop watching; end the spare worker pool; release replaced runtimes. Idempotent."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(STOP_TIMEOUT_S)
+            if thread.is_alive():
+                logger.warning("dataflow_compatible watcher did not stop in %.0fs", STOP_TIMEOUT_S)
+        self._close_pool()
+        self._release_retired(everything=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        try:
+            for changes in watchfiles.watch(
+                self.base,
+                watch_filter=watchfiles.PythonFilter(),
+                debounce=DEBOUNCE_MS,
+                step=STEP_MS,
+                stop_event=self._stop,
+                raise_interrupt=False,
+            ):
+                try:
+                    self.rescan(Path(path) for _, path in changes)
+                except Exception:  # the watcher outlives any one bad rescan
+                    logger.exception("dataflow_compatible rescan failed")
+                self._release_retired()
+        except Exception:
+            logger.exception("dataflow_compatible watcher stopped")
+
+    # -- one rescan ------------------------------------------------------------------
+
+    def rescan(self, changed: Iterable[Path]) -> r.DiscoveryReport:
+        """Rescan what ``changed`` affects and swap the results into the app."""
+        given = list(changed)
+        changed = {p.absolute() for p in given} | {p.resolve() for p in given}
+        discovery = self._discovery()
+        found, graph = self._survey(discovery)
+        models = self._model_changes(changed, graph)
+        known = {c.rel for c in found.candidates}
+        by_path = {p: c.rel for c in found.candidates for p in (c.path.absolute(), c.real) if p}
+        targets = {by_path[p] for p in changed if p in by_path} | (known - set(self._files))
+        helpers = {p for p in changed if p not in by_path and p.suffix == ".py"} - set(models)
+        if helpers:
+            targets |= {c.rel for c in found.candidates if c.real and c.rel not in targets
+                        and _closure(graph, [c.real]) & helpers}
+        if models:
+            self._report_models(sorted(self._rel(p) for p in models))
+        removed = set(self._files) - known
+        if not targets and not removed and not models:
+            return self.report
+        pool, self._pool = self._pool, None
+        if pool is not None and pool.wanted(len(targets)) > pool.wanted(1):
+            discovery.pool = None  # a bigger rescan starts the workers it warrants
+        try:
+            fresh = discovery.run(only=targets) if targets else r.DiscoveryReport(str(self.base))
+        finally:
+            if pool is not None:
+                pool.close()
+            if not self._stop.is_set():
+                self._pool = discovery.make_pool().start(files=1)
+        for rel in removed:
+            for name in self._owned.pop(rel, {}):
+                self.app.deregister(name)
+            del self._files[rel]
+        rank = {rel: i for i, rel in enumerate(found.order)}
+        for entry in fresh.files:
+            self._swap(entry, fresh, rank)
+            self._files[entry.path] = entry
+        self.report = self._whole(found, fresh.duration_s)
+        logger.info("dataflow_compatible rescan of %d file(s): %s",
+                    len(targets) + len(removed), self.report.summary())
+        if self.on_rescan is not None:
+            self.on_rescan(self.report, self.models_changed)
+        return self.report
+
+    def _discovery(self) -> SmartDiscovery:
+        return SmartDiscovery(self.base, pool=self._pool, **self.settings.discovery_options())
+
+    def _survey(self, discovery: SmartDiscovery) -> tuple[Found, ImportGraph]:
+        found = find_candidates(self.base, exclude=discovery.exclude,
+                                max_file_bytes=discovery.max_file_bytes)
+        cache = ScreenCache(self.base, discovery.cache_dir, persist=False)
+        return found, ImportGraph(discovery._roots(), cache.facts)
+
+    def _model_changes(self, changed: Collection[Path], graph: ImportGraph) -> set[Path]:
+        """Changed files that define models now, or did before this change."""
+        hits = set()
+        for path in changed:
+            now = path.is_file() and graph.own_model(path) is not None
+            if now or path in self._models:
+                hits.add(path)
+                if now:
+                    self._models.add(path)
+                else:
+                    self._models.discard(path)
+        return hits
+
+    def _report_models(self, paths: list[str]) -> None:
+        fresh = [p for p in paths if p not in self.models_changed]
+        self.models_changed.extend(fresh)
+        logger.warning(r.MSG_MODELS_CHANGED.format(paths=", ".join(paths)))
+        if self.on_models_changed is not None:
+            self.on_models_changed(paths)
+
+    def _swap(self, entry: r.FileResult, fresh: r.DiscoveryReport, rank: dict[str, int]) -> None:
+        """Register, replace or deregister one rescanned file's workflows."""
+        rel = entry.path
+        old = self._owned.get(rel, {})
+        if entry.status in r.PROBLEM_STATUSES:
+            if old:
+                entry.workflows = list(old)
+                entry.reason += " " + r.MSG_KEPT_LAST_GOOD.format(names=", ".join(old))
+            logger.warning("%s [%s] %s", rel, entry.status, entry.reason)
+            return
+        new = {name: fresh.workflows[name] for name in entry.workflows}
+        for name in old.keys() - new.keys():
+            self.app.deregister(name)
+        kept: dict[str, Workflow] = {}
+        for name, workflow in new.items():
+            owner = next((f for f, names in self._owned.items() if f != rel and name in names),
+                         None)
+            if owner is not None and rank.get(owner, -1) > rank.get(rel, -1):
+                _not_registered(entry, name, r.MSG_SHARED_NAME.format(name=name, owner=owner),
+                                r.NO_WORKFLOWS)
+                continue
+            if name in self.app._workflows and name not in old and owner is None:
+                message = MSG_EXPLICIT_WINS.format(name=name)
+                logger.info(message)
+                _not_registered(entry, name, message, r.NO_WORKFLOWS)
+                continue
+            try:
+                self._put(name, workflow, replace=name in old or owner is not None)
+            except ValueError as exc:
+                message = MSG_REJECTED.format(name=name, error=exc)
+                logger.warning(message)
+                _not_registered(entry, name, message, r.ERROR)
+                continue
+            if owner is not None:
+                self._owned[owner].pop(name)
+                self._files[owner].workflows.remove(name)
+            kept[name] = workflow
+        if kept:
+            self._owned[rel] = kept
+        else:
+            self._owned.pop(rel, None)
+
+    def _put(self, name: str, workflow: Workflow, *, replace: bool) -> None:
+        if replace:
+            self._retire(name)
+            self.app.deregister(name)
+        self.app.register(name, workflow)
+
+    def _retire(self, name: str) -> None:
+        """Keep the served version's runtime open a while: deregistering closes it, and a
+        request that is running on it must finish."""
+        gateway = getattr(getattr(self.app, "_http_transport", None), "gateway", None)
+        api = getattr(gateway, "_workflow_apis", {}).get(name)
+        runtime = getattr(api, "runtime", None)
+        if runtime is not None and hasattr(runtime, "acquire"):
+            try:
+                self._retired.append((time.monotonic(), runtime.acquire()))
+            except RuntimeError:  # already closed: nothing is running on it
+                pass
+
+    def _release_retired(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        while self._retired and (everything or now - self._retired[0][0] > RETIRE_AFTER_S):
+            self._retired.popleft()[1].release()
+
+    def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _whole(self, found: Found, duration_s: float) -> r.DiscoveryReport:
+        """The project's report now: every candidate's latest entry, in candidate order."""
+        report = r.DiscoveryReport(base_path=str(self.base), duration_s=duration_s)
+        report.files = [self._files[c.rel] for c in found.candidates if c.rel in self._files]
+        for entry in report.files:
+            for name in entry.workflows:
+                report.workflows[name] = self._owned[entry.path][name]
+        return report
+
+    def _rel(self, path: Path) -> str:
+        for base in (self.base, self.base.resolve()):
+            if path.is_relative_to(base):
+                return path.relative_to(base).as_posix()
+        return str(path)
+
+
+def _closure(graph: ImportGraph, starts: Iterable[Path]) -> set[Path]:
+    """``starts`` and every project file importing them runs."""
+    seen = set(starts)
+    queue = deque(seen)
+    while queue:
+        for target in graph.edges(queue.popleft()):
+            if target not in seen:
+                seen.add(target)
+                queue.append(target)
+    return seen
