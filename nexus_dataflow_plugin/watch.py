@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
@@ -38,8 +37,6 @@ THREAD_NAME = "nexus-dataflow-watch"
 # A burst ends after this many quiet milliseconds, and is cut off after DEBOUNCE_MS.
 STEP_MS = 100
 DEBOUNCE_MS = 1000
-# A replaced workflow's runtime stays open this long, so requests already running finish.
-RETIRE_AFTER_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 ModelsChanged = Callable[[list[str]], None]
@@ -77,7 +74,6 @@ class Watcher:
             if entry.workflows:
                 self._owned[entry.path] = {n: report.workflows[n] for n in entry.workflows}
         self._models: set[Path] = set()
-        self._retired: deque[tuple[float, Any]] = deque()
         self._pool: WorkerPool | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,7 +95,7 @@ class Watcher:
         logger.info("dataflow_compatible watch mode: watching %s", self.base)
 
     def stop(self) -> None:
-        """Stop watching; end the spare worker pool; release replaced runtimes. Idempotent."""
+        """Stop watching and end the spare worker pool. Idempotent."""
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
@@ -107,7 +103,6 @@ class Watcher:
             if thread.is_alive():
                 logger.warning("dataflow_compatible watcher did not stop in %.0fs", STOP_TIMEOUT_S)
         self._close_pool()
-        self._release_retired(everything=True)
 
     @property
     def running(self) -> bool:
@@ -127,7 +122,6 @@ class Watcher:
                     self.rescan(Path(path) for _, path in changes)
                 except Exception:  # the watcher outlives any one bad rescan
                     logger.exception("dataflow_compatible rescan failed")
-                self._release_retired()
         except Exception:
             logger.exception("dataflow_compatible watcher stopped")
 
@@ -249,27 +243,11 @@ class Watcher:
             self._owned.pop(rel, None)
 
     def _put(self, name: str, workflow: Workflow, *, replace: bool) -> None:
+        """Nexus replaces by deregister + register; a request already running on the old
+        version finishes on it (the e2e test holds one open across a swap)."""
         if replace:
-            self._retire(name)
             self.app.deregister(name)
         self.app.register(name, workflow)
-
-    def _retire(self, name: str) -> None:
-        """Keep the served version's runtime open a while: deregistering closes it, and a
-        request that is running on it must finish."""
-        gateway = getattr(getattr(self.app, "_http_transport", None), "gateway", None)
-        api = getattr(gateway, "_workflow_apis", {}).get(name)
-        runtime = getattr(api, "runtime", None)
-        if runtime is not None and hasattr(runtime, "acquire"):
-            try:
-                self._retired.append((time.monotonic(), runtime.acquire()))
-            except RuntimeError:  # already closed: nothing is running on it
-                pass
-
-    def _release_retired(self, everything: bool = False) -> None:
-        now = time.monotonic()
-        while self._retired and (everything or now - self._retired[0][0] > RETIRE_AFTER_S):
-            self._retired.popleft()[1].release()
 
     def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
