@@ -90,7 +90,7 @@ def write_pyproject(base: Path, body: str) -> Path:
 def test_every_option_is_covered_and_named_three_ways() -> None:
     assert {o.name for o in OPTIONS} == {
         "enabled", "timeout", "workers", "exclude",
-        "max_file_bytes", "memory_limit_mb", "cpu_limit_s", "cache",
+        "max_file_bytes", "memory_limit_mb", "cpu_limit_s", "cache", "watch",
     }  # fmt: skip
     assert set(Settings.__dataclass_fields__) == set(BY_NAME)
     for option in OPTIONS:
