@@ -167,6 +167,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         self.last_scan: str | None = None
         self.watcher: Watcher | None = None
         self.on_models_changed: Callable[[list[str]], None] | None = None
+        self._loaded_here: set[Path] = set()  # executed in this process: a change needs restart
 
     @property
     def name(self) -> str:
@@ -263,7 +264,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             self.watcher.stop()
         assert self.report is not None
         self.watcher = Watcher(app, base, settings, self.report, on_rescan=self._scanned,
-                               on_models_changed=self._models_changed)
+                               on_models_changed=self._models_changed,
+                               executed_here=self._loaded_here)
         self.watcher.start()
 
     def _models_changed(self, paths: list[str]) -> None:
@@ -305,6 +307,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         after your models exist, so the file reuses them instead of re-running
         them in isolation. Returns the workflows registered, by name.
         """
+        self._loaded_here.update(Path(p).resolve() for p in paths)
         return load_workflow_files(self._app(app), paths)
 
     def register_dataflow_workflows(self, db: Any, **kwargs: Any) -> dict[str, Workflow]:

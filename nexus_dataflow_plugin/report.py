@@ -86,8 +86,9 @@ MSG_SHARED_NAME = (
     "The name {name!r} is also produced by {owner}, which wins (as in native discovery)."
 )
 MSG_MODELS_CHANGED = (
-    "DataFlow models changed ({paths}); discovery never re-runs model files. Restart the "
-    "server to load them (nexus-dataflow serve --reload restarts by itself)."
+    "DataFlow models, or files loaded into the server process, changed ({paths}); discovery "
+    "never re-runs them. Restart the server to load them (nexus-dataflow serve --reload "
+    "restarts by itself)."
 )
 
 

@@ -49,7 +49,8 @@ class Watcher:
     ``report`` is the first scan's, after registration (its entries name what
     was registered). ``on_rescan(report, models_changed)`` gets the whole
     updated report after each rescan; ``on_models_changed(paths)`` is called
-    once per burst that changed model modules.
+    once per burst that changed model modules or ``executed_here`` (files the
+    server process itself imported, e.g. by ``plugin.load_workflows``).
     """
 
     def __init__(
@@ -61,12 +62,14 @@ class Watcher:
         *,
         on_rescan: Rescanned | None = None,
         on_models_changed: ModelsChanged | None = None,
+        executed_here: Collection[Path] = (),
     ) -> None:
         self.app = app
         self.base = Path(base).absolute()
         self.settings = settings
         self.on_rescan = on_rescan
         self.on_models_changed = on_models_changed
+        self.executed_here = executed_here
         self.models_changed: list[str] = []
         self._files = {entry.path: entry for entry in report.files}
         self._owned: dict[str, dict[str, Workflow]] = {}
@@ -181,11 +184,11 @@ class Watcher:
         return found, ImportGraph(discovery._roots(), cache.facts)
 
     def _model_changes(self, changed: Collection[Path], graph: ImportGraph) -> set[Path]:
-        """Changed files that define models now, or did before this change."""
+        """Changed files that define models now, did before, or were imported in-process."""
         hits = set()
         for path in changed:
             now = path.is_file() and graph.own_model(path) is not None
-            if now or path in self._models:
+            if now or path in self._models or path in self.executed_here:
                 hits.add(path)
                 if now:
                     self._models.add(path)
