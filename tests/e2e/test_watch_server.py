@@ -11,8 +11,11 @@ carries an environment marker, so leftovers are found wherever they went.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -227,4 +230,28 @@ def test_a_request_running_while_its_file_is_replaced_completes(project: Path) -
         within(saved, lambda: client.run("slow") == "new", "the replaced file")
         request.join(30)
         assert outcome == ["old"]  # the running request finished on the version it started on
+    assert not _watch_threads()
+
+
+def test_the_report_endpoint_without_watch_mode_is_scan_json_with_the_scan_time(
+    project: Path,
+) -> None:
+    cli = str(Path(sys.executable).with_name("nexus-dataflow"))
+    scanned = subprocess.run([cli, "scan", "--json", str(project)], capture_output=True,
+                             text=True, timeout=120, check=True)
+    expected = json.loads(scanned.stdout)
+    app = Nexus(auto_discovery=True, enable_durability=False, enable_auth=False)
+    app.add_plugin(DataFlowCompatiblePlugin(workers=1))
+    with running_nexus(app) as base_url:
+        served = Client(base_url).report()
+        assert served.pop("watching") is False and served.pop("restart_required") == []
+        assert served.pop("last_scan").endswith("+00:00")
+
+        def timeless(report: dict[str, Any]) -> dict[str, Any]:
+            return {**report, "files": [{k: v for k, v in f.items() if k != "duration_s"}
+                                        for f in report["files"]]}
+
+        assert timeless(served) == timeless(expected)
+        # a workflow cannot be named so that its routes reach the report's path
+        assert not REPORT_PATH.startswith("/workflows/")
     assert not _watch_threads()
