@@ -333,6 +333,7 @@ REASON_TEMPLATES = [
         "MSG_NUL", "MSG_UNREADABLE",
         "MSG_NOT_TRANSFERABLE", "MSG_USES_MODEL_NODES",
     )],
+    ("report", "MSG_KEPT_LAST_GOOD"), ("report", "MSG_MODELS_CHANGED"),
     ("finder", "MSG_OUTSIDE"), ("finder", "MSG_TOO_LARGE"), ("finder", "MSG_BROKEN_LINK"),
     ("transfer", "NOT_JSON"), ("transfer", "SECRET"), ("transfer", "CYCLE"),
     ("transfer", "PROJECT_NODE"), ("transfer", "LOSSY"), ("transfer", "UNKNOWN_NODE"),
