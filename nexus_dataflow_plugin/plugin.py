@@ -249,7 +249,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
 
     # -- the report and watch mode ---------------------------------------------------
 
-    def _scanned(self, report: r.DiscoveryReport, *_: Any) -> None:
+    def _scanned(self, report: r.DiscoveryReport) -> None:
         """Keep the latest report (first scan or rescan) where the app and endpoint read it."""
         self.report = report
         self.last_scan = datetime.now(timezone.utc).isoformat(timespec="milliseconds")

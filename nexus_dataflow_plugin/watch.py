@@ -40,14 +40,14 @@ DEBOUNCE_MS = 1000
 STOP_TIMEOUT_S = 10.0
 
 ModelsChanged = Callable[[list[str]], None]
-Rescanned = Callable[[r.DiscoveryReport, list[str]], None]
+Rescanned = Callable[[r.DiscoveryReport], None]
 
 
 class Watcher:
     """Keeps a running app's discovered workflows in step with the project's files.
 
     ``report`` is the first scan's, after registration (its entries name what
-    was registered). ``on_rescan(report, models_changed)`` gets the whole
+    was registered). ``on_rescan(report)`` gets the whole
     updated report after each rescan; ``on_models_changed(paths)`` is called
     once per burst that changed model modules or ``executed_here`` (files the
     server process itself imported, e.g. by ``plugin.load_workflows``).
@@ -102,9 +102,11 @@ class Watcher:
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
-            thread.join(STOP_TIMEOUT_S)
+            # A rescan under way ends within its per-file timeouts.
+            limit = self.settings.timeout + STOP_TIMEOUT_S
+            thread.join(limit)
             if thread.is_alive():
-                logger.warning("dataflow_compatible watcher did not stop in %.0fs", STOP_TIMEOUT_S)
+                logger.warning("dataflow_compatible watcher did not stop in %.0fs", limit)
         self._close_pool()
 
     @property
@@ -171,7 +173,7 @@ class Watcher:
         logger.info("dataflow_compatible rescan of %d file(s): %s",
                     len(targets) + len(removed), self.report.summary())
         if self.on_rescan is not None:
-            self.on_rescan(self.report, self.models_changed)
+            self.on_rescan(self.report)
         return self.report
 
     def _discovery(self) -> SmartDiscovery:

@@ -148,3 +148,20 @@ def test_without_the_watch_setting_nothing_watches(project: Path) -> None:
         assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]
     finally:
         app.stop()
+
+
+def test_the_switch_alone_with_the_watch_setting_watches_and_stops_with_the_app(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXUS_DATAFLOW_COMPATIBLE", "1")
+    monkeypatch.setenv("NEXUS_DATAFLOW_WATCH", "1")
+    monkeypatch.setenv("NEXUS_DATAFLOW_WORKERS", "1")
+    app = Nexus(auto_discovery=True, enable_durability=False, enable_auth=False)
+    app.start(blocking=False)
+    try:
+        assert "a1" in value(app, "a")
+        (project / "workflows" / "a.py").write_text(workflow_file("a2"))
+        wait_for(lambda: "a2" in value(app, "a"), "the switch's watch mode did not swap")
+    finally:
+        app.stop()
+    assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]
