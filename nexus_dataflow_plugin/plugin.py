@@ -273,7 +273,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             self.on_models_changed(paths)
 
     def report_data(self) -> dict[str, Any]:
-        """What ``GET {REPORT_PATH}`` returns: ``scan --json``'s JSON, the time of the last
+        """What ``GET /_dataflow/report`` returns: ``scan --json``'s JSON, the time of the last
         scan, whether the watcher runs, and model modules changed since start-up."""
         data = self.report.to_dict() if self.report is not None else {"workflows": [],
                                                                       "files": []}

@@ -63,6 +63,7 @@ def workflow_file(value: Any, *, sleep: float = 0.0, extra: str = "") -> str:
 
 SYNTAX_ERROR_SAVE = "from kailash.workflow.builder import WorkflowBuilder\nworkflow = (\n"
 RAISES_AT_IMPORT_SAVE = "raise RuntimeError('half-finished edit')\n"
+CRASHES_AT_IMPORT_SAVE = "import os\nos._exit(7)\n"
 
 
 def save(path: Path, text: str) -> float:
@@ -163,13 +164,14 @@ def test_saves_are_served_within_two_seconds_and_a_broken_save_keeps_the_last_go
         saved = save(project / "workflows" / "greet.py", workflow_file("v2"))
         within(saved, lambda: client.run("greet") == "v2", "a changed file")
 
-        for broken in (SYNTAX_ERROR_SAVE, RAISES_AT_IMPORT_SAVE):
+        for broken, status in ((SYNTAX_ERROR_SAVE, "error"), (RAISES_AT_IMPORT_SAVE, "error"),
+                               (CRASHES_AT_IMPORT_SAVE, "crashed")):
             caplog.clear()
             before = client.report()["last_scan"]
             saved = save(project / "workflows" / "greet.py", broken)
             within(saved, lambda b=before: client.rescanned(b), "the broken save's rescan")
             entry = client.entry("workflows/greet.py")
-            assert entry is not None and entry["status"] == "error", entry
+            assert entry is not None and entry["status"] == status, entry
             assert "last good version keeps serving (greet)" in entry["reason"]
             assert entry["workflows"] == ["greet"]
             assert client.run("greet") == "v2"  # the last good version still serves
