@@ -16,7 +16,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import watchfiles
@@ -147,27 +147,20 @@ class Watcher:
             targets |= {c.rel for c in found.candidates if c.real and c.rel not in targets
                         and _closure(graph, [c.real]) & helpers}
         if models:
-            self._report_models(sorted(self._rel(p) for p in models))
+            self._report_models(sorted({self._rel(p) for p in models}))
         removed = set(self._files) - known
         if not targets and not removed and not models:
             return self.report
-        pool, self._pool = self._pool, None
-        if pool is not None and pool.wanted(len(targets)) > pool.wanted(1):
-            discovery.pool = None  # a bigger rescan starts the workers it warrants
-        try:
-            fresh = discovery.run(only=targets) if targets else r.DiscoveryReport(str(self.base))
-        finally:
-            if pool is not None:
-                pool.close()
-            if not self._stop.is_set():
-                self._pool = discovery.make_pool().start(files=1)
+        # Files that may share a workflow name are named together, in native order.
+        kin = {_name_root(rel) for rel in targets | removed}
+        targets |= {rel for rel in known if _name_root(rel) in kin}
+        fresh = self._run(discovery, targets) if targets else r.DiscoveryReport(str(self.base))
         for rel in removed:
             for name in self._owned.pop(rel, {}):
                 self.app.deregister(name)
             del self._files[rel]
-        rank = {rel: i for i, rel in enumerate(found.order)}
         for entry in fresh.files:
-            self._swap(entry, fresh, rank)
+            self._swap(entry, fresh)
             self._files[entry.path] = entry
         self.report = self._whole(found, fresh.duration_s)
         logger.info("dataflow_compatible rescan of %d file(s): %s",
@@ -175,6 +168,20 @@ class Watcher:
         if self.on_rescan is not None:
             self.on_rescan(self.report)
         return self.report
+
+    def _run(self, discovery: SmartDiscovery, targets: Collection[str]) -> r.DiscoveryReport:
+        """Import ``targets`` in the spare pool (a fresh one each time, started in advance
+        so a save does not wait for a worker to import Kailash)."""
+        pool, self._pool = self._pool, None
+        if pool is not None and pool.wanted(len(targets)) > pool.wanted(1):
+            discovery.pool = None  # a bigger rescan starts the workers it warrants
+        try:
+            return discovery.run(only=targets)
+        finally:
+            if pool is not None:
+                pool.close()
+            if not self._stop.is_set():
+                self._pool = discovery.make_pool().start(files=1)
 
     def _discovery(self) -> SmartDiscovery:
         return SmartDiscovery(self.base, pool=self._pool, **self.settings.discovery_options())
@@ -205,8 +212,12 @@ class Watcher:
         if self.on_models_changed is not None:
             self.on_models_changed(paths)
 
-    def _swap(self, entry: r.FileResult, fresh: r.DiscoveryReport, rank: dict[str, int]) -> None:
-        """Register, replace or deregister one rescanned file's workflows."""
+    def _swap(self, entry: r.FileResult, fresh: r.DiscoveryReport) -> None:
+        """Register, replace or deregister one rescanned file's workflows.
+
+        ``fresh`` named its files together, so a name another of them held before
+        changes hands here.
+        """
         rel = entry.path
         old = self._owned.get(rel, {})
         if entry.status in r.PROBLEM_STATUSES:
@@ -222,10 +233,6 @@ class Watcher:
         for name, workflow in new.items():
             owner = next((f for f, names in self._owned.items() if f != rel and name in names),
                          None)
-            if owner is not None and rank.get(owner, -1) > rank.get(rel, -1):
-                _not_registered(entry, name, r.MSG_SHARED_NAME.format(name=name, owner=owner),
-                                r.NO_WORKFLOWS)
-                continue
             if name in self.app._workflows and name not in old and owner is None:
                 message = MSG_EXPLICIT_WINS.format(name=name)
                 logger.info(message)
@@ -273,6 +280,12 @@ class Watcher:
             if path.is_relative_to(base):
                 return path.relative_to(base).as_posix()
         return str(path)
+
+
+def _name_root(rel: str) -> str:
+    """What a file's workflow names start with (``stem`` or ``stem.attr``, from the first
+    dot of the stem): files sharing it may produce the same name."""
+    return PurePath(rel).stem.split(".")[0]
 
 
 def _closure(graph: ImportGraph, starts: Iterable[Path]) -> set[Path]:

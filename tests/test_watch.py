@@ -165,3 +165,17 @@ def test_the_switch_alone_with_the_watch_setting_watches_and_stops_with_the_app(
     finally:
         app.stop()
     assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]
+
+
+def test_a_shared_name_goes_back_to_the_other_file_when_its_winner_is_removed(
+    project: Path, started: tuple[Nexus, DataFlowCompatiblePlugin]
+) -> None:
+    app, plugin = started
+    later = project / "src" / "workflows" / "a.py"  # a later pattern than workflows/*.py
+    later.parent.mkdir(parents=True)
+    later.write_text(workflow_file("from src"))
+    wait_for(lambda: "from src" in value(app, "a"), "the later file did not win the name")
+    assert plugin.report.file("workflows/a.py").workflows == []
+    later.unlink()
+    wait_for(lambda: "a1" in value(app, "a"), "the name did not go back to workflows/a.py")
+    assert plugin.report.file("workflows/a.py").workflows == ["a"]
