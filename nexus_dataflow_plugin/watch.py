@@ -13,6 +13,7 @@ re-imported by discovery: its change is reported once, for a restart.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
@@ -117,7 +118,7 @@ class Watcher:
         try:
             for changes in watchfiles.watch(
                 self.base,
-                watch_filter=watchfiles.PythonFilter(),
+                watch_filter=_ProjectFilter(),
                 debounce=DEBOUNCE_MS,
                 step=STEP_MS,
                 stop_event=self._stop,
@@ -135,6 +136,7 @@ class Watcher:
     def rescan(self, changed: Iterable[Path]) -> r.DiscoveryReport:
         """Rescan what ``changed`` affects and swap the results into the app."""
         given = list(changed)
+        given += [f for d in given if d.is_dir() for f in d.rglob("*.py")]
         changed = {p.absolute() for p in given} | {p.resolve() for p in given}
         discovery = self._discovery()
         found, graph = self._survey(discovery)
@@ -280,6 +282,16 @@ class Watcher:
             if path.is_relative_to(base):
                 return path.relative_to(base).as_posix()
         return str(path)
+
+
+class _ProjectFilter(watchfiles.PythonFilter):
+    """Python files, and new directories: files written into a directory before its
+    watch exists (``cp -r``, ``git checkout``) send no event of their own."""
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        if change == watchfiles.Change.added and os.path.isdir(path):
+            return watchfiles.DefaultFilter.__call__(self, change, path)
+        return super().__call__(change, path)
 
 
 def _name_root(rel: str) -> str:

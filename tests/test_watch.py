@@ -179,3 +179,18 @@ def test_a_shared_name_goes_back_to_the_other_file_when_its_winner_is_removed(
     later.unlink()
     wait_for(lambda: "a1" in value(app, "a"), "the name did not go back to workflows/a.py")
     assert plugin.report.file("workflows/a.py").workflows == ["a"]
+
+
+def test_a_directory_copied_in_at_once_has_its_workflow_files_registered(
+    project: Path, started: tuple[Nexus, DataFlowCompatiblePlugin], tmp_path: Path
+) -> None:
+    import shutil
+
+    app, _ = started
+    outside = tmp_path / "elsewhere" / "app" / "workflows"
+    outside.mkdir(parents=True)
+    for stem in ("copied_one", "copied_two"):
+        (outside / f"{stem}.py").write_text(workflow_file(stem))
+    shutil.copytree(tmp_path / "elsewhere" / "app", project / "app")  # as cp -r does
+    wait_for(lambda: value(app, "copied_one") and value(app, "copied_two"),
+             "files that arrived with their directory were missed")
