@@ -55,3 +55,19 @@ def test_seed_app_registers_the_same_workflows_with_the_plugin(quick: dict) -> N
     for variant in ("plugin_auto", "plugin_auto_settled"):
         for run in seed["app"][variant]["runs"]:
             assert run["names"] == seed["app_expected_names"]
+
+
+def test_the_watch_benchmark_times_each_save_and_the_idle_watcher() -> None:
+    done = subprocess.run(
+        [sys.executable, str(RUN.with_name("watch.py")), "--files", "300", "--saves", "3",
+         "--idle", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, f"watch.py failed:\n{done.stderr[-4000:]}"
+    result = json.loads(done.stdout)
+    assert result["files"] == 300 and len(result["latencies_s"]) == 3
+    assert result["latency_worst_s"] == max(result["latencies_s"])
+    assert set(result["targets"]) == {"latency_median_s", "latency_worst_s", "idle_core_pct"}
+    assert result["idle_core_pct"] >= 0
