@@ -49,6 +49,11 @@ MSG_INCOMPATIBLE = (
 MSG_REJECTED = "Nexus rejected the name {name!r} ({error}); rename the file or object."
 MSG_EXPLICIT_WINS = "{name!r} was registered explicitly; the explicit workflow wins."
 MSG_LOAD_MISSING = "Cannot load workflows from {path}: no such file."
+MSG_NO_SHUTDOWN_HOOK = (
+    "dataflow_compatible was added after the app started: app.stop() will not stop its "
+    "watcher; call plugin.on_shutdown() yourself."
+)
+MSG_WATCH_FAILED = "dataflow_compatible watch mode could not start; the app serves without it."
 
 
 def _nexus_version() -> str:
@@ -186,8 +191,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         try:
             nexus_instance.add_shutdown_handler(self.on_shutdown)
         except RuntimeError:  # the app already started; Nexus takes no handler then
-            logger.warning("dataflow_compatible: app already started; stop() will not end "
-                           "the watcher, call plugin.on_shutdown()")
+            logger.warning(MSG_NO_SHUTDOWN_HOOK)
 
     def install(self, app: Any) -> None:
         """Replace the app's discovery with the isolated one.
@@ -266,7 +270,11 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         self.watcher = Watcher(app, base, settings, self.report, on_rescan=self._scanned,
                                on_models_changed=self._models_changed,
                                executed_here=self._loaded_here)
-        self.watcher.start()
+        try:
+            self.watcher.start()
+        except Exception:  # e.g. no worker could start: the first scan's app still serves
+            logger.exception(MSG_WATCH_FAILED)
+            self.watcher.stop()
 
     def _models_changed(self, paths: list[str]) -> None:
         if self.on_models_changed is not None:
