@@ -8,17 +8,23 @@ same screen and isolated workers as the first scan, and their workflows are
 registered, replaced or deregistered in the running app. A file that now
 fails keeps its last good workflows serving. A model module is never
 re-imported by discovery: its change is reported once, for a restart.
+
+Each burst is rescanned in its own thread, so a save that hangs until its
+timeout does not hold up the next save of another file; every file remembers
+the latest rescan that covers it, and only that rescan's result is swapped in.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, NamedTuple
 
 import watchfiles
 from kailash.workflow import Workflow
@@ -35,13 +41,24 @@ from .plugin import MSG_EXPLICIT_WINS, MSG_REJECTED, _not_registered
 logger = logging.getLogger(__name__)
 
 THREAD_NAME = "nexus-dataflow-watch"
+RESCAN_THREAD_NAME = THREAD_NAME + "-rescan"
 # A burst ends after this many quiet milliseconds, and is cut off after DEBOUNCE_MS.
 STEP_MS = 100
 DEBOUNCE_MS = 1000
 STOP_TIMEOUT_S = 10.0
+# A replaced or removed workflow's API (and its runtime) is closed this much later.
+RETIRE_AFTER_S = 30.0
 
 ModelsChanged = Callable[[list[str]], None]
 Rescanned = Callable[[r.DiscoveryReport], None]
+
+
+class _Plan(NamedTuple):
+    """One rescan: its number, the candidates to import, the candidates gone."""
+
+    generation: int
+    targets: set[str]
+    removed: set[str]
 
 
 class Watcher:
@@ -81,6 +98,11 @@ class Watcher:
         self._pool: WorkerPool | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._rescans: list[threading.Thread] = []
+        self._lock = threading.Lock()  # the app's registrations and this state, per rescan
+        self._generations = itertools.count(1)
+        self._latest: dict[str, int] = {}  # file -> the newest rescan that covers it
+        self._retired: deque[tuple[float, Any]] = deque()
         self.report = report
 
     # -- lifecycle -------------------------------------------------------------------
@@ -99,16 +121,24 @@ class Watcher:
         logger.info("dataflow_compatible watch mode: watching %s", self.base)
 
     def stop(self) -> None:
-        """Stop watching and end the spare worker pool. Idempotent."""
+        """Stop watching, end the spare worker pool, close replaced APIs. Idempotent."""
         self._stop.set()
         thread, self._thread = self._thread, None
+        # A rescan under way ends within its per-file timeouts.
+        deadline = self.settings.timeout + STOP_TIMEOUT_S
+        self._join(thread, deadline)  # first: it starts no rescan after this
+        for rescan in self._rescans:
+            self._join(rescan, deadline)
+        with self._lock:
+            self._close_pool()
+            self._close_retired(everything=True)
+
+    @staticmethod
+    def _join(thread: threading.Thread | None, limit: float) -> None:
         if thread is not None and thread is not threading.current_thread():
-            # A rescan under way ends within its per-file timeouts.
-            limit = self.settings.timeout + STOP_TIMEOUT_S
             thread.join(limit)
             if thread.is_alive():
-                logger.warning("dataflow_compatible watcher did not stop in %.0fs", limit)
-        self._close_pool()
+                logger.warning("dataflow_compatible %s did not stop in %.0fs", thread.name, limit)
 
     @property
     def running(self) -> bool:
@@ -124,21 +154,41 @@ class Watcher:
                 stop_event=self._stop,
                 raise_interrupt=False,
             ):
-                try:
-                    self.rescan(Path(path) for _, path in changes)
-                except Exception:  # the watcher outlives any one bad rescan
-                    logger.exception("dataflow_compatible rescan failed")
+                if self._stop.is_set():
+                    break
+                self._rescans = [t for t in self._rescans if t.is_alive()]
+                rescan = threading.Thread(target=self._rescan_logged, name=RESCAN_THREAD_NAME,
+                                          args=([Path(p) for _, p in changes],), daemon=True)
+                self._rescans.append(rescan)
+                rescan.start()
         except Exception:
             logger.exception("dataflow_compatible watcher stopped")
+
+    def _rescan_logged(self, changed: list[Path]) -> None:
+        try:
+            self.rescan(changed)
+        except Exception:  # the watcher outlives any one bad rescan
+            logger.exception("dataflow_compatible rescan failed")
 
     # -- one rescan ------------------------------------------------------------------
 
     def rescan(self, changed: Iterable[Path]) -> r.DiscoveryReport:
         """Rescan what ``changed`` affects and swap the results into the app."""
-        given = list(changed)
+        discovery = self._discovery()
+        with self._lock:
+            plan = self._plan(discovery, list(changed))
+        if plan is None:
+            return self.report
+        fresh = (self._run(discovery, plan.targets) if plan.targets
+                 else r.DiscoveryReport(str(self.base)))
+        with self._lock:
+            self._apply(discovery, plan, fresh)
+        return self.report
+
+    def _plan(self, discovery: SmartDiscovery, given: list[Path]) -> _Plan | None:
+        """Which candidates ``given`` affects (None: nothing to do); model changes reported."""
         given += [f for d in given if d.is_dir() for f in d.rglob("*.py")]
         changed = {p.absolute() for p in given} | {p.resolve() for p in given}
-        discovery = self._discovery()
         found, graph = self._survey(discovery)
         models = self._model_changes(changed, graph)
         known = {c.rel for c in found.candidates}
@@ -151,42 +201,52 @@ class Watcher:
         if models:
             self._report_models(sorted({self._rel(p) for p in models}))
         removed = set(self._files) - known
-        if not targets and not removed and not models:
-            return self.report
+        if not targets and not removed:
+            return None
         # Files that may share a workflow name are named together, in native order.
         kin = {_name_root(rel) for rel in targets | removed}
         targets |= {rel for rel in known if _name_root(rel) in kin}
-        fresh = self._run(discovery, targets) if targets else r.DiscoveryReport(str(self.base))
-        for rel in removed:
+        generation = next(self._generations)
+        self._latest.update(dict.fromkeys(targets | removed, generation))
+        if self._pool is not None and self._pool.wanted(len(targets)) == self._pool.wanted(1):
+            discovery.pool, self._pool = self._pool, None  # the spare pool, warm already
+        return _Plan(generation, targets, removed)
+
+    def _apply(self, discovery: SmartDiscovery, plan: _Plan, fresh: r.DiscoveryReport) -> None:
+        """Swap in what this rescan found, for the files no newer rescan covers."""
+        self._close_retired()
+        mine = {rel for rel, generation in self._latest.items() if generation == plan.generation}
+        for rel in plan.removed & mine:
             for name in self._owned.pop(rel, {}):
-                self.app.deregister(name)
-            del self._files[rel]
+                self._drop(name)
+            self._files.pop(rel, None)
         for entry in fresh.files:
-            self._swap(entry, fresh)
-            self._files[entry.path] = entry
+            if entry.path in mine:
+                self._swap(entry, fresh)
+                self._files[entry.path] = entry
+        for rel in mine:
+            del self._latest[rel]
+        found, _ = self._survey(discovery)
         self.report = self._whole(found, fresh.duration_s)
         logger.info("dataflow_compatible rescan of %d file(s): %s",
-                    len(targets) + len(removed), self.report.summary())
+                    len(plan.targets) + len(plan.removed), self.report.summary())
         if self.on_rescan is not None:
             self.on_rescan(self.report)
-        return self.report
 
     def _run(self, discovery: SmartDiscovery, targets: Collection[str]) -> r.DiscoveryReport:
-        """Import ``targets`` in the spare pool (a fresh one each time, started in advance
-        so a save does not wait for a worker to import Kailash)."""
-        pool, self._pool = self._pool, None
-        if pool is not None and pool.wanted(len(targets)) > pool.wanted(1):
-            discovery.pool = None  # a bigger rescan starts the workers it warrants
+        """Import ``targets``: in the spare pool when the plan took it (one is kept started
+        so that a save does not wait for a worker to import Kailash), else in a new one."""
         try:
             return discovery.run(only=targets)
         finally:
-            if pool is not None:
-                pool.close()
-            if not self._stop.is_set():
-                self._pool = discovery.make_pool().start(files=1)
+            if discovery.pool is not None:
+                discovery.pool.close()
+            with self._lock:
+                if self._pool is None and not self._stop.is_set():
+                    self._pool = discovery.make_pool().start(files=1)
 
     def _discovery(self) -> SmartDiscovery:
-        return SmartDiscovery(self.base, pool=self._pool, **self.settings.discovery_options())
+        return SmartDiscovery(self.base, **self.settings.discovery_options())
 
     def _survey(self, discovery: SmartDiscovery) -> tuple[Found, ImportGraph]:
         found = find_candidates(self.base, exclude=discovery.exclude,
@@ -230,7 +290,7 @@ class Watcher:
             return
         new = {name: fresh.workflows[name] for name in entry.workflows}
         for name in old.keys() - new.keys():
-            self.app.deregister(name)
+            self._drop(name)
         kept: dict[str, Workflow] = {}
         for name, workflow in new.items():
             owner = next((f for f, names in self._owned.items() if f != rel and name in names),
@@ -257,11 +317,32 @@ class Watcher:
             self._owned.pop(rel, None)
 
     def _put(self, name: str, workflow: Workflow, *, replace: bool) -> None:
-        """Nexus replaces by deregister + register; a request already running on the old
-        version finishes on it (the e2e test holds one open across a swap)."""
         if replace:
-            self.app.deregister(name)
+            self._drop(name)
         self.app.register(name, workflow)
+
+    def _drop(self, name: str) -> None:
+        """Deregister ``name``, keeping its API open a while.
+
+        Nexus's ``deregister`` closes the workflow's API at once, and a request the
+        router had already sent there would fail ("cannot schedule new futures after
+        shutdown"); taken out of the gateway's hands first, it is closed later.
+        """
+        gateway = getattr(getattr(self.app, "_http_transport", None), "gateway", None)
+        apis = getattr(gateway, "_workflow_apis", None)
+        api = apis.pop(name, None) if isinstance(apis, dict) else None
+        if api is not None:
+            self._retired.append((time.monotonic(), api))
+        self.app.deregister(name)
+
+    def _close_retired(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        while self._retired and (everything or now - self._retired[0][0] > RETIRE_AFTER_S):
+            api = self._retired.popleft()[1]
+            try:
+                api.close()
+            except Exception as exc:  # teardown of a version nobody is sent to any more
+                logger.debug("closing a replaced workflow API failed: %s", exc)
 
     def _close_pool(self) -> None:
         pool, self._pool = self._pool, None

@@ -136,7 +136,7 @@ def _markers(project: Path) -> list[str]:
 
 
 def _watch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == THREAD_NAME]
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_NAME)]
 
 
 def test_saves_are_served_within_two_seconds_and_a_broken_save_keeps_the_last_good_version(
@@ -179,13 +179,13 @@ def test_saves_are_served_within_two_seconds_and_a_broken_save_keeps_the_last_go
             assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING, warnings
 
         saved = save(project / "workflows" / "greet.py", workflow_file("v3"))
-        within(saved, lambda: client.run("greet") == "v3", "the fixed file")
-        assert client.entry("workflows/greet.py")["status"] == "registered"
+        within(saved, lambda: client.run("greet") == "v3"
+               and client.entry("workflows/greet.py")["status"] == "registered", "the fixed file")
 
         saved = time.monotonic()
         (project / "workflows" / "added.py").unlink()
-        within(saved, lambda: client.run("added") == 404, "a removed file")
-        assert client.entry("workflows/added.py") is None
+        within(saved, lambda: client.run("added") == 404
+               and client.entry("workflows/added.py") is None, "a removed file")
 
         # An explicit registration is never replaced by a discovered one.
         before = client.report()["last_scan"]
@@ -196,9 +196,10 @@ def test_saves_are_served_within_two_seconds_and_a_broken_save_keeps_the_last_go
         # A file that starts importing the models leaves, with its workflow; and comes back.
         saved = save(project / "workflows" / "stock.py",
                      workflow_file("plain", extra="from shop.models import Item\n"))
-        within(saved, lambda: client.run("stock") == 404, "a file now importing models")
-        entry = client.entry("workflows/stock.py")
-        assert entry["status"] == "skipped_dependent" and "shop/models.py" in entry["reason"]
+        within(saved, lambda: client.run("stock") == 404
+               and client.entry("workflows/stock.py")["status"] == "skipped_dependent",
+               "a file now importing models")
+        assert "shop/models.py" in client.entry("workflows/stock.py")["reason"]
         saved = save(project / "workflows" / "stock.py", workflow_file("plain again"))
         within(saved, lambda: client.run("stock") == "plain again", "a file back from models")
 
@@ -257,3 +258,35 @@ def test_the_report_endpoint_without_watch_mode_is_scan_json_with_the_scan_time(
         # a workflow cannot be named so that its routes reach the report's path
         assert not REPORT_PATH.startswith("/workflows/")
     assert not _watch_threads()
+
+
+def test_requests_sent_while_workflows_are_swapped_never_fail_with_a_server_error(
+    project: Path,
+) -> None:
+    app = Nexus(auto_discovery=True, enable_durability=False, enable_auth=False)
+    app.add_plugin(DataFlowCompatiblePlugin(watch=True, workers=1))
+    statuses: list[int] = []
+    done = threading.Event()
+    with running_nexus(app) as base_url:
+
+        def hammer() -> None:
+            with httpx.Client(base_url=base_url, timeout=30) as http:
+                while not done.is_set():
+                    response = http.post("/workflows/greet/execute", json={"inputs": {}})
+                    statuses.append(response.status_code)
+
+        client = Client(base_url)
+        senders = [threading.Thread(target=hammer) for _ in range(4)]
+        for sender in senders:
+            sender.start()
+        try:
+            for version in range(5):
+                saved = save(project / "workflows" / "greet.py", workflow_file(f"s{version}"))
+                within(saved, lambda v=version: client.run("greet") == f"s{v}", "a swap")
+        finally:
+            done.set()
+            for sender in senders:
+                sender.join(30)
+    assert statuses.count(200) > 20, statuses
+    # between deregister and register a new request may find no route (404); none fails
+    assert not [code for code in statuses if code >= 500], sorted(set(statuses))
