@@ -208,7 +208,8 @@ class Watcher:
         targets |= {rel for rel in known if _name_root(rel) in kin}
         generation = next(self._generations)
         self._latest.update(dict.fromkeys(targets | removed, generation))
-        if self._pool is not None and self._pool.wanted(len(targets)) == self._pool.wanted(1):
+        if targets and self._pool is not None and \
+                self._pool.wanted(len(targets)) == self._pool.wanted(1):
             discovery.pool, self._pool = self._pool, None  # the spare pool, warm already
         return _Plan(generation, targets, removed)
 
