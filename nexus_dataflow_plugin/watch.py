@@ -48,6 +48,8 @@ DEBOUNCE_MS = 1000
 STOP_TIMEOUT_S = 10.0
 # A replaced or removed workflow's API (and its runtime) is closed this much later.
 RETIRE_AFTER_S = 30.0
+# Rescans at once; with all busy, further changes gather in the watcher and come as one.
+MAX_RESCANS = 4
 
 ModelsChanged = Callable[[list[str]], None]
 Rescanned = Callable[[r.DiscoveryReport], None]
@@ -99,6 +101,7 @@ class Watcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rescans: list[threading.Thread] = []
+        self._slots = threading.BoundedSemaphore(MAX_RESCANS)
         self._lock = threading.Lock()  # the app's registrations and this state, per rescan
         self._generations = itertools.count(1)
         self._latest: dict[str, int] = {}  # file -> the newest rescan that covers it
@@ -154,6 +157,9 @@ class Watcher:
                 stop_event=self._stop,
                 raise_interrupt=False,
             ):
+                while not self._slots.acquire(timeout=STEP_MS / 1000):
+                    if self._stop.is_set():
+                        return
                 if self._stop.is_set():
                     break
                 self._rescans = [t for t in self._rescans if t.is_alive()]
@@ -169,6 +175,8 @@ class Watcher:
             self.rescan(changed)
         except Exception:  # the watcher outlives any one bad rescan
             logger.exception("dataflow_compatible rescan failed")
+        finally:
+            self._slots.release()
 
     # -- one rescan ------------------------------------------------------------------
 
