@@ -21,8 +21,9 @@ from typing import Any
 
 from kailash.workflow import Workflow
 
+from . import _protocol as proto
 from . import report as r
-from ._paths import in_project
+from ._paths import is_environment
 from ._probe import workflow_name
 from .cache import ScreenCache
 from .finder import (
@@ -35,8 +36,11 @@ from .finder import (
 )
 from .imports import ImportGraph
 from .isolation import (
+    DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_MAX_RESULT_NODES,
     GENERATED_NODES_MODULE,
     OUTCOME_CRASHED,
+    OUTCOME_INVALID,
     OUTCOME_TIMEOUT,
     Limits,
     Outcome,
@@ -89,18 +93,17 @@ class _Loaded:
     failures: list[str]
 
 
-def _decode_result(result: dict[str, Any]) -> _Loaded:
-    loaded = _Loaded({}, [], [str(f) for f in result.get("failures", [])])
-    for entry in result.get("workflows", []):
-        attr = str(entry.get("attr"))
-        problems = [str(p) for p in entry.get("problems", [])]
-        if not problems and isinstance(entry.get("data"), dict):
+def _decode_result(result: proto.Result) -> _Loaded:
+    loaded = _Loaded({}, [], list(result.failures))
+    for entry in result.workflows:
+        problems = list(entry.problems)
+        if not problems and entry.data is not None:
             try:
-                loaded.workflows[attr] = decode(entry["data"], entry.get("node_modules", {}))
+                loaded.workflows[entry.attr] = decode(entry.data, entry.node_modules)
                 continue
             except Exception as exc:  # noqa: BLE001 - any rebuild failure is reported
                 problems = [f"{type(exc).__name__}: {exc}"]
-        loaded.problems.append(f"{attr}: " + "; ".join(problems or ["no data"]))
+        loaded.problems.append(f"{entry.attr}: " + "; ".join(problems or ["no data"]))
     return loaded
 
 
@@ -133,6 +136,8 @@ class SmartDiscovery:
         cache: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
         pool: WorkerPool | None = None,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        max_result_nodes: int = DEFAULT_MAX_RESULT_NODES,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -147,6 +152,8 @@ class SmartDiscovery:
             timeout_s=self.timeout,
             memory_bytes=memory_limit_mb * 1024 * 1024 if memory_limit_mb else None,
             cpu_seconds=cpu_limit_s,
+            max_result_bytes=max_result_bytes,
+            max_result_nodes=max_result_nodes,
         )
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -162,7 +169,7 @@ class SmartDiscovery:
     def _static(self, found: Found) -> tuple[dict[str, r.FileResult], ScreenCache]:
         """Screen every candidate; the cache it filled is returned for further questions."""
         entries: dict[str, r.FileResult] = {}
-        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
+        cache = self._cache()
         with paused_gc():
             for _ in self._screen(found.candidates, entries, cache):
                 pass
@@ -187,7 +194,7 @@ class SmartDiscovery:
                           tuple(rel for rel in found.order if rel in keep))
         entries: dict[str, r.FileResult] = {}
         loaded: dict[str, _Loaded] = {}
-        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
+        cache = self._cache()
         tasks: dict[int, tuple[Candidate, Facts]] = {}
         pool = self.pool
         try:
@@ -214,9 +221,11 @@ class SmartDiscovery:
         """Why the static screen treats ``path`` as it does, from the engine's own answers.
 
         The status and reason are ``SmartDiscovery.screen()``'s; the model lines,
-        imports and chain come from ``screen.analyze`` (via the screen cache) and
-        ``imports.ImportGraph``. A file that passes the screen is only imported by
-        a full scan, so its outcome after import is not part of the explanation.
+        imports (literal dynamic ones included), the directories it puts on
+        ``sys.path``, the files it runs by path and the chain come from
+        ``screen.analyze`` (via the screen cache) and ``imports.ImportGraph``. A file
+        that passes the screen is only imported by a full scan, so its outcome after
+        import (the runtime guard's included) is not part of the explanation.
         """
         base = self.base
         rel = path.relative_to(base).as_posix()
@@ -263,8 +272,13 @@ class SmartDiscovery:
                  "project_files": project_files(ref)}
                 for ref in facts.imports
             ],
+            "sys_path_entries": [{"line": e.line, "path": self._rel(graph.place(real, e))}
+                                 for e in facts.path_entries],
+            "runs_paths": [{"line": e.line, "path": self._rel(graph.place(real, e))}
+                           for e in facts.run_paths],
             "chain": [self._rel(p) for p in taint.chain] if taint else [],
             "chain_detail": taint.detail if taint else None,
+            "chain_unscreenable": bool(taint and taint.unscreenable),
             "factories": list(facts.factories),
         })
         return result
@@ -283,6 +297,7 @@ class SmartDiscovery:
         """
         graph = ImportGraph(self._roots(), cache.facts)
         generated = dataflow_node_types()
+        cache.prefetch(c.real for c in candidates if c.real is not None and not c.refusal)
         for candidate in candidates:
             began = time.monotonic()
             if candidate.refusal or candidate.real is None:
@@ -292,7 +307,9 @@ class SmartDiscovery:
             real = candidate.real
             facts = cache.facts(real)
             entry = None
-            if facts.error:
+            if facts.stalled:
+                entry = r.FileResult(candidate.rel, r.TIMEOUT, str(facts.error))
+            elif facts.error:
                 entry = r.FileResult(candidate.rel, r.ERROR, facts.error)
             elif (detail := graph.own_model(real)) is not None:
                 entry = r.FileResult(
@@ -306,12 +323,12 @@ class SmartDiscovery:
                 )
             elif (taint := graph.taint(real)) is not None:
                 chain = " -> ".join(self._rel(p) for p in taint.chain)
+                message = r.MSG_SKIPPED_UNSCREENABLE if taint.unscreenable else (
+                    r.MSG_SKIPPED_DEPENDENT)
                 entry = r.FileResult(
                     candidate.rel,
                     r.SKIPPED_DEPENDENT,
-                    r.MSG_SKIPPED_DEPENDENT.format(
-                        chain=f"{chain}: {taint.detail}", path=candidate.rel
-                    ),
+                    message.format(chain=f"{chain}: {taint.detail}", path=candidate.rel),
                 )
             if entry is not None:
                 entry.duration_s = time.monotonic() - began
@@ -331,7 +348,7 @@ class SmartDiscovery:
             tasks[tid] = (candidate, facts)
             yield Task(tid, str(candidate.path), Path(candidate.rel).stem, facts.factories,
                        facts.node_types, last_duration_s=cache.duration(candidate.real),
-                       may_block=facts.may_block)
+                       may_block=facts.may_block, digest=cache.digest(candidate.real))
 
     def _isolate(
         self,
@@ -342,27 +359,41 @@ class SmartDiscovery:
         loaded: dict[str, _Loaded],
         cache: ScreenCache,
         pool: WorkerPool,
+        *,
+        again: bool = True,
     ) -> None:
         """Import the files the screen lets through in workers; outcomes become entries.
 
         When an earlier scan timed the files, the screen finishes first and the
         slowest files go first, so they do not finish last. Otherwise (a cold
-        cache) files go to the workers as the screen finds them.
+        cache) files go to the workers as the screen finds them. A file whose
+        bytes changed after the screen judged them is screened again and, if it
+        still passes, imported once more (``again``), its new bytes this time.
         """
         ordered: Iterable[Task] = jobs
         expected: int | None = candidates
         if cache.timed():
             ordered = sorted(jobs, key=lambda t: -(t.last_duration_s or 0.0))
             expected = None
+        changed: list[Candidate] = []
         with quiet_rebuilds:
             for outcome in pool.run(ordered, expected):
                 candidate = tasks[outcome.task.id][0]
+                if again and outcome.result is not None and outcome.result.changed:
+                    changed.append(candidate)
+                    continue
                 entry, files_loaded = self._entry(candidate, outcome)
                 entry.duration_s = outcome.duration_s
                 entries[candidate.rel] = entry
                 cache.record_duration(candidate.real, outcome.duration_s)
                 if files_loaded is not None:
                     loaded[candidate.rel] = files_loaded
+        if changed:
+            for candidate in changed:
+                cache.forget(candidate.real)  # type: ignore[arg-type] # screened: real is set
+            rescreened = self._jobs(self._screen(changed, entries, cache), tasks, cache)
+            self._isolate(rescreened, len(changed), tasks, entries, loaded, cache, pool,
+                          again=False)
 
     def make_pool(self) -> WorkerPool:
         """A worker pool for this scan's settings; ``start()`` it early to hide its warm-up."""
@@ -379,14 +410,21 @@ class SmartDiscovery:
             return r.FileResult(rel, r.TIMEOUT, r.MSG_TIMEOUT.format(timeout=self.timeout)), None
         if outcome.kind == OUTCOME_CRASHED:
             return r.FileResult(rel, r.CRASHED, _crash_reason(outcome)), None
-        result = outcome.result or {}
-        if "timeout" in result:
+        if outcome.kind == OUTCOME_INVALID:
+            return r.FileResult(rel, r.ERROR,
+                                r.MSG_INVALID_RESULT.format(problem=outcome.detail)), None
+        result = outcome.result or proto.Result()
+        if result.timeout is not None:
             reason = r.MSG_TIMEOUT_STOPPED.format(
-                elapsed=outcome.duration_s, timeout=self.timeout, where=result["timeout"]
+                elapsed=outcome.duration_s, timeout=self.timeout, where=result.timeout
             )
             return r.FileResult(rel, r.TIMEOUT, reason), None
-        if "error" in result:
-            return r.FileResult(rel, r.ERROR, str(result["error"])), None
+        if result.guarded is not None:
+            return self._guarded(rel, result.guarded), None
+        if result.error is not None:
+            return r.FileResult(rel, r.ERROR, result.error), None
+        if result.changed:
+            return r.FileResult(rel, r.ERROR, r.MSG_CHANGED), None
         files_loaded = _decode_result(result)
         notes = files_loaded.failures + files_loaded.problems
         if files_loaded.workflows:
@@ -401,6 +439,16 @@ class SmartDiscovery:
             reason = "No workflow loaded: " + "; ".join(files_loaded.failures)
             return r.FileResult(rel, r.ERROR, reason), None
         return r.FileResult(rel, r.NO_WORKFLOWS, r.MSG_NO_WORKFLOWS), None
+
+    def _guarded(self, rel: str, stop: proto.Guarded) -> r.FileResult:
+        """The runtime guard stopped the file: what it tried, and the chain it saw."""
+        steps = [f"{self._rel(Path(step.file))}:{step.line} ({step.module})"
+                 for step in stop.chain]
+        status = r.SKIPPED_MODEL if stop.status == r.SKIPPED_MODEL else r.SKIPPED_DEPENDENT
+        reason = r.MSG_GUARD_STOPPED.format(action=stop.detail,
+                                            chain=" -> ".join(steps) or "no project frame",
+                                            path=rel)
+        return r.FileResult(rel, status, reason)
 
     def _name(
         self,
@@ -436,11 +484,15 @@ class SmartDiscovery:
     def _find(self) -> Found:
         return find_candidates(self.base, exclude=self.exclude, max_file_bytes=self.max_file_bytes)
 
+    def _cache(self) -> ScreenCache:
+        return ScreenCache(self.base, self.cache_dir, persist=self.cache, timeout=self.timeout)
+
     def _roots(self) -> list[Path]:
-        """Where local imports resolve: the base path and sys.path entries inside it."""
+        """Where imports resolve in the worker: the base path, then this process's sys.path
+        (the worker inherits it), without the standard library and installed distributions."""
         roots = [self.base]
         for entry in sys.path:
-            if entry and in_project(entry, self.base):
+            if entry and os.path.isdir(entry) and not is_environment(entry):
                 roots.append(Path(entry))
         return roots
 

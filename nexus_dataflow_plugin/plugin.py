@@ -134,7 +134,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
     Options (all optional; unset ones come from the environment, then
     ``[tool.nexus]`` in the project's pyproject.toml, then defaults):
     ``timeout`` per file in seconds, ``workers``, ``exclude`` glob patterns,
-    ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``, ``cache``, and
+    ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``, ``cache``,
+    ``max_result_bytes`` and ``max_result_nodes`` (what one file's result may hold), and
     ``watch`` (rescan and swap in what changes while the app runs).
 
     ``on_models_changed``, when set, is called with the paths of model modules a
@@ -151,6 +152,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         memory_limit_mb: int | None = None,
         cpu_limit_s: int | None = None,
         cache: bool | None = None,
+        max_result_bytes: int | None = None,
+        max_result_nodes: int | None = None,
         watch: bool | None = None,
     ) -> None:
         self.options: dict[str, Any] = {
@@ -161,6 +164,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             "memory_limit_mb": memory_limit_mb,
             "cpu_limit_s": cpu_limit_s,
             "cache": cache,
+            "max_result_bytes": max_result_bytes,
+            "max_result_nodes": max_result_nodes,
             "watch": watch,
         }
         # A bad argument is an error here; the environment and pyproject.toml are read
