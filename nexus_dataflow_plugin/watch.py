@@ -33,7 +33,7 @@ from . import report as r
 from .cache import ScreenCache
 from .config import Settings
 from .discovery import SmartDiscovery
-from .finder import Found, find_candidates
+from .finder import Found
 from .imports import ImportGraph
 from .isolation import WorkerPool
 from .plugin import MSG_EXPLICIT_WINS, MSG_REJECTED, _not_registered
@@ -258,10 +258,9 @@ class Watcher:
         return SmartDiscovery(self.base, **self.settings.discovery_options())
 
     def _survey(self, discovery: SmartDiscovery) -> tuple[Found, ImportGraph]:
-        found = find_candidates(self.base, exclude=discovery.exclude,
-                                max_file_bytes=discovery.max_file_bytes)
-        cache = ScreenCache(self.base, discovery.cache_dir, persist=False)
-        return found, ImportGraph(discovery._roots(), cache.facts)
+        cache = ScreenCache(self.base, discovery.cache_dir, persist=False,
+                            timeout=discovery.timeout)
+        return discovery._find(), ImportGraph(discovery._roots(), cache.facts)
 
     def _model_changes(self, changed: Collection[Path], graph: ImportGraph) -> set[Path]:
         """Changed files that define models now, did before, or were imported in-process."""
