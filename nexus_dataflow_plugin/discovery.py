@@ -179,8 +179,8 @@ class SmartDiscovery:
     def run(self, *, only: Collection[str] | None = None) -> r.DiscoveryReport:
         """Every stage: the report holds the workflows to register and one entry per file.
 
-        ``only`` (relative POSIX paths) keeps just those candidates, for a rescan of
-        what changed; they are named among themselves in native order.
+        ``only`` (relative POSIX paths of candidates) keeps just those candidates
+        after finding as usual; names among them resolve in native order.
         """
         with paused_gc():
             return self._run(only)
@@ -189,7 +189,7 @@ class SmartDiscovery:
         started = time.monotonic()
         found = self._find()
         if only is not None:
-            keep = frozenset(only)
+            keep = set(only)
             found = Found(found.base, tuple(c for c in found.candidates if c.rel in keep),
                           tuple(rel for rel in found.order if rel in keep))
         entries: dict[str, r.FileResult] = {}
@@ -470,10 +470,7 @@ class SmartDiscovery:
             entry.workflows = [n for n in names if owner.get(n) == rel]
             for name in names:
                 if owner.get(name) != rel:
-                    entry.reason += (
-                        f" The name {name!r} is also produced by {owner[name]}, which wins "
-                        "(as in native discovery)."
-                    )
+                    entry.reason += r.MSG_NAME_TAKEN.format(name=name, owner=owner[name])
 
     # -- helpers -----------------------------------------------------------------
 

@@ -115,6 +115,9 @@ MSG_CHANGED = (
     "Changed while it was being scanned (its bytes are not the ones the screen judged, "
     "twice); run the scan again once it is saved."
 )
+MSG_NAME_TAKEN = (
+    " The name {name!r} is also produced by {owner}, which wins (as in native discovery)."
+)
 MSG_USES_MODEL_NODES = (
     "Uses {nodes}, which DataFlow generates from your models: only the server has them. "
     "Load it explicitly after your models exist: plugin.load_workflows({path!r})."

@@ -17,6 +17,7 @@ import pytest
 
 from nexus_dataflow_plugin import DataFlowCompatiblePlugin
 from nexus_dataflow_plugin.config import (
+    NOT_DISCOVERY_OPTIONS,
     ConfigError,
     Settings,
     env_var,
@@ -82,6 +83,14 @@ OPTIONS = [
         10, "20", "30", 10, 20, 30, 10_000,
     ),
     Option(
+        "manifest", "NEXUS_DATAFLOW_MANIFEST", "dataflow_manifest",
+        "a.json", "b.json", '"c.json"', "a.json", "b.json", "c.json", None,
+    ),
+    Option(
+        "manifest_strict", "NEXUS_DATAFLOW_MANIFEST_STRICT", "dataflow_manifest_strict",
+        True, "on", "true", True, True, True, False,
+    ),
+    Option(
         "watch", "NEXUS_DATAFLOW_WATCH", "dataflow_watch",
         True, "off", "true", True, False, True, False,
     ),
@@ -99,7 +108,7 @@ def test_every_option_is_covered_and_named_three_ways() -> None:
     assert {o.name for o in OPTIONS} == {
         "enabled", "timeout", "workers", "exclude",
         "max_file_bytes", "memory_limit_mb", "cpu_limit_s", "cache", "max_result_bytes",
-        "max_result_nodes", "watch",
+        "max_result_nodes", "manifest", "manifest_strict", "watch",
     }  # fmt: skip
     assert set(Settings.__dataclass_fields__) == set(BY_NAME)
     for option in OPTIONS:
@@ -137,9 +146,10 @@ def test_all_levels_at_once(tmp_path: Path) -> None:
     assert settings == Settings(enabled=True, timeout=1.5, workers=3, exclude=("x.py",))
     options = settings.discovery_options()
     assert "enabled" not in options  # the switch is not a discovery option
+    assert "manifest" not in options  # nor is where discovery starts from
     assert "watch" not in options  # nor is the plugin's watch mode
     assert options == {o.name: getattr(settings, o.name) for o in OPTIONS
-                       if o.name not in {"enabled", "watch"}}
+                       if o.name not in NOT_DISCOVERY_OPTIONS}
 
 
 def test_process_environment_is_the_default_source(
@@ -198,6 +208,8 @@ INVALID = [
     ("memory_limit_mb", "-5", "-5"),
     ("cpu_limit_s", "x", '"x"'),
     ("cache", "sometimes", "1.5"),
+    ("manifest", None, "5"),
+    ("manifest_strict", "perhaps", '"perhaps"'),
 ]
 
 
