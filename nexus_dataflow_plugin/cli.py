@@ -9,6 +9,8 @@ outlasts a second goes to stderr, only when stderr is a terminal.
 ``scan --explain FILE`` shows the static screen's reasoning for one file,
 assembled from the engine's own answers. ``freeze`` writes the manifest a
 server starts from without scanning; ``freeze --check`` exits 1 when it is stale.
+``serve --reload`` serves in watch mode from a child process and starts a new
+one when models change.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -33,6 +37,7 @@ from . import report as r
 EXIT_OK = 0
 EXIT_FAIL_ON = 1
 EXIT_USAGE = 2
+EXIT_RESTART = 3  # a serve --reload child asking its supervisor for a fresh process
 EXIT_INTERRUPTED = 130
 
 # The progress line appears only when a scan outlasts this, and only on a terminal.
@@ -359,11 +364,48 @@ def _check_port(port: int) -> None:
             raise UsageError(f"port {port} is not available: {exc.strerror or exc}") from None
 
 
+# Set by serve --reload in the environment of the child process that serves.
+RELOAD_CHILD_ENV = "NEXUS_DATAFLOW_SERVE_RELOAD_CHILD"
+STOP_CHILD_S = 10.0
+MSG_RESTARTING = "reload    {paths} changed: restarting the server\n"
+
+
+def supervise(argv: Sequence[str], out: TextIO) -> int:
+    """``serve --reload``: run the server in a child (the same command line) and start
+    it again each time it exits asking for a restart, as uvicorn's reloader does."""
+    env = {**os.environ, RELOAD_CHILD_ENV: "1"}
+    command = [sys.executable, "-m", __name__, *argv]
+    while True:
+        out.flush()
+        child = subprocess.Popen(command, env=env)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            _stop_child(child)
+            raise
+        if code != EXIT_RESTART:
+            return code
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    """Ctrl+C reached the supervisor: a terminal sends it to the child as well; a signal
+    sent to the supervisor alone is passed on."""
+    for step in (lambda: None, lambda: child.send_signal(signal.SIGINT), child.kill):
+        step()
+        try:
+            child.wait(STOP_CHILD_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     base = Path(args.path).resolve()
     if not base.is_dir():
         raise UsageError(f"{args.path}: not a directory")
     _check_port(args.port)
+    if args.reload and not os.environ.get(RELOAD_CHILD_ENV):
+        return supervise(args.argv, out)
 
     from nexus import Nexus
 
@@ -376,7 +418,16 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     sys.path.insert(0, str(base))
     settings = load_settings(base, {"timeout": args.timeout})
     app = Nexus(api_port=args.port, auto_discovery=True, enable_durability=False)
-    plugin = DataFlowCompatiblePlugin(timeout=args.timeout)
+    plugin = DataFlowCompatiblePlugin(timeout=args.timeout, watch=True if args.reload else None)
+    restart: list[str] = []
+    if args.reload:
+        def models_changed(paths: list[str]) -> None:
+            """Stop serving as Ctrl+C does; the supervisor starts a fresh process."""
+            if not restart:
+                restart.extend(paths)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        plugin.on_models_changed = models_changed
     app.add_plugin(plugin)
     out.write(f"project   {base}\ndatabase  {os.environ['DATABASE_URL']}\n")
     prepare_app(app, plugin, base, settings, out)
@@ -391,6 +442,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     app.add_startup_handler(announce)
     app.start()
+    if restart:
+        out.write(MSG_RESTARTING.format(paths=", ".join(restart)))
+        return EXIT_RESTART
     return EXIT_OK
 
 
@@ -440,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
         "else SQLite app.db in the project)",
     )
     serve.add_argument("--timeout", type=_positive, help="per-file discovery timeout, seconds")
+    serve.add_argument(
+        "--reload",
+        action="store_true",
+        help="watch the project: swap in saved workflow files, restart when models change",
+    )
     serve.set_defaults(func=cmd_serve)
     freeze = sub.add_parser(
         "freeze", help="write a manifest of a scan, for servers to start from (see "
@@ -462,6 +521,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     from .config import ConfigError
 

@@ -135,6 +135,7 @@ class Settings:
     load_dependents: bool = False
     manifest: str | None = None
     manifest_strict: bool = False
+    watch: bool = False
 
     def discovery_options(self) -> dict[str, Any]:
         """Keyword arguments for ``SmartDiscovery``."""
@@ -142,9 +143,9 @@ class Settings:
                 if f.name not in NOT_DISCOVERY_OPTIONS}
 
 
-# Settings that choose how discovery starts, not how a scan runs.
+# Settings that choose how discovery starts (or keeps watching), not how a scan runs.
 NOT_DISCOVERY_OPTIONS = frozenset({"enabled", "manifest", "manifest_strict",
-                                   "load_dependents"})
+                                   "load_dependents", "watch"})
 
 
 # option name -> (key suffix, parser); the key is dataflow_<suffix> / NEXUS_DATAFLOW_<SUFFIX>
@@ -162,6 +163,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "load_dependents": ("load_dependents", _boolean),
     "manifest": ("manifest", _optional_path),
     "manifest_strict": ("manifest_strict", _boolean),
+    "watch": ("watch", _boolean),
 }
 
 

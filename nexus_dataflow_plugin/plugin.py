@@ -17,10 +17,11 @@ import sys
 import types
 import weakref
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kailash.workflow import Workflow
 from nexus.plugins import NexusPlugin
@@ -34,12 +35,17 @@ from .imports import ImportGraph
 from .isolation import WorkerPool
 from .screen import analyze
 
+if TYPE_CHECKING:
+    from .watch import Watcher
+
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "dataflow_compatible"
 REPORT_ATTR = "_dataflow_discovery_report"
 PLUGIN_ATTR = "_dataflow_compatible_plugin"
 REQUIRED_INTERNALS = ("_auto_discover_workflows", "_workflows", "register")
+# GET here returns the report; workflows live under /workflows/<name>, so no name reaches it.
+REPORT_PATH = "/_dataflow/report"
 
 MSG_INCOMPATIBLE = (
     "nexus-dataflow-plugin cannot install into Nexus {version}: Nexus no longer has {missing}. "
@@ -61,6 +67,12 @@ MSG_LOAD_REFUSED_RUN = (
 )
 MSG_LOADED_DEPENDENT = "Loaded in the server by load_dependents(): {names}."
 MSG_NO_DISCOVERY = "No discovery has run in this app yet: nothing to load (call after start())."
+
+MSG_NO_SHUTDOWN_HOOK = (
+    "dataflow_compatible was added after the app started: app.stop() will not stop its "
+    "watcher; call plugin.on_shutdown() yourself."
+)
+MSG_WATCH_FAILED = "dataflow_compatible watch mode could not start; the app serves without it."
 
 
 class LoadRefused(RuntimeError):
@@ -159,6 +171,10 @@ class DataFlowCompatiblePlugin(NexusPlugin):
     ``manifest`` (start from the file ``nexus-dataflow freeze`` wrote),
     ``manifest_strict`` (refuse to start when it does not match the project) and
     ``load_dependents`` (load ``skipped_dependent`` files at the end of discovery).
+    ``watch`` (rescan and swap in what changes while the app runs).
+
+    ``on_models_changed``, when set, is called with the paths of model modules a
+    watched save changed (``serve --reload`` restarts on it); the app keeps serving.
     """
 
     def __init__(
@@ -176,6 +192,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         load_dependents: bool | None = None,
         manifest: str | os.PathLike[str] | None = None,
         manifest_strict: bool | None = None,
+        watch: bool | None = None,
     ) -> None:
         self.options: dict[str, Any] = {
             "timeout": timeout,
@@ -190,6 +207,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             "load_dependents": load_dependents,
             "manifest": manifest,
             "manifest_strict": manifest_strict,
+            "watch": watch,
         }
         # A bad argument is an error here; the environment and pyproject.toml are read
         # (and their errors raised) when the plugin installs and when discovery runs.
@@ -197,6 +215,10 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         self.report: r.DiscoveryReport | None = None
         self._last_app: weakref.ReferenceType[Any] | None = None
         self._pool: tuple[Path, Settings, WorkerPool] | None = None
+        self.last_scan: str | None = None
+        self.watcher: Watcher | None = None
+        self.on_models_changed: Callable[[list[str]], None] | None = None
+        self._loaded_here: set[Path] = set()  # executed in this process: a change needs restart
 
     @property
     def name(self) -> str:
@@ -209,8 +231,13 @@ class DataFlowCompatiblePlugin(NexusPlugin):
     # -- both plugin systems ---------------------------------------------------------
 
     def apply(self, nexus_instance: Any) -> None:
-        """Name-based registry entry point (``app.use_plugin``)."""
+        """Name-based registry entry point (``app.use_plugin``), which wires no hooks:
+        the watcher's stop is added as a shutdown handler here."""
         self.install(nexus_instance)
+        try:
+            nexus_instance.add_shutdown_handler(self.on_shutdown)
+        except RuntimeError:  # the app already started; Nexus takes no handler then
+            logger.warning(MSG_NO_SHUTDOWN_HOOK)
 
     def install(self, app: Any) -> None:
         """Replace the app's discovery with the isolated one.
@@ -229,14 +256,17 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             settings = load_settings(Path.cwd(), plugin.options)
             pool = plugin._take_pool(Path.cwd(), settings)
             try:
-                plugin.report = smart_auto_discover(nexus_self, settings, pool)
+                plugin._scanned(smart_auto_discover(nexus_self, settings, pool))
             finally:
                 if pool is not None:
                     pool.close()
             if settings.load_dependents:
                 plugin.load_dependents(nexus_self)
+            if settings.watch:
+                plugin._watch(nexus_self, Path.cwd(), settings)
 
         app._auto_discover_workflows = types.MethodType(_auto_discover_workflows, app)
+        app.register_endpoint(REPORT_PATH, ["GET"], self._report_endpoint())
         setattr(app, PLUGIN_ATTR, self)
         self._last_app = weakref.ref(app)
         logger.info("dataflow_compatible discovery installed")
@@ -265,8 +295,56 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         """Nothing to start: workers start at install and end with the scan."""
 
     def on_shutdown(self) -> None:
-        """End pre-started workers that a discovery never used."""
+        """End pre-started workers that a discovery never used, and the watcher."""
         self._close_pool()
+        if self.watcher is not None:
+            self.watcher.stop()
+
+    # -- the report and watch mode ---------------------------------------------------
+
+    def _scanned(self, report: r.DiscoveryReport) -> None:
+        """Keep the latest report (first scan or rescan) where the app and endpoint read it."""
+        self.report = report
+        self.last_scan = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        app = self._last_app() if self._last_app is not None else None
+        if app is not None:
+            setattr(app, REPORT_ATTR, report)
+
+    def _watch(self, app: Any, base: Path, settings: Settings) -> None:
+        from .watch import Watcher
+
+        if self.watcher is not None:
+            self.watcher.stop()
+        assert self.report is not None
+        self.watcher = Watcher(app, base, settings, self.report, on_rescan=self._scanned,
+                               on_models_changed=self._models_changed,
+                               executed_here=self._loaded_here)
+        try:
+            self.watcher.start()
+        except Exception:  # e.g. no worker could start: the first scan's app still serves
+            logger.exception(MSG_WATCH_FAILED)
+            self.watcher.stop()
+
+    def _models_changed(self, paths: list[str]) -> None:
+        if self.on_models_changed is not None:
+            self.on_models_changed(paths)
+
+    def report_data(self) -> dict[str, Any]:
+        """What ``GET /_dataflow/report`` returns: ``scan --json``'s JSON, the time of the last
+        scan, whether the watcher runs, and model modules changed since start-up."""
+        data = self.report.to_dict() if self.report is not None else {"workflows": [],
+                                                                      "files": []}
+        watcher = self.watcher
+        data["last_scan"] = self.last_scan
+        data["watching"] = watcher is not None and watcher.running
+        data["restart_required"] = list(watcher.models_changed) if watcher else []
+        return data
+
+    def _report_endpoint(self) -> Callable[[], Any]:
+        async def dataflow_discovery_report() -> dict[str, Any]:
+            return self.report_data()
+
+        return dataflow_discovery_report
 
     # -- explicit registration -------------------------------------------------------
 
@@ -288,6 +366,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         ``LoadRefused``, having run none of them, when a file's imports reach a
         model module the app has not loaded under that name.
         """
+        self._loaded_here.update(Path(p).resolve() for p in paths)
         return load_workflow_files(self._app(app), paths)
 
     def load_dependents(self, app: Any | None = None) -> Loaded:

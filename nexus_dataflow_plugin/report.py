@@ -128,6 +128,14 @@ MSG_MODEL_MISSING = (
 MSG_NAME_TAKEN = (
     " The name {name!r} is also produced by {owner}, which wins (as in native discovery)."
 )
+MSG_KEPT_LAST_GOOD = (
+    "The last good version keeps serving ({names}) until the file is fixed or removed."
+)
+MSG_MODELS_CHANGED = (
+    "DataFlow models, or files loaded into the server process, changed ({paths}); discovery "
+    "never re-runs them. Restart the server to load them (nexus-dataflow serve --reload "
+    "restarts by itself)."
+)
 
 
 @dataclass

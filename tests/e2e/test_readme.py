@@ -286,6 +286,7 @@ VALID_VALUES = {
     "manifest": ("_optional_path", "a file path, relative to the project unless absolute; "
                                    "`\"none\"` or `\"\"`: no manifest"),
     "manifest_strict": ("_boolean", BOOLEAN),
+    "watch": ("_boolean", BOOLEAN),
 }
 
 
@@ -343,6 +344,7 @@ REASON_TEMPLATES = [
         "MSG_NOT_TRANSFERABLE", "MSG_NEEDS_MODELS", "MSG_MODEL_MISSING", "MSG_INVALID_RESULT",
         "PROBLEM_TOO_LARGE", "PROBLEM_TOO_MANY_NODES", "MSG_CHANGED",
     )],
+    ("report", "MSG_KEPT_LAST_GOOD"), ("report", "MSG_MODELS_CHANGED"),
     ("finder", "MSG_OUTSIDE"), ("finder", "MSG_TOO_LARGE"), ("finder", "MSG_BROKEN_LINK"),
     ("transfer", "NOT_JSON"), ("transfer", "SECRET"), ("transfer", "CYCLE"),
     ("transfer", "PROJECT_NODE"), ("transfer", "LOSSY"), ("transfer", "UNKNOWN_NODE"),
