@@ -372,6 +372,27 @@ def _lazy_node_library(node_modules: dict[str, str]) -> None:
     NodeRegistry.get = classmethod(get)  # type: ignore[method-assign]
 
 
+def _rehearse(base: str) -> None:
+    """Build, probe and encode a small workflow of our own once, before any fork.
+
+    Kailash and the encoder initialise lazily on first use; done here, every file's
+    process inherits the result instead of paying it again (measured: a file's process
+    took 6.1 ms of CPU without this, 3.4 ms with it). No user code runs.
+    """
+    from kailash.workflow.builder import WorkflowBuilder
+
+    builder = WorkflowBuilder()
+    builder.add_node("PythonCodeNode", "first", {"code": "result = {'value': 1}"})
+    builder.add_node("PythonCodeNode", "second", {"code": "result = {'value': value}"})
+    builder.add_connection("first", "result.value", "second", "value")
+    namespace = {"workflow": builder, "__name__": "rehearsal"}
+    probed = probe(namespace, os.path.join(base, "rehearsal.py"), ())
+    for name, workflow in probed.workflows.items():
+        encoded = transfer.encode(workflow, base, {"rehearsal"})
+        proto.frame(proto.FRAME_RESULT, proto.Result(workflows=(
+            proto.WorkflowData(name, encoded.data, encoded.node_modules, encoded.problems),)))
+
+
 def main(argv: list[str]) -> int:
     control = socket.socket(fileno=int(argv[0]))
     _become_subreaper()
@@ -384,6 +405,7 @@ def main(argv: list[str]) -> int:
     os.chdir(init.base)
     sys.dont_write_bytecode = True  # nothing of a scan is written into the project
     _lazy_node_library(init.node_modules)
+    _rehearse(init.base)
     gc.collect()
     gc.freeze()  # forked children then share these pages instead of copying them
     control.send(proto.encode(proto.Ready(os.getpid())))
