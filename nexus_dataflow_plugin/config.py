@@ -11,16 +11,11 @@ setting and where it came from, raised when the settings are loaded.
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 ENV_PREFIX = "NEXUS_"
 PYPROJECT_TABLE = ("tool", "nexus")
