@@ -43,6 +43,10 @@ MSG_INCOMPATIBLE = (
 MSG_REJECTED = "Nexus rejected the name {name!r} ({error}); rename the file or object."
 MSG_EXPLICIT_WINS = "{name!r} was registered explicitly; the explicit workflow wins."
 MSG_LOAD_MISSING = "Cannot load workflows from {path}: no such file."
+MSG_LOAD_DIRECTORY = (
+    "Cannot load workflows from {path}: it is a directory; name the workflow files in it"
+    " (for example {example})."
+)
 
 
 def _nexus_version() -> str:
@@ -140,7 +144,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         self.options: dict[str, Any] = {
             "timeout": timeout,
             "workers": workers,
-            "exclude": tuple(exclude) if exclude is not None else None,
+            "exclude": exclude,
             "max_file_bytes": max_file_bytes,
             "memory_limit_mb": memory_limit_mb,
             "cpu_limit_s": cpu_limit_s,
@@ -148,7 +152,9 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         }
         # A bad argument is an error here; the environment and pyproject.toml are read
         # (and their errors raised) when the plugin installs and when discovery runs.
-        check_arguments(self.options)
+        parsed = check_arguments(self.options)
+        if exclude is not None:  # kept as parsed: a tuple the caller's list cannot change
+            self.options["exclude"] = parsed["exclude"]
         self.report: r.DiscoveryReport | None = None
         self._last_app: weakref.ReferenceType[Any] | None = None
         self._pool: tuple[Path, Settings, WorkerPool] | None = None
@@ -252,6 +258,9 @@ def load_workflow_files(app: Any, paths: Iterable[str | os.PathLike[str]]) -> di
     registered: dict[str, Workflow] = {}
     for raw in paths:
         path = Path(raw).absolute()
+        if path.is_dir():
+            example = next(iter(sorted(path.glob("*.py"))), path / "<name>.py")
+            raise IsADirectoryError(MSG_LOAD_DIRECTORY.format(path=path, example=example))
         if not path.is_file():
             raise FileNotFoundError(MSG_LOAD_MISSING.format(path=path))
         facts = analyze(path.read_bytes())
