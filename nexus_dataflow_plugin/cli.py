@@ -321,14 +321,23 @@ def module_file(name: str, base: Path) -> str:
         return origin
 
 
-def load_models(base: Path, settings: Any, chosen: Sequence[str] | None, out: TextIO) -> None:
+def load_models(
+    base: Path, settings: Any, chosen: Sequence[str] | None, static: Sequence[r.FileResult],
+    out: TextIO,
+) -> None:
     """Import the app's model modules once, in this process, under their own names.
 
-    Chosen with ``--models``, else every project file that defines a model; a
-    workflow's ``from shop.models import ...`` then reuses them.
+    Chosen with ``--models``, else every project file that defines a model: those
+    the file-by-file screen sees, and the candidates the full screen found to be
+    model files (``static``, which follows ``db`` to the module it comes from).
+    A workflow's ``from shop.models import ...`` then reuses them.
     """
-    names = list(chosen) if chosen else [module_name(rel) for rel in find_model_files(base,
-                                                                                       settings)]
+    if chosen:
+        names = list(chosen)
+    else:
+        files = find_model_files(base, settings)
+        files += [e.path for e in static if e.status == r.SKIPPED_MODEL and e.path not in files]
+        names = [module_name(rel) for rel in files]
     if not names:
         out.write(MSG_NO_MODELS + "\n")
     for name in names:
@@ -370,8 +379,8 @@ def prepare_app(
     from .dataflow_workflows import register_dataflow_workflows
     from .discovery import SmartDiscovery
 
-    load_models(base, settings, models, out)
     static = SmartDiscovery(base, **settings.discovery_options()).screen()
+    load_models(base, settings, models, static, out)
     for entry in static:
         if entry.status == r.SKIPPED_DEPENDENT:
             names = plugin.load_workflows(base / entry.path, app=app)

@@ -224,6 +224,12 @@ def test_fail_on_exits_1_when_a_named_status_is_found(runs: dict[str, Run]) -> N
     assert "Traceback" not in err
 
 
+def test_fail_on_names_each_matching_file_and_its_status_on_stderr(runs: dict[str, Run]) -> None:
+    code, out, err = runs["json_fail_on"].result()
+    assert code == 1
+    assert err.splitlines() == ["--fail-on error: workflows/exits_at_import.py"], err
+
+
 def test_fail_on_exits_0_when_no_named_status_is_found(runs: dict[str, Run]) -> None:
     code, out, err = runs["fail_on_absent"].result()
     assert code == 0, err  # the shop has an `error` file, but no timeout or crashed one
@@ -358,6 +364,11 @@ def test_ctrl_c_ends_the_scan_and_its_workers_in_one_line(
 
 BAD_INVOCATIONS = {
     "negative timeout": (["scan", "{shop}", "--timeout", "-1"], {}, "--timeout"),
+    "infinite timeout": (["scan", "{shop}", "--timeout", "inf"], {}, "--timeout"),
+    "empty --fail-on": (["scan", "{shop}", "--fail-on", ""], {}, "--fail-on"),
+    "serve on a host that is not an address": (
+        ["serve", "{shop}", "--host", "no-such-host.invalid"], {}, "--host"
+    ),
     "timeout not a number": (["scan", "{shop}", "--timeout", "soon"], {}, "--timeout"),
     "unknown status": (["scan", "{shop}", "--fail-on", "error,broken"], {}, "broken"),
     "missing path": (["scan", "{missing}"], {}, "not a directory"),
@@ -415,7 +426,61 @@ def test_bad_arguments_and_configuration_are_one_line_and_exit_2(
     assert "Traceback" not in err and out == ""
 
 
+def test_every_bad_timeout_is_refused_in_the_same_words(bad_runs: dict[str, Run]) -> None:
+    messages = {
+        case: bad_runs[case].result()[2].strip()
+        for case in ("negative timeout", "infinite timeout", "timeout not a number")
+    }
+    shapes = {re.sub(r"got '[^']*'", "got X", text) for text in messages.values()}
+    assert len(shapes) == 1, messages
+    assert "--timeout: expected a positive, finite number of seconds, got X" in shapes.pop()
+
+
+def test_a_reader_that_leaves_early_ends_the_scan_quietly(project: Path, env: dict) -> None:
+    """`scan --json | head -1`: the reader closes the pipe before the report is written."""
+    process = subprocess.Popen(
+        [CLI, "scan", str(project), "--json"], env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the scan ends: its first write meets a closed pipe
+    err = process.stderr.read().decode()
+    assert process.wait(RUN_TIMEOUT_S) == 141  # 128 + SIGPIPE, as `yes | head` reports
+    assert err == ""
+
+
+def test_version_is_the_installed_distributions() -> None:
+    import importlib.metadata
+
+    code, out, err = Run("--version").result()
+    assert code == 0, err
+    assert out.strip() == f"nexus-dataflow {importlib.metadata.version('nexus-dataflow-plugin')}"
+
+
 # --- plugins ----------------------------------------------------------------------------------
+
+
+def test_plugins_help_says_what_the_command_shows() -> None:
+    code, out, err = Run("plugins", "--help").result()
+    assert code == 0, err
+    assert "autoload" in out and "nexus.plugins" in out.split("options:")[0]
+
+
+def test_plugins_says_autoload_is_on_and_what_armed_it(env: dict[str, str]) -> None:
+    code, out, err = Run("plugins", env=env).result()
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert re.fullmatch(r"autoload  on: armed at start-up by /\S+/nexus_dataflow_plugin\.pth",
+                        first), out
+
+
+def test_plugins_says_autoload_is_off_and_why(env: dict[str, str]) -> None:
+    code, out, err = Run("plugins", env={**env, "NEXUS_DISABLE_PLUGIN_AUTOLOAD": "1"}).result()
+    assert code == 0, err
+    assert out.splitlines()[0] == "autoload  off: NEXUS_DISABLE_PLUGIN_AUTOLOAD=1 is set", out
+    (line,) = [line for line in out.splitlines() if line.startswith("dataflow_compatible")]
+    assert not line.endswith("loads"), line
+    assert "autoload is off" in line
 
 
 def test_plugins_lists_dataflow_compatible_as_loading(env: dict[str, str]) -> None:
