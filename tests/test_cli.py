@@ -470,8 +470,8 @@ def test_plugins_says_autoload_is_on_and_what_armed_it(env: dict[str, str]) -> N
     code, out, err = Run("plugins", env=env).result()
     assert code == 0, err
     first = out.splitlines()[0]
-    assert re.fullmatch(r"autoload  on: armed at start-up by /\S+/nexus_dataflow_plugin\.pth",
-                        first), out
+    armed = r"autoload  on: armed at start-up by /\S+/nexus_dataflow_plugin\.(pth|start)"
+    assert re.fullmatch(armed, first), out
 
 
 def test_plugins_says_autoload_is_off_and_why(env: dict[str, str]) -> None:
