@@ -177,8 +177,10 @@ def _warn_unknown_keys(table: Mapping[str, Any], source: Path) -> None:
         if not key.startswith("dataflow_") or key in known or (source, key) in _warned_keys:
             continue
         _warned_keys.add((source, key))
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
+        # Compared without the shared prefix, which would make every key look close.
+        close = difflib.get_close_matches(key[len("dataflow_"):],
+                                          [k[len("dataflow_"):] for k in known], n=1)
+        hint = f"; did you mean dataflow_{close[0]}?" if close else f"; known: {', '.join(known)}"
         logger.warning(MSG_UNKNOWN_KEY.format(key=key, source=f"{source} [tool.nexus]",
                                               hint=hint))
 
