@@ -282,7 +282,8 @@ def test_a_relative_sqlite_url_is_warned_about_once_with_its_absolute_form(
         with caplog.at_level(logging.WARNING, logger=dw.__name__):
             register_dataflow_workflows(app, db, operations=["create"])
             register_dataflow_workflows(app, db, operations=["list"])
-        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        warnings = [r.getMessage() for r in caplog.records
+                    if r.name == dw.__name__ and r.levelno == logging.WARNING]
         assert len(warnings) == 1, warnings
         assert f"sqlite:///{name} is a relative SQLite path" in warnings[0]
         assert warnings[0].endswith(f"Use the absolute form: sqlite:///{tmp_path / name}")
@@ -295,4 +296,4 @@ def test_an_absolute_sqlite_url_is_not_warned_about(
 ) -> None:
     with caplog.at_level(logging.WARNING, logger=dw.__name__):
         register_dataflow_workflows(app, db)
-    assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+    assert [r for r in caplog.records if r.name == dw.__name__] == []
