@@ -368,19 +368,16 @@ def project_dataflows(base: Path) -> list[tuple[str, Any]]:
 
 
 def prepare_app(
-    app: Any, plugin: Any, base: Path, settings: Any, models: Sequence[str] | None, out: TextIO
+    app: Any, plugin: Any, base: Path, static: Sequence[r.FileResult], out: TextIO
 ) -> None:
-    """Load the project's models as the app itself would, then register what uses them.
+    """Register what uses the models (already loaded by ``load_models``), as the app would.
 
-    Model modules are imported once, in this process; files that depend on them
-    are loaded explicitly; every DataFlow instance gets its tables and CRUD
-    workflows, and the database line says which URL each really uses.
+    Files that depend on the models are loaded explicitly; every DataFlow
+    instance gets its tables and CRUD workflows, and the database line says
+    which URL each really uses.
     """
     from .dataflow_workflows import register_dataflow_workflows
-    from .discovery import SmartDiscovery
 
-    static = SmartDiscovery(base, **settings.discovery_options()).screen()
-    load_models(base, settings, models, static, out)
     for entry in static:
         if entry.status == r.SKIPPED_DEPENDENT:
             names = plugin.load_workflows(base / entry.path, app=app)
@@ -463,17 +460,20 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from nexus import Nexus
 
     from .config import load_settings
+    from .discovery import SmartDiscovery
     from .plugin import DataFlowCompatiblePlugin
 
     os.environ["DATABASE_URL"] = url
     os.chdir(base)  # Nexus discovers from the working directory
     sys.path.insert(0, str(base))
     settings = load_settings(base, {"timeout": args.timeout})
+    out.write(f"project   {base}\n")
+    static = SmartDiscovery(base, **settings.discovery_options()).screen()
+    load_models(base, settings, args.models, static, out)  # before Nexus: errors come first
     app = Nexus(api_port=args.port, auto_discovery=True, enable_durability=False)
     plugin = DataFlowCompatiblePlugin(timeout=args.timeout)
     app.add_plugin(plugin)
-    out.write(f"project   {base}\n")
-    prepare_app(app, plugin, base, settings, args.models, out)
+    prepare_app(app, plugin, base, static, out)
     serve_on(app, sock)
     served = bound_url(sock)
     if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback and not getattr(

@@ -15,6 +15,7 @@ import pty
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -366,6 +367,13 @@ BAD_INVOCATIONS = {
     "negative timeout": (["scan", "{shop}", "--timeout", "-1"], {}, "--timeout"),
     "infinite timeout": (["scan", "{shop}", "--timeout", "inf"], {}, "--timeout"),
     "empty --fail-on": (["scan", "{shop}", "--fail-on", ""], {}, "--fail-on"),
+    "serve models that do not exist": (
+        ["serve", "{shop}", "--port", "{port}", "--models", "shop.nope"], {},
+        "cannot load the models in shop.nope",
+    ),
+    "serve on a port that is taken": (
+        ["serve", "{shop}", "--port", "{taken}"], {}, "port {taken} is not available on 127.0.0.1",
+    ),
     "serve on a host that is not an address": (
         ["serve", "{shop}", "--host", "no-such-host.invalid"], {}, "--host"
     ),
@@ -397,38 +405,54 @@ BAD_INVOCATIONS = {
 @pytest.fixture(scope="module")
 def bad_runs(
     project: Path, tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]
-) -> dict[str, Run]:
-    """Every bad invocation, started at once (each fails fast; together they cost one)."""
+) -> tuple[dict[str, Run], dict[str, str]]:
+    """Every bad invocation, started at once (each fails fast; together they cost one),
+    with what was filled into their arguments; a port is held taken until all ended."""
     root = tmp_path_factory.mktemp("bad")
     configured = root / "configured"
     (configured / "workflows").mkdir(parents=True)
     (configured / "pyproject.toml").write_text('[tool.nexus]\ndataflow_timeout = "later"\n')
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
     fill = {"shop": str(project), "missing": str(root / "nowhere"),
-            "configured": str(configured)}
+            "configured": str(configured), "taken": str(taken.getsockname()[1]),
+            "port": str(free)}
     started = {}
     for case, (argv, extra, _) in BAD_INVOCATIONS.items():
         args = [a.format(**fill) for a in argv]
         started[case] = Run(*args, env={**env, **extra})
-    return started
+    for run in started.values():
+        run.result()
+    taken.close()
+    return {case: run for case, run in started.items()}, fill
 
 
 @pytest.mark.parametrize("case", list(BAD_INVOCATIONS))
 def test_bad_arguments_and_configuration_are_one_line_and_exit_2(
-    case: str, bad_runs: dict[str, Run]
+    case: str, bad_runs: tuple[dict[str, Run], dict[str, str]]
 ) -> None:
-    expected = BAD_INVOCATIONS[case][2]
-    code, out, err = bad_runs[case].result()
+    runs, fill = bad_runs
+    expected = BAD_INVOCATIONS[case][2].format(**fill)
+    code, out, err = runs[case].result()
     assert code == 2, (out, err)
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("nexus-dataflow") and ": error: " in lines[0]
     assert expected in lines[0]
-    assert "Traceback" not in err and out == ""
+    assert "Traceback" not in err
+    # serve reports its progress as it goes (the project line); nothing else writes stdout.
+    assert out == "" or BAD_INVOCATIONS[case][0][0] == "serve" and "Traceback" not in out
 
 
-def test_every_bad_timeout_is_refused_in_the_same_words(bad_runs: dict[str, Run]) -> None:
+def test_every_bad_timeout_is_refused_in_the_same_words(
+    bad_runs: tuple[dict[str, Run], dict[str, str]]
+) -> None:
     messages = {
-        case: bad_runs[case].result()[2].strip()
+        case: bad_runs[0][case].result()[2].strip()
         for case in ("negative timeout", "infinite timeout", "timeout not a number")
     }
     shapes = {re.sub(r"got '[^']*'", "got X", text) for text in messages.values()}
