@@ -438,6 +438,13 @@ def bound_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _loopback(sock: socket.socket) -> bool:
+    try:
+        return ipaddress.ip_address(sock.getsockname()[0].split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def serve_on(app: Any, sock: socket.socket) -> None:
     """Serve the app on ``sock``: Nexus's ``start()`` always asks for 0.0.0.0."""
     transport = app._http_transport
@@ -476,9 +483,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     prepare_app(app, plugin, base, static, out)
     serve_on(app, sock)
     served = bound_url(sock)
-    if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback and not getattr(
-        app, "_enable_auth", False
-    ):
+    if not _loopback(sock) and not getattr(app, "_enable_auth", False):
         out.write(MSG_EXPOSED.format(url=served) + "\n")
 
     def announce() -> None:
@@ -500,6 +505,7 @@ def autoload_state() -> tuple[bool, str]:
     Asked before anything imports Nexus (the armed hook removes itself then).
     """
     from ._startup import DISABLE_ENV, PTH_FILE, START_FILE, _Finder, disabled
+    from .autoload import _PATCHED
 
     if disabled():
         return False, MSG_AUTOLOAD_DISABLED.format(var=DISABLE_ENV, value=os.environ[DISABLE_ENV])
@@ -510,7 +516,9 @@ def autoload_state() -> tuple[bool, str]:
     shipped = [Path(d) / wanted for d in dirs if (Path(d) / wanted).is_file()]
     if not shipped:
         return False, MSG_AUTOLOAD_MISSING.format(file=wanted, dirs=", ".join(dirs))
-    if not any(isinstance(f, _Finder) for f in sys.meta_path) and "nexus" not in sys.modules:
+    nexus_class = getattr(sys.modules.get("nexus.core"), "Nexus", None)
+    fired = hasattr(getattr(nexus_class, "_auto_discover_workflows", None), _PATCHED)
+    if not fired and not any(isinstance(f, _Finder) for f in sys.meta_path):
         return False, MSG_AUTOLOAD_NOT_RUN.format(file=shipped[0])
     return True, MSG_AUTOLOAD_ON.format(file=shipped[0])
 
