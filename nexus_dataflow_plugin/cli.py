@@ -1,11 +1,13 @@
 """``nexus-dataflow``: scan a project, serve it, list plugins.
 
 Errors in arguments or configuration are one line on stderr and exit 2, never
-a traceback; Ctrl+C is one line and exit 130. ``scan`` exits 0 when the scan
-completed, whatever the files' statuses (unless ``--fail-on`` names statuses
-that were found). Stdout carries only the table or the JSON: colour only on a
-terminal (and never with ``NO_COLOR``), and the progress line of a scan that
-outlasts a second goes to stderr, only when stderr is a terminal.
+a traceback; Ctrl+C is one line and exit 130; a reader that leaves early
+(``scan --json | head``) is exit 141 and nothing on stderr. ``scan`` exits 0
+when the scan completed, whatever the files' statuses (unless ``--fail-on``
+names statuses that were found: then each such file is a line on stderr).
+Stdout carries only the table or the JSON: colour only on a terminal (and
+never with ``NO_COLOR``), and the progress line of a scan that outlasts a
+second goes to stderr, only when stderr is a terminal.
 ``scan --explain FILE`` shows the static screen's reasoning for one file,
 assembled from the engine's own answers.
 """
