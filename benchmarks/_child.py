@@ -139,16 +139,18 @@ class Sampler(threading.Thread):
 def _wait_ready(pool: object, limit_s: float = 180.0) -> None:
     """Block until every pre-started worker has written its READY event.
 
-    Reads nothing: ``select`` on each worker's event pipe only, so the pool
+    Reads nothing: ``select`` on each worker's control channel only, so the pool
     then reads READY itself as usual. (Uses the pool's private worker list;
-    a benchmark may.)
+    a benchmark may. ``event_fd`` is that channel before the isolation rebuild,
+    so ``--ref`` can measure an older commit.)
     """
     import select
 
     deadline = time.monotonic() + limit_s
     for worker in list(getattr(pool, "_workers", [])):
         remaining = deadline - time.monotonic()
-        ready, _, _ = select.select([worker.event_fd], [], [], max(0.0, remaining))
+        channel = getattr(worker, "event_fd", None) or worker.control.fileno()
+        ready, _, _ = select.select([channel], [], [], max(0.0, remaining))
         if not ready:
             raise RuntimeError("pre-started worker did not become ready")
 

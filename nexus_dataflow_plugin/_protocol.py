@@ -1,55 +1,267 @@
-"""Messages between the server-side pool and its worker processes.
+"""Every message between the server, its workers and each file's process.
 
-Shared by both sides, so it imports only the standard library. Everything is
-JSON, one object per line; nothing is ever pickled. Two channels exist:
+Shared by all three sides, so it imports only the standard library. Each
+message is a frozen dataclass; ``encode`` and ``decode`` are the only way
+onto and off the wire (JSON, never pickles), and ``decode`` checks what it is
+given against the dataclass's field types, so a malformed message is a
+``ProtocolError``, never a ``TypeError`` somewhere later.
 
-- the task pipe (parent -> worker): ``init`` once, then one ``task`` per batch;
-- the event pipe (worker -> parent): ``ready``, ``started``, ``file_done``, ``done``,
-  each naming its batch (a worker may run several batches' children at once).
+Channels:
 
-Both pipes are closed in the forked child before any user code runs, so a
-candidate file has no handle on them. A child's result is a JSON file written
-after the candidate has finished, into a private directory the parent made;
-the child then names the finished file on a progress pipe the worker reads.
+- control (server <-> worker, a ``SOCK_SEQPACKET`` socket pair): ``Init`` and
+  ``RunFile`` one way (a ``RunFile`` carries the two descriptors of the file's
+  own channels), ``Ready`` and ``Exited`` the other;
+- one result channel per file (a ``SOCK_STREAM`` socket pair whose child end
+  only that file's process inherits): ``Started`` then ``Result``, each a frame
+  (kind byte, 4-byte length, JSON body);
+- one stderr channel per file (another socket pair), kept as a tail for reasons.
 
-Before a child starts any file after its batch's first, it claims it with an
-exclusive create; the parent claims the same names when it hands the rest of
-a slow batch to other children. Whoever creates a claim first runs that file,
-so no file is ever imported twice.
+Sockets, not pipes: a pipe can be reopened through ``/proc/<pid>/fd`` by any
+process of the same user, a socket cannot, so no other file's process can
+write into a channel or read from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
+import struct
+import types
+import typing
+from dataclasses import dataclass
 from typing import Any
 
 WORKER_MODULE = "nexus_dataflow_plugin._worker"
 
-# Worker -> parent events
-READY = "ready"
-STARTED = "started"
-FILE_DONE = "file_done"
-DONE = "done"
+# Largest control message: an Init carries the node-library map and sys.path.
+MAX_CONTROL_BYTES = 1 << 20
+# Nesting deeper than this is refused (a workflow's config is a few levels deep;
+# 100,000 levels would take the decoder's recursion limit with it).
+MAX_DEPTH = 64
 
-# Parent -> worker operations
-INIT = "init"
-TASK = "task"
+# Exit status of a file's process whose result channel was gone when it had a result.
+EXIT_NO_CHANNEL = 71
 
-# Largest line the parent accepts on the event pipe: events are tiny, so a
-# longer line means something other than our worker wrote it.
-MAX_EVENT_BYTES = 64 * 1024
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    return (json.dumps(message, separators=(",", ":")) + "\n").encode()
+FRAME_HEADER = struct.Struct(">BI")
+FRAME_STARTED = 1
+FRAME_RESULT = 2
 
 
-def decode(line: bytes) -> dict[str, Any]:
-    message = json.loads(line)
-    if not isinstance(message, dict):
-        raise ValueError("message is not an object")
-    return message
+class ProtocolError(ValueError):
+    """A message that is not what the protocol allows; the text says what."""
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Init:
+    """Server -> worker, once: how to set up before any file runs."""
+
+    sys_path: tuple[str, ...]
+    base: str
+    node_modules: dict[str, str]
+    memory_bytes: int | None
+    cpu_seconds: int | None
+    max_result_bytes: int
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """Server -> worker: run one file in a process of its own (its channels attached)."""
+
+    id: int
+    path: str
+    module: str
+    factories: tuple[str, ...]
+    preload: tuple[str, ...]
+    inner_timeout: float
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Worker -> server: warmed up, nothing of any candidate has run in it."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class Exited:
+    """Worker -> server: how a file's process ended (it is the process's parent)."""
+
+    id: int
+    code: int | None
+    signal: int | None
+
+
+@dataclass(frozen=True)
+class Started:
+    """File process -> server, before any of the file runs: who to time and kill."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class WorkflowData:
+    """One workflow as data, or the reasons it cannot travel."""
+
+    attr: str
+    data: dict[str, Any] | None
+    node_modules: dict[str, str]
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """The runtime guard stopped the file: it reached DataFlow (see ``_guard``)."""
+
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """File process -> server: what importing the file gave. One shape per outcome:
+    workflows and failures; or ``error``; or ``timeout`` (where the inner alarm
+    found it); or ``changed`` (its bytes are not the ones screened); or
+    ``oversize`` (the encoded result's size, over the limit); or ``guarded``."""
+
+    workflows: tuple[WorkflowData, ...] = ()
+    failures: tuple[str, ...] = ()
+    error: str | None = None
+    timeout: str | None = None
+    changed: bool = False
+    oversize: int | None = None
+    guarded: Guarded | None = None
+
+
+MESSAGES: dict[str, type] = {
+    cls.__name__: cls for cls in (Init, RunFile, Ready, Exited, Started, Result)
+}
+
+
+# -- encoding ----------------------------------------------------------------------------
+
+
+def encode(message: Any) -> bytes:
+    """A message as one JSON object, tagged with its type."""
+    body = dataclasses.asdict(message)
+    body["type"] = type(message).__name__
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode(data: bytes, *expected: type) -> Any:
+    """The message ``data`` holds, checked against its dataclass; one of ``expected``.
+
+    Raises only ``ProtocolError``.
+    """
+    try:
+        raw = json.loads(data)
+    except RecursionError:
+        raise ProtocolError(f"nested more than {MAX_DEPTH} levels deep") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError("not a JSON object")
+    cls = MESSAGES.get(raw.pop("type", None))  # type: ignore[arg-type]
+    if cls is None or (expected and cls not in expected):
+        wanted = " or ".join(c.__name__ for c in expected) or "a message"
+        raise ProtocolError(f"expected {wanted}")
+    return _build(cls, raw, cls.__name__)
+
+
+@functools.cache
+def _hints(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, type, has a default) per field, resolved once per class."""
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (f.name, hints[f.name],
+         f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
+        for f in dataclasses.fields(cls)
+    )
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{where}: expected an object")
+    fields = _hints(cls)
+    unknown = set(raw) - {name for name, _, _ in fields}
+    if unknown:
+        raise ProtocolError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    values = {}
+    for name, hint, optional in fields:
+        if name not in raw:
+            if optional:
+                continue
+            raise ProtocolError(f"{where}: missing field {name}")
+        values[name] = _value(raw[name], hint, f"{where}.{name}", 0)
+    return cls(**values)
+
+
+def _value(value: Any, hint: Any, where: str, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return _json(value, where, depth)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _value(value, inner[0], where, depth)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where}: expected a list")
+        item = typing.get_args(hint)[0]
+        return tuple(_value(v, item, f"{where}[]", depth + 1) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected an object")
+        item = typing.get_args(hint)[1]
+        return {k: _value(v, item, f"{where}.{k}", depth + 1) for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        raise ProtocolError(f"{where}: expected int")
+    if not isinstance(value, hint):
+        raise ProtocolError(f"{where}: expected {hint.__name__}")
+    return value
+
+
+def _json(value: Any, where: str, depth: int) -> Any:
+    """Any JSON value, no deeper than ``MAX_DEPTH`` (checked without recursion)."""
+    stack = [(value, depth)]
+    while stack:
+        item, level = stack.pop()
+        if level > MAX_DEPTH:
+            raise ProtocolError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return value
+
+
+def node_count(result: Result) -> int:
+    """Nodes over all the result's workflows: what the server would rebuild."""
+    total = 0
+    for workflow in result.workflows:
+        nodes = (workflow.data or {}).get("nodes")
+        total += len(nodes) if isinstance(nodes, dict) else 0
+    return total
+
+
+# -- frames on a file's result channel ------------------------------------------------------
+
+
+def frame(kind: int, message: Any) -> bytes:
+    body = encode(message)
+    return FRAME_HEADER.pack(kind, len(body)) + body
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -59,37 +271,33 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def result_path(directory: str, task_id: int) -> str:
-    return os.path.join(directory, f"{task_id}.json")
+class FrameReader:
+    """Collects one channel's frames; refuses a frame longer than ``limit`` unread."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Frames completed by ``data``. Raises ``ProtocolError`` for an unknown kind and
+        ``OversizeFrame`` for a frame over the limit."""
+        self.buffer += data
+        frames = []
+        while len(self.buffer) >= FRAME_HEADER.size:
+            kind, size = FRAME_HEADER.unpack_from(self.buffer)
+            if kind not in (FRAME_STARTED, FRAME_RESULT):
+                raise ProtocolError(f"unknown frame kind {kind}")
+            if size > self.limit:
+                raise OversizeFrame(size)
+            end = FRAME_HEADER.size + size
+            if len(self.buffer) < end:
+                break
+            frames.append((kind, bytes(self.buffer[FRAME_HEADER.size:end])))
+            del self.buffer[:end]
+        return frames
 
 
-def stderr_path(directory: str, task_id: int) -> str:
-    return os.path.join(directory, f"{task_id}.err")
-
-
-def write_result(directory: str, task_id: int, result: dict[str, Any]) -> None:
-    """Atomically publish a child's result: the parent never sees half a file."""
-    final = result_path(directory, task_id)
-    tmp = final + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        # dumps, not dump: json.dump streams through the pure-Python encoder, 5x slower.
-        handle.write(json.dumps(result, separators=(",", ":")))
-    os.replace(tmp, final)
-
-
-def claim(directory: str, batch: int, task_id: int) -> bool:
-    """Take the right to run ``task_id`` of ``batch``; False when it was taken first, or
-    cannot be taken (then the side that holds the file keeps it)."""
-    try:
-        os.close(os.open(os.path.join(directory, f"{batch}-{task_id}.claim"),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        return True
-    except OSError:
-        return False
-
-
-def unclaim(directory: str, batch: int, task_id: int) -> None:
-    try:
-        os.unlink(os.path.join(directory, f"{batch}-{task_id}.claim"))
-    except OSError:
-        pass
+class OversizeFrame(ProtocolError):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"a frame of {size} bytes")
+        self.size = size

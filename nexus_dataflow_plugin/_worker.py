@@ -1,34 +1,35 @@
-"""The worker process: imports candidate files so the server never has to.
+"""The worker process: forks one clean process per candidate file.
 
-Runs as ``python -m nexus_dataflow_plugin._worker TASK_FD EVENT_FD``. It may
-import only the standard library, Kailash, ``_protocol``, ``_probe``, ``_paths``
-and ``transfer`` (which themselves import only those): never Nexus, DataFlow or this package's
-server-side modules: a candidate must find the process as a bare Kailash
-program would, plus the node libraries the server has (imported on first use).
+Runs as ``python -m nexus_dataflow_plugin._worker CONTROL_FD``. Import rule
+(enforced by ``tests/test_worker.py``): the standard library, Kailash, and
+this package's ``_protocol``, ``_probe``, ``_paths``, ``_guard`` and
+``transfer``, which follow the same rule. Never Nexus, DataFlow or the
+server-side modules: a candidate finds the process as a bare Kailash program
+would, plus the node libraries the server has (imported on first use).
 
-Shape: the worker warms up once (imports Kailash's core), then for each batch
-of files forks a child from this clean, single-threaded process. The child
-closes both pipes, runs the candidates one by one, publishes a JSON result
-file for each and reports its id on a progress pipe; the worker relays
-``started`` / ``file_done`` / ``done`` and kills whatever the child left
-behind. The parent owns the timeouts. A worker supervises several children
-at once when the parent sends it a batch while an earlier one is stuck on a
-slow file.
+The worker warms up once (imports Kailash's core), then never runs user
+code: for each ``RunFile`` it forks a child from this clean, single-threaded
+process. The child keeps only the two channels the server made for that
+file, reports ``Started``, runs the file and sends its ``Result`` straight to
+the server, so a worker that a candidate stops or kills cannot hold up,
+lose or forge another file's result. The worker reaps its children, tells
+the server how each ended (``Exited``), and kills what a finished child left
+behind (it is their subreaper). The server owns every deadline.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import importlib
 import importlib.util
 import os
 import resource
 import select
 import signal
+import socket
 import sys
-import time
 import types
-from dataclasses import dataclass
 from typing import Any
 
 from nexus_dataflow_plugin import _protocol as proto
@@ -49,7 +50,7 @@ class _ImportTimeout(BaseException):
 
 
 def _become_subreaper() -> None:
-    """Orphans of a task (forks, daemons) re-parent to us, so we can kill and reap them."""
+    """Orphans of a file's process (forks, daemons) re-parent to us, so we can kill them."""
     try:
         import ctypes
 
@@ -68,107 +69,127 @@ def _children() -> list[int]:
         return []
 
 
-def _kill_leftovers(pgid: int, keep: set[int], patience_s: float = 5.0) -> None:
-    """Kill the finished child's group and every orphan re-parented to us, then reap.
-
-    ``keep`` are the children still running other batches. Repeated until
-    nothing else is left, because killing an orphan re-parents its own
-    children to us in turn.
-    """
+def _pgid(pid: int) -> int | None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    deadline = time.monotonic() + patience_s
-    while True:
-        strays = [pid for pid in _children() if pid not in keep]
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def kill_leftovers(finished: int | None, running: set[int], patience: int = 200) -> None:
+    """Kill what a finished child left behind: its group, and the orphans re-parented to us.
+
+    An orphan in the group of a still-running child is that file's and stays. One
+    whose group names no child (it started a session of its own) cannot be told
+    apart, so it is killed once no child runs (``running`` empty). Repeated until
+    nothing is left, because killing an orphan re-parents its children to us.
+    """
+    if finished is not None:
+        try:
+            os.killpg(finished, signal.SIGKILL)
+        except OSError:
+            pass
+    for _ in range(patience):
+        strays = []
+        for pid in _children():
+            group = _pgid(pid)
+            if pid in running or group in running:
+                continue
+            if running and group != finished:
+                continue
+            strays.append(pid)
         for pid in strays:
             try:
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
+            except OSError:
                 pass
-        if not strays or time.monotonic() > deadline:
+        if not strays:
             return
-        time.sleep(0.005)
+        select.select([], [], [], 0.002)
 
 
-def _probe(module: types.ModuleType, task: dict[str, Any]) -> dict[str, Any]:
-    """Probe the namespace, then encode each workflow for the trip to the server."""
-    probed = probe(vars(module), task["path"], task["factories"], (_ImportTimeout,))
-    found = []
-    for name, workflow in probed.workflows.items():
-        encoded = transfer.encode(workflow, task["base"], {module.__name__})
-        found.append(
-            {
-                "attr": name,
-                "data": encoded.data,
-                "node_modules": encoded.node_modules,
-                "problems": list(encoded.problems),
-            }
-        )
-    return {"workflows": found, "failures": probed.failures}
+# -- the child: one file ---------------------------------------------------------------------
 
 
-def _load(task: dict[str, Any]) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(task["module"], task["path"])
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no loader for {task['path']}")
+def _load(run: proto.RunFile) -> types.ModuleType:
+    """Execute exactly the bytes the screen judged (by digest), as native loads a file."""
+    with open(run.path, "rb") as handle:
+        source = handle.read()
+    if run.digest is not None and hashlib.sha256(source).hexdigest() != run.digest:
+        raise _Changed()
+    spec = importlib.util.spec_from_file_location(run.module, run.path)
+    if spec is None:
+        raise ImportError(f"no loader for {run.path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    code = compile(source, run.path, "exec", dont_inherit=True)
+    exec(code, module.__dict__)  # noqa: S102 - the whole point, in a process of its own
     return module
+
+
+class _Changed(Exception):
+    """The file's bytes are not the ones the screen passed."""
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
     raise _ImportTimeout()
 
 
-def _run_file(task: dict[str, Any], inner_timeout: float) -> dict[str, Any]:
+def _probe(module: types.ModuleType, run: proto.RunFile, base: str) -> proto.Result:
+    """Probe the namespace, then encode each workflow for the trip to the server."""
+    probed = probe(vars(module), run.path, run.factories, (_ImportTimeout,))
+    found = []
+    for name, workflow in probed.workflows.items():
+        encoded = transfer.encode(workflow, base, {module.__name__})
+        found.append(proto.WorkflowData(name, encoded.data, encoded.node_modules,
+                                        encoded.problems))
+    return proto.Result(workflows=tuple(found), failures=tuple(probed.failures))
+
+
+def _run_file(run: proto.RunFile, base: str) -> proto.Result:
     """Import one candidate and probe it; every way it can fail becomes a result."""
     signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, inner_timeout)
+    signal.setitimer(signal.ITIMER_REAL, run.inner_timeout)
     try:
-        return _probe(_load(task), task)
+        return _probe(_load(run), run, base)
     except _ImportTimeout as exc:
-        return {"timeout": where(exc, task["path"])}
+        return proto.Result(timeout=where(exc, run.path))
+    except _Changed:
+        return proto.Result(changed=True)
     except MemoryError as exc:
-        return {"error": MSG_IMPORT_MEMORY.format(where=where(exc, task["path"]))}
+        return proto.Result(error=MSG_IMPORT_MEMORY.format(where=where(exc, run.path)))
     except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, anything
-        return {
-            "error": MSG_IMPORT_RAISED.format(
-                exc=type(exc).__name__, where=where(exc, task["path"]), message=describe(exc)
-            )
-        }
+        return proto.Result(error=MSG_IMPORT_RAISED.format(
+            exc=type(exc).__name__, where=where(exc, run.path), message=describe(exc)))
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
 
 
-def _limit_cpu(seconds: int | None) -> None:
-    """Give the next file ``seconds`` of CPU on top of what the batch already used.
+def _private_channel(fd: int) -> int:
+    """Move the result channel to the highest descriptor number this process may have,
+    close-on-exec: a file that closes the descriptors it inherited (``os.closerange(3,
+    4096)``) does not reach it, and programs it starts do not inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    high = min(soft, 1 << 20) - 1
+    if high <= fd:
+        return fd
+    os.dup2(fd, high, inheritable=False)
+    os.close(fd)
+    return high
 
-    Only the soft limit moves (SIGXCPU when reached); raising the hard limit
-    needs privileges a worker may not have.
-    """
-    if not seconds:
-        return
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cap = int(usage.ru_utime + usage.ru_stime) + int(seconds)
-    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (cap, hard))
 
+def _child(run: proto.RunFile, init: proto.Init, result_fd: int, stderr_fd: int) -> None:
+    """Runs in the forked child: one file, then exit. Never returns.
 
-def _child(batch: dict[str, Any], init: dict[str, Any], progress_fd: int) -> None:
-    """Runs in the forked child: import each file of the batch in turn. Never returns.
-
-    After each file the result is published as a file, then its id is written
-    to the progress pipe, so the parent can time every file on its own.
-    State a file may have changed (cwd, sys.path) is restored before the next.
+    Before the file runs, this process holds nothing of its worker's: every
+    descriptor but its own two channels and the standard streams is closed.
     """
     code = 0
     try:
@@ -178,159 +199,100 @@ def _child(batch: dict[str, Any], init: dict[str, Any], progress_fd: int) -> Non
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(null, 1)
-        limits = init["limits"]
-        if limits.get("memory_bytes"):
-            cap = int(limits["memory_bytes"])
-            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-        directory = init["directory"]
-        clean_path = list(sys.path)
+        os.dup2(stderr_fd, 2)
+        channel = _private_channel(result_fd)
+        os.closerange(3, channel)
+        os.closerange(channel + 1, 1 << 20)
+        proto.write_all(channel, proto.frame(proto.FRAME_STARTED, proto.Started(os.getpid())))
+        if init.memory_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (init.memory_bytes, init.memory_bytes))
+        if init.cpu_seconds:
+            hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+            cap = init.cpu_seconds if hard == resource.RLIM_INFINITY else min(
+                init.cpu_seconds, hard)
+            resource.setrlimit(resource.RLIMIT_CPU, (cap, hard))
         me = os.getpid()
-        for number, task in enumerate(batch["files"]):
-            if number and not proto.claim(directory, batch["batch"], task["id"]):
-                break  # the parent gave the rest of this batch to other children
-            err = os.open(proto.stderr_path(directory, task["id"]), os.O_WRONLY | os.O_CREAT, 0o600)
-            os.dup2(err, 2)
-            os.close(err)
-            os.chdir(init["base"])
-            sys.path[:] = clean_path
-            _limit_cpu(limits.get("cpu_seconds"))
-            result = _run_file(task, float(batch["inner_timeout"]))
-            if os.getpid() != me:
-                os._exit(0)  # a copy forked by the candidate: only the child itself reports
-            proto.write_result(directory, task["id"], result)
-            proto.write_all(progress_fd, f"{task['id']}\n".encode())
-    except BaseException:  # noqa: BLE001 - report via exit status; the parent explains
+        result = _run_file(run, init.base)
+        if os.getpid() != me:
+            os._exit(0)  # a copy forked by the candidate: only the file's process reports
+        body = proto.frame(proto.FRAME_RESULT, result)
+        if len(body) - proto.FRAME_HEADER.size > init.max_result_bytes:
+            body = proto.frame(proto.FRAME_RESULT, proto.Result(oversize=len(body)))
+        try:
+            proto.write_all(channel, body)
+        except OSError:
+            code = proto.EXIT_NO_CHANNEL
+    except BaseException:  # noqa: BLE001 - report via exit status; the server explains
         code = 70
     os._exit(code)
 
 
-@dataclass
-class _Run:
-    """A forked child working through one batch, as its worker sees it."""
-
-    batch: int
-    pid: int
-    progress_fd: int
-    pidfd: int | None
-    buffer: bytes = b""
-    reading: bool = True  # until the progress pipe reaches EOF
-
-    def fds(self) -> list[int]:
-        return [self.progress_fd] + ([self.pidfd] if self.pidfd is not None else [])
+# -- the worker: forks and reaps ---------------------------------------------------------------
 
 
-def _relay(run: _Run, data: bytes, event_fd: int) -> None:
-    """Forward each completed file id from the child's progress pipe as an event."""
-    run.buffer += data
-    while b"\n" in run.buffer:
-        line, run.buffer = run.buffer.split(b"\n", 1)
-        if line.strip().isdigit():
-            message = {"event": proto.FILE_DONE, "batch": run.batch, "id": int(line)}
-            proto.write_all(event_fd, proto.encode(message))
-
-
-def _start(batch: dict[str, Any], init: dict[str, Any], private: list[int], event_fd: int) -> _Run:
-    """Fork a child for ``batch`` from this clean process; the child never returns.
-
-    ``private`` are this worker's descriptors (its pipes, the other children's
-    progress pipes and pidfds): the child closes them before any candidate runs,
-    so no candidate can read a sibling's progress or signal it.
-    """
-    for module in batch.get("preload", []):
+def _start(control: socket.socket, run: proto.RunFile, fds: list[int],
+           init: proto.Init) -> tuple[int, int | None]:
+    """Fork a child for ``run`` from this clean process; return its pid and pidfd."""
+    for module in run.preload:
         _import_quietly(module)  # once here, inherited by every later child
-    gc.freeze()  # what the batch's imports added, too
-    progress_r, progress_w = os.pipe()
+    gc.freeze()  # what the imports added, too
     pid = os.fork()
     if pid == 0:
-        for fd in (*private, progress_r):
-            os.close(fd)
-        _child(batch, init, progress_w)
-    os.close(progress_w)
-    pidfd = None
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pass
-    proto.write_all(
-        event_fd, proto.encode({"event": proto.STARTED, "batch": batch["batch"], "pid": pid})
-    )
-    return _Run(batch["batch"], pid, progress_r, pidfd)
-
-
-def _finish(run: _Run, runs: dict[int, _Run], event_fd: int, status: int) -> None:
-    """A child exited: relay its last progress, clean up after it, report ``done``."""
-    os.set_blocking(run.progress_fd, False)
-    try:
-        _relay(run, os.read(run.progress_fd, 1 << 20), event_fd)
-    except (BlockingIOError, OSError):
-        pass
-    _close(run)
-    del runs[run.pid]
-    _kill_leftovers(run.pid, keep=set(runs))
-    if os.WIFSIGNALED(status):
-        outcome = {"exit": None, "signal": os.WTERMSIG(status)}
-    else:
-        outcome = {"exit": os.waitstatus_to_exitcode(status), "signal": None}
-    proto.write_all(event_fd, proto.encode({"event": proto.DONE, "batch": run.batch, **outcome}))
-
-
-def _close(run: _Run) -> None:
-    for fd in run.fds():
+        control.detach()  # the child closes its descriptor; the object must not close a reuse
+        _child(run, init, fds[0], fds[1])
+    for fd in fds:
         os.close(fd)
+    try:
+        return pid, os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return pid, None
 
 
-def _serve(init: dict[str, Any], task_fd: int, event_fd: int, buffer: bytes) -> None:
-    """Start a child per batch and supervise them all, until the parent closes the pipe.
+def _status(status: int) -> tuple[int | None, int | None]:
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status), None
 
-    Nothing is imported ahead of time while idle: one heavy node library (some
-    take 0.4 s) would hold up the batch that arrives meanwhile. A batch brings
-    the libraries its files name; anything else is imported on first use.
-    """
-    runs: dict[int, _Run] = {}
+
+def _serve(control: socket.socket, init: proto.Init) -> None:
+    """Start a child per ``RunFile`` and reap them, until the server closes the channel."""
+    runs: dict[int, tuple[int, int | None]] = {}  # pid -> (file id, pidfd)
     try:
         while True:
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                private = [task_fd, event_fd, *(fd for r in runs.values() for fd in r.fds())]
-                run = _start(proto.decode(line), init, private, event_fd)
-                runs[run.pid] = run
-            watch = [task_fd]
-            for run in runs.values():
-                if run.reading:
-                    watch.append(run.progress_fd)
-                if run.pidfd is not None:
-                    watch.append(run.pidfd)
-            polling = any(run.pidfd is None for run in runs.values())
+            watch = [control.fileno()] + [p for _, p in runs.values() if p is not None]
+            polling = any(p is None for _, p in runs.values())
             ready, _, _ = select.select(watch, [], [], 0.02 if polling else None)
-            if task_fd in ready:
-                chunk = os.read(task_fd, 65536)
-                if not chunk:
+            if control.fileno() in ready:
+                try:
+                    data, fds, _, _ = socket.recv_fds(control, proto.MAX_CONTROL_BYTES, 2)
+                except OSError:
                     return
-                buffer += chunk
-            for run in list(runs.values()):
-                if run.reading and run.progress_fd in ready:
-                    data = os.read(run.progress_fd, 65536)
-                    run.reading = bool(data)
-                    _relay(run, data, event_fd)
-                waited, status = os.waitpid(run.pid, os.WNOHANG)
-                if waited:
-                    _finish(run, runs, event_fd, status)
+                if not data:
+                    return
+                run = proto.decode(data, proto.RunFile)
+                if len(fds) != 2:
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+                pid, pidfd = _start(control, run, fds, init)
+                runs[pid] = (run.id, pidfd)
+            for pid, (file_id, pidfd) in list(runs.items()):
+                waited, status = os.waitpid(pid, os.WNOHANG)
+                if not waited:
+                    continue
+                if pidfd is not None:
+                    os.close(pidfd)
+                del runs[pid]
+                code, sig = _status(status)
+                control.send(proto.encode(proto.Exited(file_id, code, sig)))
+                kill_leftovers(pid, running=set(runs))
     finally:
-        for run in runs.values():
-            _close(run)
-            _kill_leftovers(run.pid, keep=set())
-
-
-def _first_line(fd: int) -> tuple[bytes, bytes]:
-    """The init message, and whatever arrived after it."""
-    buffer = b""
-    while b"\n" not in buffer:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            raise SystemExit(0)
-        buffer += chunk
-    line, rest = buffer.split(b"\n", 1)
-    return line, rest
+        for pid in runs:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        kill_leftovers(None, running=set())
 
 
 def _import_quietly(module: str) -> None:
@@ -361,20 +323,23 @@ def _lazy_node_library(node_modules: dict[str, str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    task_fd, event_fd = int(argv[0]), int(argv[1])
+    control = socket.socket(fileno=int(argv[0]))
     _become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    line, rest = _first_line(task_fd)
-    init = proto.decode(line)
-    sys.path[:] = init["sys_path"]
-    os.chdir(init["base"])
-    _lazy_node_library(init["node_modules"])
+    data = control.recv(proto.MAX_CONTROL_BYTES)
+    if not data:
+        return 0
+    init = proto.decode(data, proto.Init)
+    sys.path[:] = list(init.sys_path)
+    os.chdir(init.base)
+    sys.dont_write_bytecode = True  # nothing of a scan is written into the project
+    _lazy_node_library(init.node_modules)
     gc.collect()
     gc.freeze()  # forked children then share these pages instead of copying them
-    proto.write_all(event_fd, proto.encode({"event": proto.READY, "pid": os.getpid()}))
-    _serve(init, task_fd, event_fd, rest)
-    # No interpreter teardown: nothing is buffered (events go out with os.write), and
-    # freeing Kailash's heap takes tens of milliseconds the server's close() waits for.
+    control.send(proto.encode(proto.Ready(os.getpid())))
+    _serve(control, init)
+    # No interpreter teardown: nothing is buffered, and freeing Kailash's heap takes
+    # tens of milliseconds the server's close() waits for.
     os._exit(0)
 
 

@@ -124,6 +124,8 @@ class Settings:
     memory_limit_mb: int | None = 4096
     cpu_limit_s: int | None = 60
     cache: bool = True
+    max_result_bytes: int = 16 * 1024 * 1024
+    max_result_nodes: int = 10_000
 
     def discovery_options(self) -> dict[str, Any]:
         """Keyword arguments for ``SmartDiscovery``."""
@@ -140,6 +142,8 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "memory_limit_mb": ("memory_limit_mb", _limit),
     "cpu_limit_s": ("cpu_limit_s", _limit),
     "cache": ("cache", _boolean),
+    "max_result_bytes": ("max_result_bytes", _positive_int),
+    "max_result_nodes": ("max_result_nodes", _positive_int),
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from kailash.workflow import Workflow
 
+from . import _protocol as proto
 from . import report as r
 from ._paths import in_project
 from ._probe import workflow_name
@@ -35,8 +36,11 @@ from .finder import (
 )
 from .imports import ImportGraph
 from .isolation import (
+    DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_MAX_RESULT_NODES,
     GENERATED_NODES_MODULE,
     OUTCOME_CRASHED,
+    OUTCOME_INVALID,
     OUTCOME_TIMEOUT,
     Limits,
     Outcome,
@@ -89,18 +93,17 @@ class _Loaded:
     failures: list[str]
 
 
-def _decode_result(result: dict[str, Any]) -> _Loaded:
-    loaded = _Loaded({}, [], [str(f) for f in result.get("failures", [])])
-    for entry in result.get("workflows", []):
-        attr = str(entry.get("attr"))
-        problems = [str(p) for p in entry.get("problems", [])]
-        if not problems and isinstance(entry.get("data"), dict):
+def _decode_result(result: proto.Result) -> _Loaded:
+    loaded = _Loaded({}, [], list(result.failures))
+    for entry in result.workflows:
+        problems = list(entry.problems)
+        if not problems and entry.data is not None:
             try:
-                loaded.workflows[attr] = decode(entry["data"], entry.get("node_modules", {}))
+                loaded.workflows[entry.attr] = decode(entry.data, entry.node_modules)
                 continue
             except Exception as exc:  # noqa: BLE001 - any rebuild failure is reported
                 problems = [f"{type(exc).__name__}: {exc}"]
-        loaded.problems.append(f"{attr}: " + "; ".join(problems or ["no data"]))
+        loaded.problems.append(f"{entry.attr}: " + "; ".join(problems or ["no data"]))
     return loaded
 
 
@@ -133,6 +136,8 @@ class SmartDiscovery:
         cache: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
         pool: WorkerPool | None = None,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        max_result_nodes: int = DEFAULT_MAX_RESULT_NODES,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -147,6 +152,8 @@ class SmartDiscovery:
             timeout_s=self.timeout,
             memory_bytes=memory_limit_mb * 1024 * 1024 if memory_limit_mb else None,
             cpu_seconds=cpu_limit_s,
+            max_result_bytes=max_result_bytes,
+            max_result_nodes=max_result_nodes,
         )
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -371,14 +378,19 @@ class SmartDiscovery:
             return r.FileResult(rel, r.TIMEOUT, r.MSG_TIMEOUT.format(timeout=self.timeout)), None
         if outcome.kind == OUTCOME_CRASHED:
             return r.FileResult(rel, r.CRASHED, _crash_reason(outcome)), None
-        result = outcome.result or {}
-        if "timeout" in result:
+        if outcome.kind == OUTCOME_INVALID:
+            return r.FileResult(rel, r.ERROR,
+                                r.MSG_INVALID_RESULT.format(problem=outcome.detail)), None
+        result = outcome.result or proto.Result()
+        if result.timeout is not None:
             reason = r.MSG_TIMEOUT_STOPPED.format(
-                elapsed=outcome.duration_s, timeout=self.timeout, where=result["timeout"]
+                elapsed=outcome.duration_s, timeout=self.timeout, where=result.timeout
             )
             return r.FileResult(rel, r.TIMEOUT, reason), None
-        if "error" in result:
-            return r.FileResult(rel, r.ERROR, str(result["error"])), None
+        if result.error is not None:
+            return r.FileResult(rel, r.ERROR, result.error), None
+        if result.changed:
+            return r.FileResult(rel, r.ERROR, r.MSG_CHANGED), None
         files_loaded = _decode_result(result)
         notes = files_loaded.failures + files_loaded.problems
         if files_loaded.workflows:

@@ -127,7 +127,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
     Options (all optional; unset ones come from the environment, then
     ``[tool.nexus]`` in the project's pyproject.toml, then defaults):
     ``timeout`` per file in seconds, ``workers``, ``exclude`` glob patterns,
-    ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``, ``cache``.
+    ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``, ``cache``,
+    ``max_result_bytes`` and ``max_result_nodes`` (what one file's result may hold).
     """
 
     def __init__(
@@ -140,6 +141,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         memory_limit_mb: int | None = None,
         cpu_limit_s: int | None = None,
         cache: bool | None = None,
+        max_result_bytes: int | None = None,
+        max_result_nodes: int | None = None,
     ) -> None:
         self.options: dict[str, Any] = {
             "timeout": timeout,
@@ -149,6 +152,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             "memory_limit_mb": memory_limit_mb,
             "cpu_limit_s": cpu_limit_s,
             "cache": cache,
+            "max_result_bytes": max_result_bytes,
+            "max_result_nodes": max_result_nodes,
         }
         # A bad argument is an error here; the environment and pyproject.toml are read
         # (and their errors raised) when the plugin installs and when discovery runs.

@@ -75,6 +75,21 @@ MSG_NOT_TRANSFERABLE = (
     "{problems}. Register this workflow explicitly with app.register(name, workflow) "
     "in your app."
 )
+MSG_INVALID_RESULT = (
+    "Its process sent a result the server refused ({problem}); nothing of it was used."
+)
+PROBLEM_TOO_LARGE = (
+    "{size:,} bytes, over the {limit:,}-byte limit set by max_result_bytes "
+    "(NEXUS_DATAFLOW_MAX_RESULT_BYTES)"
+)
+PROBLEM_TOO_MANY_NODES = (
+    "{count:,} nodes, over the {limit:,}-node limit set by max_result_nodes "
+    "(NEXUS_DATAFLOW_MAX_RESULT_NODES)"
+)
+MSG_CHANGED = (
+    "Changed while it was being scanned (its bytes are not the ones the screen judged, "
+    "twice); run the scan again once it is saved."
+)
 MSG_USES_MODEL_NODES = (
     "Uses {nodes}, which DataFlow generates from your models: only the server has them. "
     "Load it explicitly after your models exist: plugin.load_workflows({path!r})."

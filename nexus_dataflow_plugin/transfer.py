@@ -25,7 +25,7 @@ from typing import Any
 from kailash.nodes.base import NodeRegistry
 from kailash.workflow import Workflow
 
-from ._paths import in_project, is_installed
+from ._paths import in_project
 
 REDACTED = "***REDACTED***"
 
@@ -37,7 +37,14 @@ PROJECT_NODE = (
     "server must not import"
 )
 LOSSY = "it does not survive Workflow.to_dict()/from_dict() unchanged ({what})"
-UNKNOWN_NODE = "node type {type} is not available in the server (module {module})"
+UNKNOWN_NODE = "node '{node}' ({type}) is not available in the server (module {module})"
+REFUSED_MODULE = (
+    "node '{node}' ({type}) comes from module {module}, which {why}; the server imports "
+    "only modules of installed distributions to rebuild a workflow"
+)
+NOT_A_LIBRARY = "is not a module of an installed distribution"
+DEFINES_MODELS = "defines DataFlow models"
+_DATAFLOW = "dataflow"  # DataFlow's own modules build nodes; they define no app's models
 
 
 # Kailash logs every workflow, node and connection it builds at INFO. The worker
@@ -150,34 +157,78 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
     return Encoded(None if problems else data, node_modules, tuple(problems))
 
 
-def _library_module(module: str) -> bool:
-    """True for an installed library module (site-packages): safe to import in the server."""
-    top = module.split(".")[0]
-    if top in sys.modules:
-        origin = getattr(sys.modules[top], "__file__", None)
-    else:
+@functools.lru_cache(maxsize=64)
+def _distribution_files(top: str, path: tuple[str, ...]) -> frozenset[str]:
+    """Real paths of every file that the distributions on ``path`` providing ``top`` ship
+    (memoised per ``sys.path``: reading every distribution's metadata takes tens of ms)."""
+    from importlib import metadata
+
+    files: set[str] = set()
+    for dist in metadata.distributions(path=list(path)):
+        shipped = dist.files or ()
+        tops = {f.parts[0].removesuffix(".py") for f in shipped if f.parts}
+        if top in tops:
+            files.update(os.path.realpath(dist.locate_file(f)) for f in shipped)
+    return frozenset(files)
+
+
+def _defines_models(origin: str) -> bool:
+    from .screen import analyze  # the server's side only: the worker never decodes
+
+    try:
+        with open(origin, "rb") as handle:
+            return analyze(handle.read()).model is not None
+    except OSError:
+        return True
+
+
+def library_refusal(module: str) -> str | None:
+    """Why the server must not import ``module`` to rebuild a workflow; None if it may.
+
+    It may only when the module, and each package on the way to it, is a file
+    an installed distribution ships (listed in its RECORD), and the file
+    defines no DataFlow models (DataFlow's own package aside). A module found
+    some other way (``PYTHONPATH``, an editable install, a directory merely
+    named site-packages) is refused before anything of it is imported.
+    """
+    parts = module.split(".")
+    files = _distribution_files(parts[0], tuple(sys.path))
+    if not files or not all(parts):
+        return NOT_A_LIBRARY
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
         try:
-            spec = importlib.util.find_spec(top)
-        except (ImportError, ValueError):
-            return False
-        origin = spec.origin if spec else None
-    return bool(origin) and is_installed(origin)
+            spec = importlib.util.find_spec(name)  # imports the (checked) parent package
+        except (ImportError, ValueError, AttributeError):
+            return NOT_A_LIBRARY
+        origin = spec.origin if spec is not None else None
+        if not origin or os.path.realpath(origin) not in files:
+            return NOT_A_LIBRARY
+        if parts[0] != _DATAFLOW and _defines_models(origin):
+            return DEFINES_MODELS
+    return None
 
 
 def decode(data: dict[str, Any], node_modules: dict[str, str]) -> Workflow:
     """Rebuild a workflow in the server, loading library node classes it needs.
 
-    Raises ``ValueError`` naming the node type when a class is not available.
+    Raises ``ValueError`` naming the node and the module when a class is not
+    available, or its module is not one the server may import.
     """
-    for node in data.get("nodes", {}).values():
+    for node_id, node in data.get("nodes", {}).items():
         node_type = node.get("node_type")
         if node_type in NodeRegistry._nodes:
             continue
-        module = node_modules.get(node_type, "?")
-        if module != "?" and _library_module(module):
-            importlib.import_module(module)
+        module = node_modules.get(node_type)
+        if not module:
+            raise ValueError(UNKNOWN_NODE.format(node=node_id, type=node_type, module="?"))
+        refusal = library_refusal(module)
+        if refusal is not None:
+            raise ValueError(REFUSED_MODULE.format(node=node_id, type=node_type, module=module,
+                                                   why=refusal))
+        importlib.import_module(module)
         if node_type not in NodeRegistry._nodes:
-            raise ValueError(UNKNOWN_NODE.format(type=node_type, module=module))
+            raise ValueError(UNKNOWN_NODE.format(node=node_id, type=node_type, module=module))
     return Workflow.from_dict(data)
 
 

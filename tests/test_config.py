@@ -74,6 +74,14 @@ OPTIONS = [
         "cache", "NEXUS_DATAFLOW_CACHE", "dataflow_cache",
         False, "yes", "false", False, True, False, True,
     ),
+    Option(
+        "max_result_bytes", "NEXUS_DATAFLOW_MAX_RESULT_BYTES", "dataflow_max_result_bytes",
+        1000, "2000", "3000", 1000, 2000, 3000, 16 * 1024 * 1024,
+    ),
+    Option(
+        "max_result_nodes", "NEXUS_DATAFLOW_MAX_RESULT_NODES", "dataflow_max_result_nodes",
+        10, "20", "30", 10, 20, 30, 10_000,
+    ),
 ]  # fmt: skip
 BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -87,7 +95,8 @@ def write_pyproject(base: Path, body: str) -> Path:
 def test_every_option_is_covered_and_named_three_ways() -> None:
     assert {o.name for o in OPTIONS} == {
         "enabled", "timeout", "workers", "exclude",
-        "max_file_bytes", "memory_limit_mb", "cpu_limit_s", "cache",
+        "max_file_bytes", "memory_limit_mb", "cpu_limit_s", "cache", "max_result_bytes",
+        "max_result_nodes",
     }  # fmt: skip
     assert set(Settings.__dataclass_fields__) == set(BY_NAME)
     for option in OPTIONS:

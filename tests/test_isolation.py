@@ -270,7 +270,7 @@ def _tasks(base: Path, files: dict[str, str]) -> list:
     return tasks
 
 
-def test_a_slow_file_does_not_hold_up_the_rest_of_its_batch(tmp_path):
+def test_a_slow_file_does_not_hold_up_the_files_queued_behind_it(tmp_path):
     """One worker: the files queued behind a slow one finish while it is still running,
     each file runs once, and the slow one was asked to yield the CPU."""
     from nexus_dataflow_plugin.isolation import Limits, WorkerPool
@@ -282,7 +282,7 @@ def test_a_slow_file_does_not_hold_up_the_rest_of_its_batch(tmp_path):
         outcomes = list(pool.run(tasks))
     order = [Path(o.task.path).name for o in outcomes]
     assert order[-1] == "aa_slow.py", order
-    assert all(o.result and o.result["workflows"] for o in outcomes), outcomes
+    assert all(o.result and o.result.workflows for o in outcomes), outcomes
     assert {name: len(runs(tmp_path / "workflows" / name)) for name in files} == dict.fromkeys(
         files, 1
     )
@@ -308,15 +308,6 @@ def test_hangs_the_screen_cannot_foresee_overlap_instead_of_queueing(tmp_path):
 # --- how many workers ----------------------------------------------------------------------------
 
 
-def test_one_worker_per_fifty_files_up_to_the_pools_size(tmp_path):
-    """One worker per fifty files to import: a small project gets one."""
-    from nexus_dataflow_plugin.isolation import FILES_PER_WORKER, Limits, WorkerPool
-
-    with WorkerPool(tmp_path, workers=3, limits=Limits()) as pool:
-        sizes = (0, 1, FILES_PER_WORKER, FILES_PER_WORKER + 1, 10_000)
-        assert [pool.wanted(n) for n in sizes] == [1, 1, 1, 2, 3]
-
-
 def test_prestarting_for_a_small_project_starts_one_worker(tmp_path):
     _tasks(tmp_path, {f"good_{i}.py": "good_pipeline.py" for i in range(3)})
     discovery = SmartDiscovery(tmp_path, workers=2, cache=False)
@@ -333,9 +324,10 @@ def test_prestarting_for_a_small_project_starts_one_worker(tmp_path):
     assert _workers_of_this_process() == []
 
 
-def test_a_child_beside_a_slow_one_holds_no_descriptor_of_its_siblings(tmp_path):
-    """Forked while the slow file's child still runs, the next child sees one pipe: its
-    own progress pipe. Not the sibling's (it could swallow its progress), no pidfd."""
+def test_a_file_beside_a_slow_one_holds_no_descriptor_of_its_siblings(tmp_path):
+    """Forked while the slow file's process still runs, the next file's process holds its
+    standard streams and its own result channel: nothing of the worker's or the sibling's
+    (no pipe, no pidfd, no third socket)."""
     from nexus_dataflow_plugin.isolation import Limits, WorkerPool
 
     tasks = _tasks(
@@ -347,5 +339,23 @@ def test_a_child_beside_a_slow_one_holds_no_descriptor_of_its_siblings(tmp_path)
         order = [Path(o.task.path).name for o in pool.run(tasks)]
     assert order == ["zz_snoop.py", "aa_slow.py"]  # it really ran beside the slow one
     seen = (tmp_path / "workflows" / "zz_snoop.py.fds").read_text().split("\n")
-    assert len([t for t in seen if t.startswith("pipe:")]) == 1, seen
-    assert not [t for t in seen if "pidfd" in t], seen
+    targets = [line.split(" ", 1)[1] for line in seen]
+    assert not [t for t in targets if t.startswith("pipe:") or "pidfd" in t], seen
+    sockets = [line for line in seen if "socket:" in line]
+    assert len(sockets) == 2 and sockets[0].startswith("2 "), seen  # stderr, result channel
+
+
+def test_nothing_of_a_scan_is_written_into_the_project(tmp_path):
+    """No bytecode, no scratch files: the tree after a scan is the tree before it."""
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "helpers.py").write_text("STEP = {'code': 'result = {\"v\": 1}'}\n")
+    (tmp_path / "workflows" / "uses_helper.py").write_text(
+        "from kailash.workflow.builder import WorkflowBuilder\n"
+        "from helpers import STEP\n\n"
+        "workflow = WorkflowBuilder()\n"
+        "workflow.add_node('PythonCodeNode', 'step', STEP)\n"
+    )
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    report = SmartDiscovery(tmp_path, timeout=10, workers=1, cache=False).run()
+    assert report.file("workflows/uses_helper.py").status == "registered"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

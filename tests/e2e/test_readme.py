@@ -375,6 +375,8 @@ VALID_VALUES = {
     "memory_limit_mb": ("_limit", f"MiB, a whole number >= 1; {NONE_AS}: no limit"),
     "cpu_limit_s": ("_limit", f"CPU seconds, a whole number >= 1; {NONE_AS}: no limit"),
     "cache": ("_boolean", BOOLEAN),
+    "max_result_bytes": ("_positive_int", "bytes, a whole number >= 1"),
+    "max_result_nodes": ("_positive_int", "nodes, a whole number >= 1"),
 }
 
 
@@ -429,11 +431,13 @@ REASON_TEMPLATES = [
         "MSG_REGISTERED", "MSG_NO_WORKFLOWS", "MSG_SKIPPED_MODEL", "MSG_SKIPPED_DEPENDENT",
         "MSG_TIMEOUT", "MSG_TIMEOUT_STOPPED", "MSG_CRASHED", "MSG_SYNTAX", "MSG_DECODE",
         "MSG_NUL", "MSG_UNREADABLE",
-        "MSG_NOT_TRANSFERABLE", "MSG_USES_MODEL_NODES",
+        "MSG_NOT_TRANSFERABLE", "MSG_USES_MODEL_NODES", "MSG_INVALID_RESULT",
+        "PROBLEM_TOO_LARGE", "PROBLEM_TOO_MANY_NODES", "MSG_CHANGED",
     )],
     ("finder", "MSG_OUTSIDE"), ("finder", "MSG_TOO_LARGE"), ("finder", "MSG_BROKEN_LINK"),
     ("transfer", "NOT_JSON"), ("transfer", "SECRET"), ("transfer", "CYCLE"),
     ("transfer", "PROJECT_NODE"), ("transfer", "LOSSY"), ("transfer", "UNKNOWN_NODE"),
+    ("transfer", "REFUSED_MODULE"),
     ("plugin", "MSG_REJECTED"), ("plugin", "MSG_EXPLICIT_WINS"),
     ("_probe", "MISSING_NODE_HINT"),
 ]

@@ -1,0 +1,82 @@
+"""The messages alone: one encoder, one decoder, and what the decoder refuses."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from nexus_dataflow_plugin import _protocol as proto
+
+EXAMPLES = [
+    proto.Init(("/p",), "/p", {"CSVReaderNode": "kailash.nodes.data"}, None, 60, 1000),
+    proto.RunFile(3, "/p/workflows/a.py", "a", ("build",), (), 8.0, "ab" * 32),
+    proto.Ready(12),
+    proto.Exited(3, None, 9),
+    proto.Started(13),
+    proto.Result(workflows=(proto.WorkflowData("workflow", {"nodes": {}}, {}, ()),),
+                 failures=("f() raised",)),
+    proto.Result(guarded=proto.Guarded("skipped_model", "db = DataFlow() at line 3")),
+]
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_every_message_survives_the_trip(message: object) -> None:
+    assert proto.decode(proto.encode(message)) == message
+
+
+@pytest.mark.parametrize("raw,problem", [
+    (b"not json", "not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'{"type": "Nope"}', "expected a message"),
+    (b'{"type": "Result", "failures": 5}', "Result.failures: expected a list"),
+    (b'{"type": "Result", "failures": [1]}', "Result.failures[]: expected str"),
+    (b'{"type": "Result", "surprise": 1}', "unknown field(s) surprise"),
+    (b'{"type": "Started"}', "missing field pid"),
+    (b'{"type": "Started", "pid": true}', "expected int"),
+    (b'{"type": "Result", "workflows": [{"attr": "w", "data": 3, "node_modules": {},'
+     b' "problems": []}]}', "data: expected an object"),
+    (b'{"type": "Result", "failures": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "levels deep"),
+])
+def test_the_decoder_refuses_what_the_protocol_does_not_allow(raw: bytes, problem: str) -> None:
+    with pytest.raises(proto.ProtocolError, match=re.escape(problem)):
+        proto.decode(raw)
+
+
+def test_nesting_inside_workflow_data_is_bounded_too() -> None:
+    deep: object = "leaf"
+    for _ in range(proto.MAX_DEPTH + 5):
+        deep = {"k": deep}
+    data = {"nodes": {"n": {"node_type": "X", "config": deep}}}
+    raw = json.dumps({"type": "Result", "workflows": [
+        {"attr": "w", "data": data, "node_modules": {}, "problems": []}]}).encode()
+    with pytest.raises(proto.ProtocolError, match="levels deep"):
+        proto.decode(raw)
+
+
+def test_a_message_of_the_wrong_kind_for_its_channel_is_refused() -> None:
+    with pytest.raises(proto.ProtocolError, match="expected Started"):
+        proto.decode(proto.encode(proto.Ready(1)), proto.Started)
+
+
+def test_frames_split_anywhere_come_out_whole_and_an_oversize_one_is_refused_unread() -> None:
+    stream = proto.frame(proto.FRAME_STARTED, proto.Started(7)) + proto.frame(
+        proto.FRAME_RESULT, proto.Result())
+    reader = proto.FrameReader(limit=1000)
+    frames = [f for byte in stream for f in reader.feed(bytes([byte]))]
+    assert [proto.decode(body) for _, body in frames] == [proto.Started(7), proto.Result()]
+    with pytest.raises(proto.OversizeFrame) as refused:
+        proto.FrameReader(limit=10).feed(proto.FRAME_HEADER.pack(proto.FRAME_RESULT, 11))
+    assert refused.value.size == 11
+    with pytest.raises(proto.ProtocolError, match="unknown frame kind"):
+        proto.FrameReader(limit=10).feed(proto.FRAME_HEADER.pack(9, 1))
+
+
+def test_node_count_sums_every_workflow_of_a_result() -> None:
+    result = proto.Result(workflows=(
+        proto.WorkflowData("a", {"nodes": {"x": {}, "y": {}}}, {}, ()),
+        proto.WorkflowData("b", None, {}, ("cannot travel",)),
+        proto.WorkflowData("c", {"nodes": {"z": {}}}, {}, ()),
+    ))
+    assert proto.node_count(result) == 3

@@ -1,0 +1,41 @@
+"""The worker's import rule, enforced: what a candidate finds in its process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# The standard library, Kailash, and these modules of ours (see _worker's docstring).
+ALLOWED_OWN = {
+    "nexus_dataflow_plugin", "nexus_dataflow_plugin._worker", "nexus_dataflow_plugin._protocol",
+    "nexus_dataflow_plugin._probe", "nexus_dataflow_plugin._paths",
+    "nexus_dataflow_plugin._guard", "nexus_dataflow_plugin.transfer",
+}
+
+
+def _modules(statement: str) -> set[str]:
+    probe = f"import json, sys; {statement}; print(json.dumps(sorted(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env=env, check=True, timeout=120)
+    return set(json.loads(out.stdout))
+
+
+def test_the_worker_imports_only_the_standard_library_kailash_and_the_modules_it_names():
+    # What importing the worker adds to a bare interpreter (site's own start-up aside).
+    modules = _modules("import nexus_dataflow_plugin._worker") - _modules("pass")
+    tops = {name.split(".")[0] for name in modules}
+    assert "nexus" not in tops and "dataflow" not in tops, sorted(tops)
+    own = {name for name in modules if name.split(".")[0] == "nexus_dataflow_plugin"}
+    assert own <= ALLOWED_OWN, sorted(own - ALLOWED_OWN)
+    stdlib = set(sys.stdlib_module_names)
+    foreign = {t for t in tops if t not in stdlib and t != "nexus_dataflow_plugin"
+               and not t.startswith("_")}
+    # Kailash and what Kailash itself imports at its core.
+    assert "kailash" in foreign
+    kailash_deps = foreign - {"kailash"}
+    assert not {"nexus", "dataflow", "fastapi", "uvicorn"} & kailash_deps, sorted(kailash_deps)
