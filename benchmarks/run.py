@@ -18,6 +18,10 @@ Cases (``--cases`` takes a comma-separated list; sizes may be changed, e.g.
   cold (no bytecode, empty screen cache) and warm (the same again, unchanged);
   ours with the pool pre-started (as the plugin does at install) and with the
   worker start-up inside the timer.
+- ``manifest-N``: the ``mixed-N`` tree with an ``app.py``; ``app.start(blocking=False)``
+  with ``auto_discovery=True``: stock Nexus (native discovery), the plugin
+  scanning, and the plugin starting from a manifest ``nexus-dataflow freeze``
+  made before the timed runs; ratios of discovery and of ``start()`` per pair.
 - ``workflows-N``: N plain workflow files, no models; cold.
 - ``hostile-N``: ``mixed-N`` plus 3 files that hang at import; native gets
   30 s and is reported as not finishing; ours runs with ``timeout=5``.
@@ -54,8 +58,9 @@ sys.path.insert(0, str(HERE))
 import trees  # noqa: E402
 
 CHILD = HERE / "_child.py"
-FULL_CASES = ["seed", "mixed-1000", "workflows-200", "hostile-1000", "screen-10000", "autoload"]
-QUICK_CASES = ["seed", "mixed-40", "workflows-20", "screen-500", "autoload"]
+FULL_CASES = ["seed", "mixed-1000", "manifest-1000", "workflows-200", "hostile-1000",
+              "screen-10000", "autoload"]
+QUICK_CASES = ["seed", "mixed-40", "manifest-40", "workflows-20", "screen-500", "autoload"]
 HOSTILE_TIMEOUT_S = 5.0
 NATIVE_HOSTILE_LIMIT_S = 30.0
 CHILD_LIMIT_S = 900.0
@@ -389,6 +394,59 @@ class Bench:
         runs = self.scan_variants(name, tree, warm=models, full_cold=not self.quick)
         self.cases[name] = self.summarise_scans(name, tree, runs, targets)
 
+    def case_manifest(self, name: str, size: int) -> None:
+        """``app.start()`` on ``mixed-N``: native discovery, the plugin's scan, its manifest."""
+        tree = trees.add_app(trees.mixed_tree(self.work / "trees" / name, size,
+                                              self.work / "dbs" / name))
+        manifest = self.work / f"{name}.manifest.json"
+        self.log(f"{name}: nexus-dataflow freeze")
+        subprocess.run([sys.executable, "-m", "nexus_dataflow_plugin.cli", "freeze",
+                        str(tree.root), "-o", str(manifest)], env=self.environ(), check=True,
+                       capture_output=True, timeout=CHILD_LIMIT_S)
+        on = {"BENCH_AUTO_DISCOVERY": "1"}
+        variants = {
+            "native": {**on, "BENCH_PLUGIN": "0"},
+            "scan": {**on, "BENCH_PLUGIN": "1"},
+            "manifest": {**on, "BENCH_PLUGIN": "1", "BENCH_MANIFEST": str(manifest)},
+        }
+        apps: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for i in range(self.repeat):
+            self.log(f"{name}: app.start() repeat {i + 1}/{self.repeat}")
+            for variant, env in variants.items():
+                trees.wipe_bytecode(tree.root)
+                env = {**env, "XDG_CACHE_HOME": str(self.fresh("xdg"))}
+                spec = {"kind": "app", "base": str(tree.root), "settle": False}
+                apps[variant].append(self.child(spec, env=env))
+        for result in (r for rs in apps.values() for r in rs):
+            result["own_s"] = result["discover_s"] - result["register_s"]
+        medians = {v: _medians(rs) for v, rs in apps.items()}
+        expected = sorted(tree.expected)
+        same = all(r["names"] == expected for rs in apps.values() for r in rs)
+        for metric, key in (("discovery at start()", "discover_s"),
+                            ("discovery less Nexus's register() calls", "own_s"),
+                            ("app.start()", "start_s")):
+            manifest_s = medians["manifest"][key]
+            for other in ("native", "scan"):
+                spread = (f"range over runs: {other} {_span(apps[other], key)}, manifest "
+                          f"{_span(apps['manifest'], key)}")
+                paired = [b[key] / a[key] for a, b in
+                          zip(apps[other], apps["manifest"], strict=True) if a and b and a[key]]
+                if len(paired) > 1:  # each repeat ran all three back to back
+                    spread += (f"; ratio within each repeat {min(paired):.2f}-{max(paired):.2f}, "
+                               f"median {statistics.median(paired):.3f}")
+                self.check(name, f"{metric} (s): manifest vs {other}",
+                           medians[other][key], manifest_s, note=spread)
+        self.checks.append(Check(
+            name, "workflows registered", len(expected), medians["manifest"]["workflows"],
+            target="same names, every variant", met=same,
+            note=f"manifest {manifest.stat().st_size / 1024:.0f} KiB",
+        ))
+        for results in apps.values():
+            for result in results:
+                result["workflows"] = len(result.pop("names"))
+        self.cases[name] = {"files": tree.files, "expected_workflows": len(expected),
+                            "same_names": same, "variants": medians, "runs": apps}
+
     def case_hostile(self, name: str, size: int) -> None:
         tree = trees.mixed_tree(self.work / "trees" / name, size, self.work / "dbs" / name)
         good = set(tree.expected)
@@ -653,10 +711,11 @@ def parse_case(name: str) -> tuple[str, int | None]:
     family, _, size = name.partition("-")
     if family in ("seed", "autoload") and not size:
         return family, None
-    if family in ("mixed", "workflows", "hostile", "screen") and size.isdigit() and int(size) > 0:
+    if family in ("mixed", "manifest", "workflows", "hostile", "screen") and size.isdigit() \
+            and int(size) > 0:
         return family, int(size)
-    raise SystemExit(f"unknown case {name!r}: use seed, autoload, mixed-N, workflows-N, "
-                     "hostile-N or screen-N")
+    raise SystemExit(f"unknown case {name!r}: use seed, autoload, mixed-N, manifest-N, "
+                     "workflows-N, hostile-N or screen-N")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -696,13 +755,16 @@ def main(argv: list[str] | None = None) -> int:
             ref = git("rev-parse", "--verify", f"{args.ref}^{{commit}}")
             bench.source = extract(ref, work / "src")
         # The benign mixed case runs before hostile, whose extra cost is measured against it.
-        order = {"seed": 0, "mixed": 1, "workflows": 2, "hostile": 3, "screen": 4, "autoload": 5}
+        order = {"seed": 0, "mixed": 1, "manifest": 2, "workflows": 3, "hostile": 4, "screen": 5,
+                 "autoload": 6}
         for name, family, size in sorted(parsed, key=lambda p: order[p[1]]):
             bench.log(f"== {name}")
             if family == "seed":
                 bench.case_seed(name)
             elif family == "mixed":
                 bench.case_scan(name, size, models=True)
+            elif family == "manifest":
+                bench.case_manifest(name, size)
             elif family == "workflows":
                 bench.case_scan(name, size, models=False)
             elif family == "hostile":

@@ -15,6 +15,8 @@ what was written, so the benchmark can check both implementations against it).
 - ``add_hostile``: files that hang at import (sleep, busy loop, a busy loop
   that ignores SIGALRM).
 - ``screen_tree``: ``n`` files for the static screen alone (the mixed kinds).
+- ``add_app``: ``app.py`` building a plain Nexus app (stock, the plugin, or the
+  plugin starting from a manifest), for timing ``start()`` on any tree.
 """
 
 from __future__ import annotations
@@ -208,6 +210,34 @@ def build():
     app.register("create_session", session_create.build())
     return app
 '''
+
+
+PLAIN_APP = '''"""A Nexus app for a generated tree, with discovery options from the environment.
+
+BENCH_AUTO_DISCOVERY=1 turns auto_discovery on; BENCH_PLUGIN=1 installs the
+DataFlowCompatiblePlugin, starting from the manifest BENCH_MANIFEST when it is set.
+"""
+
+import os
+
+from nexus import Nexus
+
+
+def build():
+    auto = os.environ.get("BENCH_AUTO_DISCOVERY") == "1"
+    app = Nexus(api_port=8002, mcp_port=3001, auto_discovery=auto, enable_durability=False)
+    if os.environ.get("BENCH_PLUGIN") == "1":
+        from nexus_dataflow_plugin import DataFlowCompatiblePlugin
+
+        app.add_plugin(DataFlowCompatiblePlugin(manifest=os.environ.get("BENCH_MANIFEST")))
+    return app
+'''
+
+
+def add_app(tree: Tree) -> Tree:
+    """``app.py`` (not a discovered file) that builds a plain Nexus app for ``tree``."""
+    _write(tree.root / "app.py", PLAIN_APP)
+    return tree
 
 
 def seed_tree(root: Path, db_dir: Path, seed: int = 3) -> Tree:

@@ -17,6 +17,8 @@ _EXPORTS = {
     "Settings": "config",
     "ConfigError": "config",
     "load_settings": "config",
+    "ManifestError": "manifest",
+    "freeze": "manifest",
 }
 
 __all__ = [
@@ -24,10 +26,12 @@ __all__ = [
     "DataFlowCompatiblePlugin",
     "DiscoveryReport",
     "FileResult",
+    "ManifestError",
     "Settings",
     "SmartDiscovery",
     "__version__",
     "discover_workflows",
+    "freeze",
     "load_settings",
     "register_dataflow_workflows",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 from functools import lru_cache
 
 ENVIRONMENT_DIRS = frozenset({"site-packages", "dist-packages"})
@@ -35,3 +36,23 @@ def in_project(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bo
         return False
     inner = [p for p in _prefixes() if p.startswith(base)]
     return not any(real.startswith(prefix) for prefix in inner)
+
+
+@lru_cache(maxsize=1)
+def _interpreter_dirs() -> tuple[str, ...]:
+    """The interpreter's own library directories (standard library, site-packages)."""
+    paths = sysconfig.get_paths()
+    found = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    return tuple(sorted(os.path.realpath(p).rstrip(os.sep) + os.sep for p in found))
+
+
+def is_environment(path: str | os.PathLike[str]) -> bool:
+    """An installed library or the standard library: code that is not any project's own.
+
+    Anything else on the import path, inside the project or not, is screened:
+    reading a file is not executing it.
+    """
+    if is_installed(path):
+        return True
+    real = os.path.realpath(path) + os.sep
+    return any(real.startswith(d) for d in _interpreter_dirs())

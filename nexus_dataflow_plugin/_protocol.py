@@ -115,11 +115,22 @@ class WorkflowData:
 
 
 @dataclass(frozen=True)
+class GuardStep:
+    """One frame of the chain the runtime guard saw reach DataFlow."""
+
+    file: str
+    module: str
+    line: int
+
+
+@dataclass(frozen=True)
 class Guarded:
-    """The runtime guard stopped the file: it reached DataFlow (see ``_guard``)."""
+    """The runtime guard stopped the file: what it tried (``detail``), whether the file
+    itself or something it imports tried (``status``), and the chain (see ``_guard``)."""
 
     status: str
     detail: str
+    chain: tuple[GuardStep, ...] = ()
 
 
 @dataclass(frozen=True)

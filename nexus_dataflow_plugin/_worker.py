@@ -32,8 +32,8 @@ import sys
 import types
 from typing import Any
 
+from nexus_dataflow_plugin import _guard, transfer
 from nexus_dataflow_plugin import _protocol as proto
-from nexus_dataflow_plugin import transfer
 from nexus_dataflow_plugin._probe import (
     MSG_IMPORT_MEMORY,
     MSG_IMPORT_RAISED,
@@ -212,19 +212,37 @@ def _child(run: proto.RunFile, init: proto.Init, result_fd: int, stderr_fd: int)
                 init.cpu_seconds, hard)
             resource.setrlimit(resource.RLIMIT_CPU, (cap, hard))
         me = os.getpid()
+
+        def stop(verdict: _guard.Verdict) -> None:
+            """The file (or a copy it forked) reached DataFlow: report that, end here."""
+            os._exit(_send(channel, _guarded(verdict), init.max_result_bytes))
+
+        _guard.install(stop, run.path)
         result = _run_file(run, init.base)
         if os.getpid() != me:
             os._exit(0)  # a copy forked by the candidate: only the file's process reports
-        body = proto.frame(proto.FRAME_RESULT, result)
-        if len(body) - proto.FRAME_HEADER.size > init.max_result_bytes:
-            body = proto.frame(proto.FRAME_RESULT, proto.Result(oversize=len(body)))
-        try:
-            proto.write_all(channel, body)
-        except OSError:
-            code = proto.EXIT_NO_CHANNEL
+        stopped = _guard.verdict()  # set only if stop() could not end the process
+        code = _send(channel, _guarded(stopped) if stopped else result, init.max_result_bytes)
     except BaseException:  # noqa: BLE001 - report via exit status; the server explains
         code = 70
     os._exit(code)
+
+
+def _guarded(verdict: _guard.Verdict) -> proto.Result:
+    chain = tuple(proto.GuardStep(step.file, step.module, step.line) for step in verdict.chain)
+    return proto.Result(guarded=proto.Guarded(verdict.status, verdict.detail, chain))
+
+
+def _send(channel: int, result: proto.Result, limit: int) -> int:
+    """Send the file's result (or, over ``limit``, its size); the exit status to end with."""
+    body = proto.frame(proto.FRAME_RESULT, result)
+    if len(body) - proto.FRAME_HEADER.size > limit:
+        body = proto.frame(proto.FRAME_RESULT, proto.Result(oversize=len(body)))
+    try:
+        proto.write_all(channel, body)
+    except OSError:
+        return proto.EXIT_NO_CHANNEL
+    return 0
 
 
 # -- the worker: forks and reaps ---------------------------------------------------------------

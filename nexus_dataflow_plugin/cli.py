@@ -9,7 +9,8 @@ Stdout carries only the table or the JSON: colour only on a terminal (and
 never with ``NO_COLOR``), and the progress line of a scan that outlasts a
 second goes to stderr, only when stderr is a terminal.
 ``scan --explain FILE`` shows the static screen's reasoning for one file,
-assembled from the engine's own answers.
+assembled from the engine's own answers. ``freeze`` writes the manifest a
+server starts from without scanning; ``freeze --check`` exits 1 when it is stale.
 """
 
 from __future__ import annotations
@@ -209,6 +210,48 @@ def cmd_scan(args: argparse.Namespace, out: TextIO) -> int:
     for entry in failed:
         sys.stderr.write(MSG_FAIL_ON.format(status=entry.status, path=entry.path) + "\n")
     return EXIT_FAIL_ON if failed else EXIT_OK
+
+
+def cmd_freeze(args: argparse.Namespace, out: TextIO) -> int:
+    """Write the manifest of a scan (stdout without -o), or ``--check`` it: exit 1 listing
+    the files that no longer match."""
+    from .config import load_settings
+
+    base = Path(args.path).absolute()
+    if not base.is_dir():
+        raise UsageError(f"{args.path}: not a directory")
+    settings = load_settings(base, {"timeout": args.timeout})
+    target = Path(args.output).absolute() if args.output else None
+    if target is None and settings.manifest is not None:
+        from .manifest import manifest_path
+
+        target = manifest_path(base, settings.manifest)
+    if args.check and target is None:
+        raise UsageError("--check needs the manifest: give -o FILE or set the manifest setting")
+    from . import manifest as m
+
+    with progress(f"scanning {args.path}"):
+        fresh = m.freeze(base, settings)
+    for rel, record in fresh["files"].items():  # their workflows are not in the manifest
+        if record["status"] in r.PROBLEM_STATUSES:
+            sys.stderr.write(f"warning: {rel} [{record['status']}] {record['reason']}\n")
+    if args.check and target is not None:
+        stale = m.check(target, fresh)
+        for line in stale:
+            out.write(line + "\n")
+        if stale:
+            sys.stderr.write(f"{target} does not match {args.path}: run `nexus-dataflow freeze "
+                             f"{args.path} -o {target}` and commit the result\n")
+            return EXIT_FAIL_ON
+        sys.stderr.write(f"{target} matches {args.path}\n")
+        return EXIT_OK
+    summary = f"{len(fresh['workflows'])} workflow(s) from {len(fresh['files'])} file(s)"
+    if target is None:
+        out.write(m.dumps(fresh))
+    else:
+        m.write(fresh, target)
+        sys.stderr.write(f"wrote {target}: {summary}\n")
+    return EXIT_OK
 
 
 def _explain_target(base: Path, name: str) -> Path:
@@ -591,6 +634,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--timeout", type=_seconds, help="per-file discovery timeout, seconds")
     serve.set_defaults(func=cmd_serve)
+    freeze = sub.add_parser(
+        "freeze", help="write a manifest of a scan, for servers to start from (see "
+        "docs/deploying.md)")
+    freeze.add_argument("path", nargs="?", default=".", help="project directory (default: .)")
+    freeze.add_argument("-o", "--output", metavar="FILE",
+                        help="write the manifest here (default: the manifest setting, else "
+                        "stdout)")
+    freeze.add_argument("--check", action="store_true",
+                        help="do not write: exit 1, listing the files, if FILE no longer "
+                        "matches the project")
+    freeze.add_argument("--timeout", type=_seconds, help="per-file timeout in seconds")
+    freeze.set_defaults(func=cmd_freeze)
     plugins = sub.add_parser(
         "plugins", help="list the nexus.plugins entry points",
         description="Show whether entry-point autoload is on in this Python (and why not), "

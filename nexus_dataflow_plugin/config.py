@@ -104,6 +104,15 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _optional_path(value: Any) -> str | None:
+    """A file path as given (relative ones are relative to the project); empty/none is unset."""
+    if _unset(value):
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError("expected a file path")
+    return os.fspath(value).strip()
+
+
 def _patterns(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(p.strip() for p in value.split(",") if p.strip())
@@ -126,10 +135,17 @@ class Settings:
     cache: bool = True
     max_result_bytes: int = 16 * 1024 * 1024
     max_result_nodes: int = 10_000
+    manifest: str | None = None
+    manifest_strict: bool = False
 
     def discovery_options(self) -> dict[str, Any]:
         """Keyword arguments for ``SmartDiscovery``."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "enabled"}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in NOT_DISCOVERY_OPTIONS}
+
+
+# Settings that choose how discovery starts, not how a scan runs.
+NOT_DISCOVERY_OPTIONS = frozenset({"enabled", "manifest", "manifest_strict"})
 
 
 # option name -> (key suffix, parser); the key is dataflow_<suffix> / NEXUS_DATAFLOW_<SUFFIX>
@@ -144,6 +160,8 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "cache": ("cache", _boolean),
     "max_result_bytes": ("max_result_bytes", _positive_int),
     "max_result_nodes": ("max_result_nodes", _positive_int),
+    "manifest": ("manifest", _optional_path),
+    "manifest_strict": ("manifest_strict", _boolean),
 }
 
 

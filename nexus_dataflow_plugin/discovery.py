@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from kailash.workflow import Workflow
 
 from . import _protocol as proto
 from . import report as r
-from ._paths import in_project
+from ._paths import is_environment
 from ._probe import workflow_name
 from .cache import ScreenCache
 from .finder import (
@@ -169,24 +169,32 @@ class SmartDiscovery:
     def _static(self, found: Found) -> tuple[dict[str, r.FileResult], ScreenCache]:
         """Screen every candidate; the cache it filled is returned for further questions."""
         entries: dict[str, r.FileResult] = {}
-        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
+        cache = self._cache()
         with paused_gc():
             for _ in self._screen(found.candidates, entries, cache):
                 pass
         cache.save()
         return entries, cache
 
-    def run(self) -> r.DiscoveryReport:
-        """Every stage: the report holds the workflows to register and one entry per file."""
-        with paused_gc():
-            return self._run()
+    def run(self, *, only: Collection[str] | None = None) -> r.DiscoveryReport:
+        """Every stage: the report holds the workflows to register and one entry per file.
 
-    def _run(self) -> r.DiscoveryReport:
+        ``only`` (relative POSIX paths of candidates) keeps just those candidates
+        after finding as usual; names among them resolve in native order.
+        """
+        with paused_gc():
+            return self._run(only)
+
+    def _run(self, only: Collection[str] | None = None) -> r.DiscoveryReport:
         started = time.monotonic()
         found = self._find()
+        if only is not None:
+            keep = set(only)
+            found = Found(found.base, tuple(c for c in found.candidates if c.rel in keep),
+                          tuple(rel for rel in found.order if rel in keep))
         entries: dict[str, r.FileResult] = {}
         loaded: dict[str, _Loaded] = {}
-        cache = ScreenCache(self.base, self.cache_dir, persist=self.cache)
+        cache = self._cache()
         tasks: dict[int, tuple[Candidate, Facts]] = {}
         pool = self.pool
         try:
@@ -213,9 +221,11 @@ class SmartDiscovery:
         """Why the static screen treats ``path`` as it does, from the engine's own answers.
 
         The status and reason are ``SmartDiscovery.screen()``'s; the model lines,
-        imports and chain come from ``screen.analyze`` (via the screen cache) and
-        ``imports.ImportGraph``. A file that passes the screen is only imported by
-        a full scan, so its outcome after import is not part of the explanation.
+        imports (literal dynamic ones included), the directories it puts on
+        ``sys.path``, the files it runs by path and the chain come from
+        ``screen.analyze`` (via the screen cache) and ``imports.ImportGraph``. A file
+        that passes the screen is only imported by a full scan, so its outcome after
+        import (the runtime guard's included) is not part of the explanation.
         """
         base = self.base
         rel = path.relative_to(base).as_posix()
@@ -262,8 +272,13 @@ class SmartDiscovery:
                  "project_files": project_files(ref)}
                 for ref in facts.imports
             ],
+            "sys_path_entries": [{"line": e.line, "path": self._rel(graph.place(real, e))}
+                                 for e in facts.path_entries],
+            "runs_paths": [{"line": e.line, "path": self._rel(graph.place(real, e))}
+                           for e in facts.run_paths],
             "chain": [self._rel(p) for p in taint.chain] if taint else [],
             "chain_detail": taint.detail if taint else None,
+            "chain_unscreenable": bool(taint and taint.unscreenable),
             "factories": list(facts.factories),
         })
         return result
@@ -282,6 +297,7 @@ class SmartDiscovery:
         """
         graph = ImportGraph(self._roots(), cache.facts)
         generated = dataflow_node_types()
+        cache.prefetch(c.real for c in candidates if c.real is not None and not c.refusal)
         for candidate in candidates:
             began = time.monotonic()
             if candidate.refusal or candidate.real is None:
@@ -291,7 +307,9 @@ class SmartDiscovery:
             real = candidate.real
             facts = cache.facts(real)
             entry = None
-            if facts.error:
+            if facts.stalled:
+                entry = r.FileResult(candidate.rel, r.TIMEOUT, str(facts.error))
+            elif facts.error:
                 entry = r.FileResult(candidate.rel, r.ERROR, facts.error)
             elif (detail := graph.own_model(real)) is not None:
                 entry = r.FileResult(
@@ -305,12 +323,12 @@ class SmartDiscovery:
                 )
             elif (taint := graph.taint(real)) is not None:
                 chain = " -> ".join(self._rel(p) for p in taint.chain)
+                message = r.MSG_SKIPPED_UNSCREENABLE if taint.unscreenable else (
+                    r.MSG_SKIPPED_DEPENDENT)
                 entry = r.FileResult(
                     candidate.rel,
                     r.SKIPPED_DEPENDENT,
-                    r.MSG_SKIPPED_DEPENDENT.format(
-                        chain=f"{chain}: {taint.detail}", path=candidate.rel
-                    ),
+                    message.format(chain=f"{chain}: {taint.detail}", path=candidate.rel),
                 )
             if entry is not None:
                 entry.duration_s = time.monotonic() - began
@@ -330,7 +348,7 @@ class SmartDiscovery:
             tasks[tid] = (candidate, facts)
             yield Task(tid, str(candidate.path), Path(candidate.rel).stem, facts.factories,
                        facts.node_types, last_duration_s=cache.duration(candidate.real),
-                       may_block=facts.may_block)
+                       may_block=facts.may_block, digest=cache.digest(candidate.real))
 
     def _isolate(
         self,
@@ -341,27 +359,41 @@ class SmartDiscovery:
         loaded: dict[str, _Loaded],
         cache: ScreenCache,
         pool: WorkerPool,
+        *,
+        again: bool = True,
     ) -> None:
         """Import the files the screen lets through in workers; outcomes become entries.
 
         When an earlier scan timed the files, the screen finishes first and the
         slowest files go first, so they do not finish last. Otherwise (a cold
-        cache) files go to the workers as the screen finds them.
+        cache) files go to the workers as the screen finds them. A file whose
+        bytes changed after the screen judged them is screened again and, if it
+        still passes, imported once more (``again``), its new bytes this time.
         """
         ordered: Iterable[Task] = jobs
         expected: int | None = candidates
         if cache.timed():
             ordered = sorted(jobs, key=lambda t: -(t.last_duration_s or 0.0))
             expected = None
+        changed: list[Candidate] = []
         with quiet_rebuilds:
             for outcome in pool.run(ordered, expected):
                 candidate = tasks[outcome.task.id][0]
+                if again and outcome.result is not None and outcome.result.changed:
+                    changed.append(candidate)
+                    continue
                 entry, files_loaded = self._entry(candidate, outcome)
                 entry.duration_s = outcome.duration_s
                 entries[candidate.rel] = entry
                 cache.record_duration(candidate.real, outcome.duration_s)
                 if files_loaded is not None:
                     loaded[candidate.rel] = files_loaded
+        if changed:
+            for candidate in changed:
+                cache.forget(candidate.real)  # type: ignore[arg-type] # screened: real is set
+            rescreened = self._jobs(self._screen(changed, entries, cache), tasks, cache)
+            self._isolate(rescreened, len(changed), tasks, entries, loaded, cache, pool,
+                          again=False)
 
     def make_pool(self) -> WorkerPool:
         """A worker pool for this scan's settings; ``start()`` it early to hide its warm-up."""
@@ -387,6 +419,8 @@ class SmartDiscovery:
                 elapsed=outcome.duration_s, timeout=self.timeout, where=result.timeout
             )
             return r.FileResult(rel, r.TIMEOUT, reason), None
+        if result.guarded is not None:
+            return self._guarded(rel, result.guarded), None
         if result.error is not None:
             return r.FileResult(rel, r.ERROR, result.error), None
         if result.changed:
@@ -405,6 +439,16 @@ class SmartDiscovery:
             reason = "No workflow loaded: " + "; ".join(files_loaded.failures)
             return r.FileResult(rel, r.ERROR, reason), None
         return r.FileResult(rel, r.NO_WORKFLOWS, r.MSG_NO_WORKFLOWS), None
+
+    def _guarded(self, rel: str, stop: proto.Guarded) -> r.FileResult:
+        """The runtime guard stopped the file: what it tried, and the chain it saw."""
+        steps = [f"{self._rel(Path(step.file))}:{step.line} ({step.module})"
+                 for step in stop.chain]
+        status = r.SKIPPED_MODEL if stop.status == r.SKIPPED_MODEL else r.SKIPPED_DEPENDENT
+        reason = r.MSG_GUARD_STOPPED.format(action=stop.detail,
+                                            chain=" -> ".join(steps) or "no project frame",
+                                            path=rel)
+        return r.FileResult(rel, status, reason)
 
     def _name(
         self,
@@ -426,10 +470,7 @@ class SmartDiscovery:
             entry.workflows = [n for n in names if owner.get(n) == rel]
             for name in names:
                 if owner.get(name) != rel:
-                    entry.reason += (
-                        f" The name {name!r} is also produced by {owner[name]}, which wins "
-                        "(as in native discovery)."
-                    )
+                    entry.reason += r.MSG_NAME_TAKEN.format(name=name, owner=owner[name])
 
     # -- helpers -----------------------------------------------------------------
 
@@ -440,11 +481,15 @@ class SmartDiscovery:
     def _find(self) -> Found:
         return find_candidates(self.base, exclude=self.exclude, max_file_bytes=self.max_file_bytes)
 
+    def _cache(self) -> ScreenCache:
+        return ScreenCache(self.base, self.cache_dir, persist=self.cache, timeout=self.timeout)
+
     def _roots(self) -> list[Path]:
-        """Where local imports resolve: the base path and sys.path entries inside it."""
+        """Where imports resolve in the worker: the base path, then this process's sys.path
+        (the worker inherits it), without the standard library and installed distributions."""
         roots = [self.base]
         for entry in sys.path:
-            if entry and in_project(entry, self.base):
+            if entry and os.path.isdir(entry) and not is_environment(entry):
                 roots.append(Path(entry))
         return roots
 

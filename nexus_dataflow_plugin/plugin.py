@@ -113,8 +113,17 @@ def register_discovered(app: Any, report: r.DiscoveryReport) -> list[str]:
 def smart_auto_discover(
     app: Any, settings: Settings, pool: WorkerPool | None = None
 ) -> r.DiscoveryReport:
-    """What ``Nexus._auto_discover_workflows`` does, via isolated smart discovery."""
-    report = SmartDiscovery(os.getcwd(), pool=pool, **settings.discovery_options()).run()
+    """What ``Nexus._auto_discover_workflows`` does, via isolated smart discovery.
+
+    With the ``manifest`` setting, the workflows come from the manifest instead
+    (``manifest.start_from_manifest``), and only files that changed are scanned.
+    """
+    if settings.manifest is not None:
+        from .manifest import start_from_manifest
+
+        report = start_from_manifest(Path.cwd(), settings, pool)
+    else:
+        report = SmartDiscovery(os.getcwd(), pool=pool, **settings.discovery_options()).run()
     register_discovered(app, report)
     log_report(report)
     setattr(app, REPORT_ATTR, report)
@@ -128,7 +137,9 @@ class DataFlowCompatiblePlugin(NexusPlugin):
     ``[tool.nexus]`` in the project's pyproject.toml, then defaults):
     ``timeout`` per file in seconds, ``workers``, ``exclude`` glob patterns,
     ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``, ``cache``,
-    ``max_result_bytes`` and ``max_result_nodes`` (what one file's result may hold).
+    ``max_result_bytes`` and ``max_result_nodes`` (what one file's result may hold),
+    ``manifest`` (start from the file ``nexus-dataflow freeze`` wrote) and
+    ``manifest_strict`` (refuse to start when it does not match the project).
     """
 
     def __init__(
@@ -143,6 +154,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         cache: bool | None = None,
         max_result_bytes: int | None = None,
         max_result_nodes: int | None = None,
+        manifest: str | os.PathLike[str] | None = None,
+        manifest_strict: bool | None = None,
     ) -> None:
         self.options: dict[str, Any] = {
             "timeout": timeout,
@@ -154,6 +167,8 @@ class DataFlowCompatiblePlugin(NexusPlugin):
             "cache": cache,
             "max_result_bytes": max_result_bytes,
             "max_result_nodes": max_result_nodes,
+            "manifest": manifest,
+            "manifest_strict": manifest_strict,
         }
         # A bad argument is an error here; the environment and pyproject.toml are read
         # (and their errors raised) when the plugin installs and when discovery runs.
@@ -182,12 +197,13 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         """Replace the app's discovery with the isolated one.
 
         When the app will discover, workers start now: their Kailash import
-        overlaps the app's own start-up instead of adding to ``start()``.
+        overlaps the app's own start-up instead of adding to ``start()``. Not
+        with a manifest: starting from one needs no worker at all.
         """
         check_compatible(app)
         plugin = self
         settings = load_settings(Path.cwd(), self.options)
-        if getattr(app, "_auto_discovery_enabled", False):
+        if getattr(app, "_auto_discovery_enabled", False) and settings.manifest is None:
             self._prestart(Path.cwd(), settings)
 
         def _auto_discover_workflows(nexus_self: Any) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kailash.workflow import Workflow
+if TYPE_CHECKING:  # annotations only: the out-of-process screen imports this without Kailash
+    from kailash.workflow import Workflow
 
 REGISTERED = "registered"
 NO_WORKFLOWS = "no_workflows"
@@ -52,6 +53,11 @@ MSG_SKIPPED_DEPENDENT = (
     "Imports a DataFlow model module ({chain}); importing it would re-run the models. "
     "Load it explicitly after your models exist: plugin.load_workflows({path!r})."
 )
+MSG_SKIPPED_UNSCREENABLE = (
+    "Imports a module the screen cannot read ({chain}); it is not imported, since that "
+    "module may reach DataFlow models. Keep its source next to it, or load this file "
+    "explicitly after your models exist: plugin.load_workflows({path!r})."
+)
 MSG_TIMEOUT = (
     "Did not finish within {timeout:g}s (hangs at import or in a factory); its process was "
     "killed. Move slow work out of module level, or raise the timeout."
@@ -71,6 +77,25 @@ MSG_DECODE = (
 )
 MSG_NUL = "Contains a NUL byte at line {line} (byte offset {offset}); not a Python source file."
 MSG_UNREADABLE = "Cannot be read: {what}."
+MSG_SCREEN_TIMEOUT = (
+    "Screening it (parsing its source, without running it) did not finish within "
+    "{timeout:g}s, so it was neither screened nor imported. Split the file or simplify "
+    "its largest expressions (very long f-strings parse slowly), or raise the timeout."
+)
+MSG_SCREEN_FAILED = "Could not be screened: {what}."
+MSG_SOURCELESS = (
+    "{path} is a compiled module without source ({kind}); the screen cannot read what it "
+    "imports, so it may reach DataFlow models"
+)
+MSG_STALLED_MODULE = (
+    "{path} could not be screened within the timeout (parsing it took too long), so what "
+    "it imports is unknown"
+)
+MSG_GUARD_STOPPED = (
+    "Stopped by the runtime guard when it tried to {action} ({chain}); discovery never lets "
+    "a file reach DataFlow. Load it explicitly after your models exist: "
+    "plugin.load_workflows({path!r})."
+)
 MSG_NOT_TRANSFERABLE = (
     "{problems}. Register this workflow explicitly with app.register(name, workflow) "
     "in your app."
@@ -89,6 +114,9 @@ PROBLEM_TOO_MANY_NODES = (
 MSG_CHANGED = (
     "Changed while it was being scanned (its bytes are not the ones the screen judged, "
     "twice); run the scan again once it is saved."
+)
+MSG_NAME_TAKEN = (
+    " The name {name!r} is also produced by {owner}, which wins (as in native discovery)."
 )
 MSG_USES_MODEL_NODES = (
     "Uses {nodes}, which DataFlow generates from your models: only the server has them. "

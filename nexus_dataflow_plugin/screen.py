@@ -2,7 +2,11 @@
 
 It answers four questions from the AST alone:
 - does this file define DataFlow models (or create a DataFlow instance)?
-- which modules does it import (for the import graph in ``imports.py``)?
+- which modules does it import when it is imported (for the import graph in
+  ``imports.py``)? Literal dynamic imports (``importlib.import_module("x")``,
+  ``__import__``, ``runpy``) count; imports that never run on import (under
+  ``if TYPE_CHECKING:``, under the main guard, in a function that takes
+  arguments and is never referenced) do not;
 - which of its own functions could be workflow factories (for the worker)?
 - does it loop or make a blocking call at import (a hint for scheduling)?
 
@@ -43,6 +47,22 @@ class ImportRef(NamedTuple):
     line: int
 
 
+# ``PathRef.anchor``: where a path the file computes starts.
+ANCHOR_FILE = "file"  # the file's own path (``__file__``): ``ups`` 1 is its directory
+ANCHOR_CWD = "cwd"  # the working directory (the worker runs in the project root)
+ANCHOR_ABSOLUTE = "abs"
+
+
+class PathRef(NamedTuple):
+    """A path the file computes from literals and ``__file__``: ``ups`` levels up from
+    the anchor, then down ``tail`` (a ``/``-joined relative path)."""
+
+    anchor: str
+    ups: int
+    tail: str
+    line: int
+
+
 class ModelUse(NamedTuple):
     """A ``<target>.model`` decoration or call whose target is a name from another module.
 
@@ -66,6 +86,14 @@ class Facts(NamedTuple):
     factories: tuple[str, ...] = ()
     node_types: tuple[str, ...] = ()
     may_block: bool = False
+    # Directories it puts on ``sys.path`` and files it runs by path (``runpy.run_path``,
+    # ``spec_from_file_location``), for the import graph.
+    path_entries: tuple[PathRef, ...] = ()
+    run_paths: tuple[PathRef, ...] = ()
+    # A literal ``__all__``: what ``from <this package> import *`` imports.
+    exports: tuple[str, ...] = ()
+    # The screen did not finish within the file's timeout (``error`` says so).
+    stalled: bool = False
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -114,6 +142,65 @@ def _is_main_guard(test: ast.expr) -> bool:
     return bool(names and consts)
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    """``if TYPE_CHECKING:`` / ``if typing.TYPE_CHECKING:``: false when the code runs."""
+    return _dotted(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING", "t.TYPE_CHECKING")
+
+
+def _never_runs(stmt: ast.stmt) -> bool:
+    """An ``if`` whose body never runs on import (its ``else`` does)."""
+    return stmt.__class__ is ast.If and (
+        _is_main_guard(stmt.test) or _is_type_checking(stmt.test)  # type: ignore[attr-defined]
+    )
+
+
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _live_nodes(body: list[ast.stmt], factories: frozenset[str]) -> list[ast.AST]:
+    """Every node of the code that runs when the module is imported or its factories called.
+
+    A function's body counts when it is one of the ``factories`` the worker calls
+    or when its name is used in code that counts (a function that takes
+    arguments and is never referenced is never called); the body of
+    ``if __name__ == "__main__":`` and of ``if TYPE_CHECKING:`` never counts.
+    Class bodies run at import.
+    """
+    out: list[ast.AST] = []
+    deferred: dict[str, list[ast.AST]] = {}
+    used: set[str] = set()
+    stack: list[ast.AST] = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        kind = node.__class__
+        children: list[ast.AST]
+        if kind is ast.Name:
+            name = node.id  # type: ignore[attr-defined]
+            used.add(name)
+            children = deferred.pop(name, [])
+        elif kind in _FUNCTIONS:
+            args = node.args  # type: ignore[attr-defined]
+            children = [*node.decorator_list, *args.defaults,  # type: ignore[attr-defined]
+                        *(d for d in args.kw_defaults if d is not None)]
+            if node.name in used or node.name in factories:  # type: ignore[attr-defined]
+                children += node.body  # type: ignore[attr-defined]
+            else:
+                deferred.setdefault(node.name, []).extend(node.body)  # type: ignore[attr-defined]
+        elif _never_runs(node):  # type: ignore[arg-type]
+            children = [node.test, *node.orelse]  # type: ignore[attr-defined]
+        else:
+            children = []
+            for field in node._fields:
+                value = getattr(node, field, None)
+                if value.__class__ is list:
+                    children.extend(v for v in value if isinstance(v, ast.AST))
+                elif isinstance(value, ast.AST) and field != "ctx":
+                    children.append(value)
+        stack.extend(reversed(children))
+    return out
+
+
 def _callable_without_arguments(func: ast.FunctionDef | ast.Lambda) -> bool:
     """Every parameter has a default: ``func()`` is a valid call."""
     args = func.args
@@ -142,7 +229,7 @@ def _returns_value(func: ast.FunctionDef) -> bool:
 def _module_level(body: list[ast.stmt]) -> list[ast.stmt]:
     """Statements that run at import, descending into if/try/with blocks.
 
-    The body of ``if __name__ == "__main__":`` never runs on import.
+    The body of ``if __name__ == "__main__":`` (or ``if TYPE_CHECKING:``) never runs on import.
     """
     out: list[ast.stmt] = []
     stack = list(reversed(body))
@@ -151,7 +238,7 @@ def _module_level(body: list[ast.stmt]) -> list[ast.stmt]:
         out.append(stmt)
         blocks: list[list[ast.stmt]] = []
         if isinstance(stmt, ast.If):
-            if _is_main_guard(stmt.test):
+            if _never_runs(stmt):
                 blocks = [stmt.orelse]
             else:
                 blocks = [stmt.body, stmt.orelse]
@@ -221,12 +308,67 @@ def _factories(tree: ast.Module, statements: list[ast.stmt]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for n in names if n not in excluded and not n.startswith("_")))
 
 
+# Calls that import a module named by their first argument (or this keyword).
+_IMPORT_CALLS = {"import_module": "name", "__import__": "name", "run_module": "mod_name"}
+# Calls that run a file named by a path: the argument's index and keyword.
+_PATH_CALLS = {"run_path": (0, "path_name"), "spec_from_file_location": (1, "location"),
+               "SourceFileLoader": (1, "path")}
+# Calls that put a directory on ``sys.path``: the argument's index.
+_SYS_PATH_CALLS = {"sys.path.insert": 1, "sys.path.append": 0, "site.addsitedir": 0}
+# Path functions and methods that keep the place a path names.
+_SAME_PLACE = frozenset({"abspath", "realpath", "normpath", "fspath", "str", "Path", "PurePath",
+                         "PosixPath", "resolve", "absolute", "expanduser"})
+
+_Place = tuple[str, int, tuple[str, ...]]  # anchor, levels up, then down these parts
+
+
+def _join(place: _Place, part: str) -> _Place:
+    anchor, ups, tail = place
+    if part.startswith("/"):
+        anchor, ups, tail = ANCHOR_ABSOLUTE, 0, ()
+    for piece in part.split("/"):
+        if piece == "..":
+            if tail:
+                tail = tail[:-1]
+            else:
+                ups += 1
+        elif piece and piece != ".":
+            tail = (*tail, piece)
+    return anchor, ups, tail
+
+
+def _up(place: _Place) -> _Place:
+    return _join(place, "..")
+
+
+def _strings(node: ast.expr) -> list[str] | None:
+    """A literal list or tuple of strings, else None."""
+    if isinstance(node, (ast.List, ast.Tuple)) and all(
+        isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts
+    ):
+        return [e.value for e in node.elts]  # type: ignore[attr-defined]
+    return None
+
+
+def _literal(node: ast.expr | None) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    return None
+
+
+def _argument(call: ast.Call, index: int, keyword: str) -> ast.expr | None:
+    if len(call.args) > index:
+        return call.args[index]
+    return next((k.value for k in call.keywords if k.arg == keyword), None)
+
+
 class _Scanner:
-    """One pass over the tree collecting imports, DataFlow bindings and ``.model`` uses."""
+    """Passes over the tree collecting imports, DataFlow bindings and ``.model`` uses."""
 
     def __init__(self) -> None:
         self.imports: list[ImportRef] = []
-        self.dataflow_import: int | None = None
+        self.dataflow_import: int | None = None  # first import of dataflow that runs
+        self.imports_dataflow = False  # anywhere in the file, run or not
         # local name -> dotted path inside the dataflow package ("dataflow", "dataflow.DataFlow")
         self.dataflow_names: dict[str, str] = {}
         # local name -> the import that bound it (`from x import name`)
@@ -234,21 +376,35 @@ class _Scanner:
         self.instances: dict[str, int] = {}
         self.model_uses: list[tuple[str, str, int]] = []
         self.node_types: dict[str, None] = {}
+        self.places: dict[str, _Place] = {}  # names bound to a path the screen can follow
+        self.names: dict[str, list[str]] = {}  # names bound to literal strings (or lists)
+        self.path_entries: list[PathRef] = []
+        self.run_paths: list[PathRef] = []
+        self.exports: list[str] = []
 
-    def scan(self, tree: ast.Module, models_possible: bool = True) -> None:
-        """Collect imports; look for DataFlow bindings only where the bytes allow any."""
-        nodes = _walk([tree])
-        # Imports first: bindings must be known before calls are classified.
-        for node in nodes:
+    def scan(self, tree: ast.Module, factories: tuple[str, ...], models_possible: bool) -> None:
+        """Collect what runs on import; look for DataFlow bindings only where the bytes
+        allow any (everywhere in the file: a model defined anywhere makes a model file)."""
+        for node in _live_nodes(tree.body, frozenset(factories)):
             kind = node.__class__  # ast.parse builds exact classes: cheaper than isinstance
             if kind is ast.Call:
-                self._add_node(node)  # type: ignore[arg-type]
+                self._call(node)  # type: ignore[arg-type]
             elif kind is ast.ImportFrom:
-                self._import_from(node)  # type: ignore[arg-type]
+                self._import_from(node, live=True)  # type: ignore[arg-type]
             elif kind is ast.Import:
-                self._import(node)  # type: ignore[arg-type]
+                self._import(node, live=True)  # type: ignore[arg-type]
+            elif kind in (ast.Assign, ast.AugAssign):
+                self._live_assign(node)  # type: ignore[arg-type]
+            elif kind is ast.For:
+                self._for(node)  # type: ignore[arg-type]
         if not models_possible:
             return
+        nodes = _walk([tree])
+        for node in nodes:  # bindings first: they must be known before calls are classified
+            if node.__class__ is ast.ImportFrom:
+                self._import_from(node, live=False)  # type: ignore[arg-type]
+            elif node.__class__ is ast.Import:
+                self._import(node, live=False)  # type: ignore[arg-type]
         for node in nodes:
             if isinstance(node, (ast.Assign, ast.AnnAssign)):
                 self._assign(node)
@@ -264,33 +420,147 @@ class _Scanner:
                     if target:
                         self.model_uses.append((target, cls, node.lineno))
 
-    def _add_node(self, node: ast.Call) -> None:
-        """``x.add_node("CSVReaderNode", ...)``: a node type the worker should have loaded."""
+    def _call(self, node: ast.Call) -> None:
+        """Node types, literal dynamic imports, files run by path, ``sys.path`` entries."""
         func = node.func
-        if isinstance(func, ast.Attribute) and func.attr == "add_node" and node.args:
-            first = node.args[0]
-            if isinstance(first, ast.Constant) and isinstance(first.value, str):
-                self.node_types[first.value] = None
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name == "add_node":
+            # ``add_node("CSVReaderNode", ...)`` or ``add_node(node_type="CSVReaderNode")``
+            node_type = _literal(_argument(node, 0, "node_type"))
+            if node_type:
+                self.node_types[node_type] = None
+        elif name in _IMPORT_CALLS:
+            fromlist = tuple(_strings(_argument(node, 3, "fromlist") or ast.List(elts=[])) or ())
+            for module in self._texts(_argument(node, 0, _IMPORT_CALLS[name])):
+                stripped = module.lstrip(".")
+                self._add_import(ImportRef(stripped, fromlist, len(module) - len(stripped),
+                                           node.lineno))
+        elif name in _PATH_CALLS:
+            index, keyword = _PATH_CALLS[name]
+            self._add_place(self.run_paths, _argument(node, index, keyword), node.lineno)
+        else:
+            dotted = _dotted(func)
+            if dotted in _SYS_PATH_CALLS:
+                self._add_place(self.path_entries, _argument(node, _SYS_PATH_CALLS[dotted], ""),
+                                node.lineno)
+            elif dotted == "sys.path.extend" and node.args:
+                self._add_places(node.args[0], node.lineno)
+            elif dotted in ("__all__.extend", "__all__.append") and node.args:
+                arg = node.args[0]
+                self.exports += _strings(arg) or [v for v in [_literal(arg)] if v]
 
-    def _import(self, node: ast.Import) -> None:
+    def _texts(self, node: ast.expr | None) -> list[str]:
+        """The literal strings an expression is: a string, or a name bound to strings
+        (``NAME = "models"``, ``for name in ["a", "b"]:``)."""
+        text = _literal(node)
+        if text:
+            return [text]
+        return list(self.names.get(node.id, [])) if isinstance(node, ast.Name) else []
+
+    def _for(self, node: ast.For) -> None:
+        """``for name in ["plugins.a", "plugins.b"]:`` binds ``name`` to each string."""
+        if isinstance(node.target, ast.Name):
+            values = _strings(node.iter)
+            if values is None and isinstance(node.iter, ast.Name):
+                values = self.names.get(node.iter.id)
+            if values:
+                self.names[node.target.id] = list(values)
+
+    def _live_assign(self, node: ast.Assign | ast.AugAssign) -> None:
+        """``here = Path(__file__).parent``, ``sys.path[:0] = [...]``, ``__all__ = [...]``."""
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        for target in targets:
+            dotted = _dotted(target.value if isinstance(target, ast.Subscript) else target)
+            if dotted == "sys.path":
+                self._add_places(node.value, node.lineno)
+            elif dotted == "__all__":
+                self.exports += _strings(node.value) or []
+            elif isinstance(target, ast.Name):
+                place = self._place(node.value)
+                if place is not None:
+                    self.places[target.id] = place
+                values = _strings(node.value) or [v for v in [_literal(node.value)] if v]
+                if values and isinstance(node, ast.Assign):
+                    self.names[target.id] = values
+
+    def _place(self, node: ast.expr | None, depth: int = 0) -> _Place | None:
+        """Where a path expression points, from literals, ``__file__`` and names bound to
+        such paths; None when the screen cannot tell."""
+        if node is None or depth > 20:
+            return None
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            anchor = ANCHOR_ABSOLUTE if node.value.startswith("/") else ANCHOR_CWD
+            return _join((anchor, 0, ()), node.value)
+        if isinstance(node, ast.Name):
+            return (ANCHOR_FILE, 0, ()) if node.id == "__file__" else self.places.get(node.id)
+        if isinstance(node, ast.Attribute) and node.attr == "parent":
+            inner = self._place(node.value, depth + 1)
+            return _up(inner) if inner else None
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            left, right = self._place(node.left, depth + 1), _literal(node.right)
+            return _join(left, right) if left and right is not None else None
+        if not isinstance(node, ast.Call):
+            return None
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        receiver = func.value if isinstance(func, ast.Attribute) else None
+        if name == "getcwd" or (name in ("Path", "PurePath") and not node.args):
+            return ANCHOR_CWD, 0, ()
+        if name in ("join", "joinpath"):
+            # os.path.join(a, "b") or path.joinpath("b")
+            parts = node.args if name == "join" else [receiver, *node.args]
+            place = self._place(parts[0], depth + 1) if parts else None
+            for part in parts[1:]:
+                text = _literal(part)
+                if place is None or text is None:
+                    return None
+                place = _join(place, text)
+            return place
+        if name == "dirname" and node.args:
+            inner = self._place(node.args[0], depth + 1)
+            return _up(inner) if inner else None
+        if name in _SAME_PLACE:
+            target = node.args[0] if node.args else receiver
+            return self._place(target, depth + 1) if target is not None else None
+        return None
+
+    def _add_place(self, into: list[PathRef], node: ast.expr | None, line: int) -> None:
+        place = self._place(node)
+        if place is not None:
+            into.append(PathRef(place[0], place[1], "/".join(place[2]), line))
+
+    def _add_places(self, node: ast.expr, line: int) -> None:
+        """Every element of the lists in ``node`` (``[a] + sys.path``, ``[a, b]``)."""
+        for element in _walk([node]):
+            if isinstance(element, (ast.List, ast.Tuple)):
+                for item in element.elts:
+                    self._add_place(self.path_entries, item, line)
+
+    def _add_import(self, ref: ImportRef) -> None:
+        self.imports.append(ref)
+        if ref.level == 0 and ref.module.split(".")[0] == DATAFLOW_PACKAGE:
+            self.dataflow_import = self.dataflow_import or ref.line
+
+    def _import(self, node: ast.Import, live: bool) -> None:
         for alias in node.names:
-            self.imports.append(ImportRef(alias.name, (), 0, node.lineno))
+            if live:
+                self._add_import(ImportRef(alias.name, (), 0, node.lineno))
             top = alias.name.split(".")[0]
             if top == DATAFLOW_PACKAGE:
-                self.dataflow_import = self.dataflow_import or node.lineno
+                self.imports_dataflow = True
                 if alias.asname:
                     self.dataflow_names[alias.asname] = alias.name
                 else:
                     self.dataflow_names[top] = top
 
-    def _import_from(self, node: ast.ImportFrom) -> None:
+    def _import_from(self, node: ast.ImportFrom, live: bool) -> None:
         module = node.module or ""
         names = tuple(alias.name for alias in node.names)
         ref = ImportRef(module, names, node.level, node.lineno)
-        self.imports.append(ref)
+        if live:
+            self._add_import(ref)
         from_dataflow = node.level == 0 and module.split(".")[0] == DATAFLOW_PACKAGE
-        if from_dataflow:
-            self.dataflow_import = self.dataflow_import or node.lineno
+        self.imports_dataflow = self.imports_dataflow or from_dataflow
         for alias in node.names:
             local = alias.asname or alias.name
             if from_dataflow:
@@ -335,7 +605,7 @@ class _Scanner:
             is_dataflow = (
                 target in self.instances
                 or head in self.dataflow_names
-                or self.dataflow_import is not None
+                or self.imports_dataflow
             )
             if is_dataflow:
                 return f"{cls} at line {line} via {target}.model", ()
@@ -387,18 +657,22 @@ def analyze(data: bytes) -> Facts:
     if isinstance(parsed, str):
         return Facts(error=parsed)
     try:
+        statements = _module_level(parsed.body)
+        factories = _factories(parsed, statements)
         scanner = _Scanner()
         # A file without these bytes can neither import dataflow nor use `.model`.
-        scanner.scan(parsed, models_possible=b"dataflow" in data or b"model" in data)
+        scanner.scan(parsed, factories, models_possible=b"dataflow" in data or b"model" in data)
         model, external = scanner.verdict()
-        statements = _module_level(parsed.body)
         return Facts(
             model=model,
             imports=tuple(scanner.imports),
             external_model_uses=external,
-            factories=_factories(parsed, statements),
+            factories=factories,
             node_types=tuple(scanner.node_types),
             may_block=_may_block(statements),
+            path_entries=tuple(scanner.path_entries),
+            run_paths=tuple(scanner.run_paths),
+            exports=tuple(dict.fromkeys(scanner.exports)),
         )
     except RecursionError:
         return Facts(error=MSG_SYNTAX.format(what="nesting too deep to analyse", line=1))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -23,3 +26,24 @@ def processes_with_env(key: str, value: str) -> list[tuple[int, str]]:
         if state != "Z" and needle in environ.split(b"\0"):
             found.append((int(entry.name), cmdline))
     return found
+
+
+@contextmanager
+def processes_seen_with_env(key: str, value: str, every_s: float = 0.005) -> Iterator[set[int]]:
+    """Pids of every process with ``key=value`` alive at any moment while the block runs
+    (sampled every ``every_s``), for proving that a block started no such process."""
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            seen.update(pid for pid, _ in processes_with_env(key, value))
+            done.wait(every_s)
+
+    thread = threading.Thread(target=sample, name="procs-sampler", daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()

@@ -32,7 +32,7 @@ def quick() -> dict:
 
 def test_quick_mode_covers_the_cases(quick: dict) -> None:
     assert quick["quick"] is True
-    assert set(quick["cases"]) == {*BENIGN, "screen-500", "autoload"}
+    assert set(quick["cases"]) == {*BENIGN, "manifest-40", "screen-500", "autoload"}
     metrics = {(c["case"], c["metric"]) for c in quick["checks"]}
     assert any(case == "autoload" for case, _ in metrics)
     assert any(case == "screen-500" for case, _ in metrics)
@@ -55,3 +55,13 @@ def test_seed_app_registers_the_same_workflows_with_the_plugin(quick: dict) -> N
     for variant in ("plugin_auto", "plugin_auto_settled"):
         for run in seed["app"][variant]["runs"]:
             assert run["names"] == seed["app_expected_names"]
+
+
+def test_starting_from_a_manifest_registers_what_native_and_the_scan_register(
+    quick: dict,
+) -> None:
+    manifest = quick["cases"]["manifest-40"]
+    assert manifest["same_names"] is True
+    assert set(manifest["variants"]) == {"native", "scan", "manifest"}
+    workflows = {v: m["workflows"] for v, m in manifest["variants"].items()}
+    assert workflows == dict.fromkeys(workflows, manifest["expected_workflows"])

@@ -3,6 +3,7 @@ again, and a broken or foreign cache file costs a re-parse, never a wrong answer
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +26,10 @@ class Order:
 """
 
 # Every kind of fact the screen records, for the JSON round trip.
-RICH = """import time
+RICH = """import os
+import runpy
+import sys
+import time
 
 from kailash.workflow.builder import WorkflowBuilder
 from .shared import helper
@@ -42,6 +46,10 @@ def build_pipeline():
 
 while False:
     time.sleep(1)
+
+sys.path.insert(0, os.path.dirname(__file__))
+runpy.run_path("scripts/seed.py")
+__all__ = ["build_pipeline"]
 """
 
 WORKFLOW = """from kailash.workflow.builder import WorkflowBuilder
@@ -71,23 +79,60 @@ def _same_stat_no_models(path: Path) -> None:
 def test_facts_survive_the_round_trip_through_json():
     facts = analyze(RICH.encode())
     assert facts.imports and facts.external_model_uses and facts.factories and facts.may_block
+    assert facts.path_entries and facts.run_paths and facts.exports
     assert facts_from_json(json.loads(json.dumps(facts_to_json(facts)))) == facts
 
 
-def test_a_warm_scan_reuses_facts_while_size_and_mtime_are_unchanged(tmp_path):
+def test_a_warm_scan_answers_from_the_cache_while_the_file_is_untouched(tmp_path):
+    root = _project(tmp_path / "app")
+    models = (root / "workflows" / "models.py").resolve()
+    first = ScreenCache(root, tmp_path / "cache")
+    assert first.facts(models).model
+    first.save()
+    # Mark the stored answer: a warm cache that returns it did not read the file.
+    document = json.loads(first.path.read_text())
+    document["files"][str(models)]["facts"][1] = "answered from the cache"
+    first.path.write_text(json.dumps(document))
+    assert ScreenCache(root, tmp_path / "cache").facts(models).model == "answered from the cache"
+
+
+def test_a_rewrite_with_size_and_mtime_set_back_is_screened_again(tmp_path):
     root = _project(tmp_path / "app")
     models = (root / "workflows" / "models.py").resolve()
     first = ScreenCache(root, tmp_path / "cache")
     assert first.facts(models).model
     first.save()
 
-    # Same size and mtime, no longer a model file: the cache answers without reading it.
+    # Same size and mtime, no longer a model file: the ctime moved, so it is read again.
     _same_stat_no_models(models)
-    assert ScreenCache(root, tmp_path / "cache").facts(models).model
+    warm = ScreenCache(root, tmp_path / "cache")
+    assert warm.facts(models).model is None
+    assert warm.digest(models) == hashlib.sha256(models.read_bytes()).hexdigest()
 
-    # A real edit changes the mtime, and the file is screened again.
-    os.utime(models, ns=(0, models.stat().st_mtime_ns + 1_000_000))
+
+def test_a_file_replaced_by_another_inode_is_screened_again(tmp_path):
+    root = _project(tmp_path / "app")
+    models = (root / "workflows" / "models.py").resolve()
+    first = ScreenCache(root, tmp_path / "cache")
+    assert first.facts(models).model
+    first.save()
+    stat = models.stat()
+    replacement = models.with_name("replacement.tmp")
+    replacement.write_text(("# no models here\n" * stat.st_size)[: stat.st_size - 1] + "\n")
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, models)
     assert ScreenCache(root, tmp_path / "cache").facts(models).model is None
+
+
+def test_the_digest_is_of_the_exact_bytes_the_screen_judged(tmp_path):
+    root = _project(tmp_path / "app")
+    orders = (root / "workflows" / "orders.py").resolve()
+    cache = ScreenCache(root, tmp_path / "cache", persist=False)
+    assert cache.digest(orders) is None  # not screened yet
+    judged = orders.read_bytes()
+    assert cache.facts(orders).factories == ("build_pipeline",)
+    orders.write_text("import models\n")  # changed after the screen
+    assert cache.digest(orders) == hashlib.sha256(judged).hexdigest()
 
 
 def test_durations_are_kept_for_the_next_scan(tmp_path):

@@ -18,6 +18,7 @@ import pytest
 
 from nexus_dataflow_plugin import DataFlowCompatiblePlugin
 from nexus_dataflow_plugin.config import (
+    NOT_DISCOVERY_OPTIONS,
     ConfigError,
     Settings,
     env_var,
@@ -82,6 +83,14 @@ OPTIONS = [
         "max_result_nodes", "NEXUS_DATAFLOW_MAX_RESULT_NODES", "dataflow_max_result_nodes",
         10, "20", "30", 10, 20, 30, 10_000,
     ),
+    Option(
+        "manifest", "NEXUS_DATAFLOW_MANIFEST", "dataflow_manifest",
+        "a.json", "b.json", '"c.json"', "a.json", "b.json", "c.json", None,
+    ),
+    Option(
+        "manifest_strict", "NEXUS_DATAFLOW_MANIFEST_STRICT", "dataflow_manifest_strict",
+        True, "on", "true", True, True, True, False,
+    ),
 ]  # fmt: skip
 BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -96,7 +105,7 @@ def test_every_option_is_covered_and_named_three_ways() -> None:
     assert {o.name for o in OPTIONS} == {
         "enabled", "timeout", "workers", "exclude",
         "max_file_bytes", "memory_limit_mb", "cpu_limit_s", "cache", "max_result_bytes",
-        "max_result_nodes",
+        "max_result_nodes", "manifest", "manifest_strict",
     }  # fmt: skip
     assert set(Settings.__dataclass_fields__) == set(BY_NAME)
     for option in OPTIONS:
@@ -134,7 +143,9 @@ def test_all_levels_at_once(tmp_path: Path) -> None:
     assert settings == Settings(enabled=True, timeout=1.5, workers=3, exclude=("x.py",))
     options = settings.discovery_options()
     assert "enabled" not in options  # the switch is not a discovery option
-    assert options == {o.name: getattr(settings, o.name) for o in OPTIONS if o.name != "enabled"}
+    assert "manifest" not in options  # nor is where discovery starts from
+    assert options == {o.name: getattr(settings, o.name) for o in OPTIONS
+                       if o.name not in NOT_DISCOVERY_OPTIONS}
 
 
 def test_process_environment_is_the_default_source(
@@ -193,6 +204,8 @@ INVALID = [
     ("memory_limit_mb", "-5", "-5"),
     ("cpu_limit_s", "x", '"x"'),
     ("cache", "sometimes", "1.5"),
+    ("manifest", None, "5"),
+    ("manifest_strict", "perhaps", '"perhaps"'),
 ]
 
 

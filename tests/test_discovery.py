@@ -403,3 +403,51 @@ def test_a_file_the_screen_sees_may_block_starts_as_soon_as_it_is_screened(
     started = Path(f"{hang}.ran").stat().st_mtime
     # 21 files are screened up to the hanging one; 19 more remain behind it.
     assert started < screened[25], "the hanging file waited for the files screened after it"
+
+
+# --- the bytes that were judged are the bytes that run (issue 12) -------------------------------
+
+
+def test_a_file_rewritten_after_its_screen_is_screened_again_before_anything_of_it_runs(
+    tmp_path, monkeypatch
+):
+    """Rewritten between screen and import into a model file of the same size, with its
+    mtime set back: the worker refuses the new bytes unrun, the screen judges them, and
+    the file ends ``skipped_model`` without ever executing."""
+    from nexus_dataflow_plugin.cache import ScreenCache
+
+    (tmp_path / "workflows").mkdir()
+    target = tmp_path / "workflows" / "rewritten.py"
+    marker = tmp_path / "rewritten.ran"
+    model = (f"open({str(marker)!r}, 'a').write('x')\n"
+             "from dataflow import DataFlow\n\ndb = DataFlow('sqlite:///:memory:')\n")
+    benign = "from kailash.workflow.builder import WorkflowBuilder\nworkflow = WorkflowBuilder()\n"
+    target.write_text(benign.ljust(len(model), "#"))
+    (tmp_path / "workflows" / "steady.py").write_text(benign)
+    real_digest = ScreenCache.digest
+
+    def digest_then_rewrite(self, path):
+        judged = real_digest(self, path)
+        if path.name == "rewritten.py" and judged is not None:
+            stat = path.stat()
+            path.write_text(model)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        return judged
+
+    monkeypatch.setattr(ScreenCache, "digest", digest_then_rewrite)
+    report = SmartDiscovery(tmp_path, timeout=10, workers=1, cache=False).run()
+    assert report.file("workflows/rewritten.py").status == "skipped_model"
+    assert report.file("workflows/steady.py").status == "registered"
+    assert not marker.exists()
+
+
+def test_a_file_that_keeps_changing_under_the_scan_is_an_error_saying_so(tmp_path, monkeypatch):
+    from nexus_dataflow_plugin import report as r
+    from nexus_dataflow_plugin.cache import ScreenCache
+
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "churning.py").write_text("x = 1\n")
+    monkeypatch.setattr(ScreenCache, "digest", lambda self, path: "0" * 64)
+    entry = SmartDiscovery(tmp_path, timeout=10, workers=1, cache=False).run().file(
+        "workflows/churning.py")
+    assert (entry.status, entry.reason) == (r.ERROR, r.MSG_CHANGED)

@@ -295,6 +295,10 @@ def test_the_other_nexus_dataflow_commands_run_in_the_fresh_venv(served: Served)
             path = shlex.split(command)[shlex.split(command).index("--explain") + 1]
             assert text.startswith(f"{path}: skipped_dependent"), text
             assert "shop/models.py" in text, text
+        elif command.startswith("nexus-dataflow freeze"):
+            words = shlex.split(command)
+            written = json.loads((served.checkout / words[words.index("-o") + 1]).read_text())
+            assert written["kind"] == "nexus-dataflow-manifest" and written["workflows"]
         elif command.startswith("nexus-dataflow scan"):
             assert text.splitlines()[0].split() == ["STATUS", "FILE", "WORKFLOWS", "TIME",
                                                     "REASON"]
@@ -377,6 +381,9 @@ VALID_VALUES = {
     "cache": ("_boolean", BOOLEAN),
     "max_result_bytes": ("_positive_int", "bytes, a whole number >= 1"),
     "max_result_nodes": ("_positive_int", "nodes, a whole number >= 1"),
+    "manifest": ("_optional_path", "a file path, relative to the project unless absolute; "
+                                   "`\"none\"` or `\"\"`: no manifest"),
+    "manifest_strict": ("_boolean", BOOLEAN),
 }
 
 
@@ -440,6 +447,10 @@ REASON_TEMPLATES = [
     ("transfer", "REFUSED_MODULE"),
     ("plugin", "MSG_REJECTED"), ("plugin", "MSG_EXPLICIT_WINS"),
     ("_probe", "MISSING_NODE_HINT"),
+    *[("manifest", name) for name in (
+        "MSG_STARTED", "MSG_PARTIAL", "MSG_STALE", "MSG_MISSING", "MSG_CORRUPT", "MSG_FOREIGN",
+        "MSG_FALLBACK",
+    )],
 ]
 
 
