@@ -13,6 +13,8 @@ _EXPORTS = {
     "DiscoveryReport": "report",
     "FileResult": "report",
     "DataFlowCompatiblePlugin": "plugin",
+    "plugin_of": "plugin",
+    "LoadRefused": "plugin",
     "register_dataflow_workflows": "dataflow_workflows",
     "Settings": "config",
     "ConfigError": "config",
@@ -26,6 +28,7 @@ __all__ = [
     "DataFlowCompatiblePlugin",
     "DiscoveryReport",
     "FileResult",
+    "LoadRefused",
     "ManifestError",
     "Settings",
     "SmartDiscovery",
@@ -33,6 +36,7 @@ __all__ = [
     "discover_workflows",
     "freeze",
     "load_settings",
+    "plugin_of",
     "register_dataflow_workflows",
 ]
 

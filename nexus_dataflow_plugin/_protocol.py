@@ -61,6 +61,7 @@ class Init:
     """Server -> worker, once: how to set up before any file runs."""
 
     sys_path: tuple[str, ...]
+    library_path: tuple[str, ...]
     base: str
     node_modules: dict[str, str]
     memory_bytes: int | None
@@ -79,6 +80,9 @@ class RunFile:
     preload: tuple[str, ...]
     inner_timeout: float
     digest: str | None = None
+    # Node types DataFlow generates from the project's models: stand-ins are registered
+    # under these names in the file's process only, and the server rebuilds them.
+    standins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class WorkflowData:
     data: dict[str, Any] | None
     node_modules: dict[str, str]
     problems: tuple[str, ...]
+    model_nodes: tuple[str, ...] = ()  # stand-ins it uses: the server has the real classes
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,9 @@ class Result:
 
     workflows: tuple[WorkflowData, ...] = ()
     failures: tuple[str, ...] = ()
+    # How long the file took by its own process's clock: the server may have been busy
+    # (rebuilding another file's workflows) when the result arrived.
+    elapsed: float | None = None
     error: str | None = None
     timeout: str | None = None
     changed: bool = False
@@ -209,6 +217,8 @@ def _build(cls: type, raw: Any, where: str) -> Any:
                 continue
             raise ProtocolError(f"{where}: missing field {name}")
         values[name] = _value(raw[name], hint, f"{where}.{name}", 0)
+    if cls is WorkflowData and not values["attr"].isidentifier():
+        raise ProtocolError(f"{where}.attr: {values['attr'][:40]!r} is not a Python name")
     return cls(**values)
 
 
@@ -241,7 +251,19 @@ def _value(value: Any, hint: Any, where: str, depth: int) -> Any:
         raise ProtocolError(f"{where}: expected int")
     if not isinstance(value, hint):
         raise ProtocolError(f"{where}: expected {hint.__name__}")
+    if hint is str:
+        _text(value, where)
     return value
+
+
+def _text(value: str, where: str) -> None:
+    """Text that can be written anywhere: JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which no UTF-8 writer (a log, an HTTP response) accepts."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(f"{where}: text that is not valid Unicode") from None
 
 
 def _json(value: Any, where: str, depth: int) -> Any:
@@ -253,17 +275,23 @@ def _json(value: Any, where: str, depth: int) -> Any:
             raise ProtocolError(f"{where}: nested more than {MAX_DEPTH} levels deep")
         if isinstance(item, dict):
             stack.extend((v, level + 1) for v in item.values())
+            for key in item:
+                _text(key, where)
         elif isinstance(item, list):
             stack.extend((v, level + 1) for v in item)
+        elif isinstance(item, str):
+            _text(item, where)
     return value
 
 
 def node_count(result: Result) -> int:
-    """Nodes over all the result's workflows: what the server would rebuild."""
+    """Nodes and connections over all the result's workflows: what the server would
+    rebuild (``Workflow.from_dict`` grows with the square of a node pair's connections)."""
     total = 0
     for workflow in result.workflows:
-        nodes = (workflow.data or {}).get("nodes")
-        total += len(nodes) if isinstance(nodes, dict) else 0
+        for key in ("nodes", "connections"):
+            part = (workflow.data or {}).get(key)
+            total += len(part) if isinstance(part, (dict, list)) else 0
     return total
 
 

@@ -19,6 +19,7 @@ behind (it is their subreaper). The server owns every deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import importlib
@@ -29,6 +30,7 @@ import select
 import signal
 import socket
 import sys
+import time
 import types
 from typing import Any
 
@@ -141,8 +143,10 @@ def _probe(module: types.ModuleType, run: proto.RunFile, base: str) -> proto.Res
     found = []
     for name, workflow in probed.workflows.items():
         encoded = transfer.encode(workflow, base, {module.__name__})
-        found.append(proto.WorkflowData(name, encoded.data, encoded.node_modules,
-                                        encoded.problems))
+        modules = dict(encoded.node_modules)
+        model_nodes = tuple(t for t in run.standins if modules.pop(t, None) is not None)
+        found.append(proto.WorkflowData(name, encoded.data, modules, encoded.problems,
+                                        model_nodes))
     return proto.Result(workflows=tuple(found), failures=tuple(probed.failures))
 
 
@@ -151,6 +155,7 @@ def _run_file(run: proto.RunFile, base: str) -> proto.Result:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, run.inner_timeout)
     try:
+        transfer.register_standins(run.standins)
         return _probe(_load(run), run, base)
     except _ImportTimeout as exc:
         return proto.Result(timeout=where(exc, run.path))
@@ -167,20 +172,23 @@ def _run_file(run: proto.RunFile, base: str) -> proto.Result:
 
 
 def _private_channel(fd: int) -> int:
-    """Move the result channel to the highest descriptor number this process may have,
-    close-on-exec: a file that closes the descriptors it inherited (``os.closerange(3,
-    4096)``) does not reach it, and programs it starts do not inherit it."""
+    """Move the result channel above every descriptor number the file can name,
+    close-on-exec: the highest number the hard limit allows, with the soft limit (what
+    ``sysconf("SC_OPEN_MAX")`` says) left below it. So a file that closes the
+    descriptors it inherited (``os.closerange(3, 4096)``, ``os.closerange(3,
+    os.sysconf("SC_OPEN_MAX"))``) does not reach it, and programs it starts do not
+    inherit it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (OSError, ValueError):
-            pass
-    high = min(soft, 1 << 20) - 1
+    ceiling = min(hard if hard != resource.RLIM_INFINITY else 1 << 20, 1 << 20)
+    high = ceiling - 1
     if high <= fd:
         return fd
-    os.dup2(fd, high, inheritable=False)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        os.dup2(fd, high, inheritable=False)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, high), hard))
+    except (OSError, ValueError):
+        return fd
     os.close(fd)
     return high
 
@@ -212,6 +220,7 @@ def _child(run: proto.RunFile, init: proto.Init, result_fd: int, stderr_fd: int)
                 init.cpu_seconds, hard)
             resource.setrlimit(resource.RLIMIT_CPU, (cap, hard))
         me = os.getpid()
+        began = time.monotonic()
 
         def stop(verdict: _guard.Verdict) -> None:
             """The file (or a copy it forked) reached DataFlow: report that, end here."""
@@ -222,7 +231,9 @@ def _child(run: proto.RunFile, init: proto.Init, result_fd: int, stderr_fd: int)
         if os.getpid() != me:
             os._exit(0)  # a copy forked by the candidate: only the file's process reports
         stopped = _guard.verdict()  # set only if stop() could not end the process
-        code = _send(channel, _guarded(stopped) if stopped else result, init.max_result_bytes)
+        result = _guarded(stopped) if stopped else result
+        result = dataclasses.replace(result, elapsed=time.monotonic() - began)
+        code = _send(channel, result, init.max_result_bytes)
     except BaseException:  # noqa: BLE001 - report via exit status; the server explains
         code = 70
     os._exit(code)
@@ -248,15 +259,30 @@ def _send(channel: int, result: proto.Result, limit: int) -> int:
 # -- the worker: forks and reaps ---------------------------------------------------------------
 
 
+def _state() -> tuple[Any, ...]:
+    """What a file's process inherits from this worker besides its memory: resource
+    limits, scheduling, priority, CPU affinity, cwd, umask. A file that changed any of
+    them from outside (``prlimit``, ``renice``, ``chrt`` on its worker) would change
+    every later file's run, so the worker compares them before each fork."""
+    umask = os.umask(0)
+    os.umask(umask)
+    limits = tuple(resource.getrlimit(getattr(resource, name))
+                   for name in sorted(dir(resource)) if name.startswith("RLIMIT_"))
+    return (limits, os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0),
+            tuple(sorted(os.sched_getaffinity(0))), os.getcwd(), umask)
+
+
 def _start(control: socket.socket, run: proto.RunFile, fds: list[int],
            init: proto.Init) -> tuple[int, int | None]:
     """Fork a child for ``run`` from this clean process; return its pid and pidfd."""
+    sys.path[:] = list(init.library_path)  # a library's imports never find project files
     for module in run.preload:
         _import_quietly(module)  # once here, inherited by every later child
     gc.freeze()  # what the imports added, too
     pid = os.fork()
     if pid == 0:
         control.detach()  # the child closes its descriptor; the object must not close a reuse
+        sys.path[:] = list(init.sys_path)  # the file's own view: the project first
         _child(run, init, fds[0], fds[1])
     for fd in fds:
         os.close(fd)
@@ -272,8 +298,10 @@ def _status(status: int) -> tuple[int | None, int | None]:
     return os.waitstatus_to_exitcode(status), None
 
 
-def _serve(control: socket.socket, init: proto.Init) -> None:
-    """Start a child per ``RunFile`` and reap them, until the server closes the channel."""
+def _serve(control: socket.socket, init: proto.Init, clean: tuple[Any, ...]) -> None:
+    """Start a child per ``RunFile`` and reap them, until the server closes the channel,
+    or until this process is no longer in its ``clean`` state: then it ends, and the
+    server gives its files to a fresh worker."""
     runs: dict[int, tuple[int, int | None]] = {}  # pid -> (file id, pidfd)
     try:
         while True:
@@ -292,6 +320,10 @@ def _serve(control: socket.socket, init: proto.Init) -> None:
                     for fd in fds:
                         os.close(fd)
                     continue
+                if _state() != clean:
+                    # Changed from outside: end now, leaving the files already running
+                    # alone (they report to the server directly; it sweeps up after).
+                    os._exit(0)
                 pid, pidfd = _start(control, run, fds, init)
                 runs[pid] = (run.id, pidfd)
             for pid, (file_id, pidfd) in list(runs.items()):
@@ -348,14 +380,14 @@ def main(argv: list[str]) -> int:
     if not data:
         return 0
     init = proto.decode(data, proto.Init)
-    sys.path[:] = list(init.sys_path)
+    sys.path[:] = list(init.library_path)
     os.chdir(init.base)
     sys.dont_write_bytecode = True  # nothing of a scan is written into the project
     _lazy_node_library(init.node_modules)
     gc.collect()
     gc.freeze()  # forked children then share these pages instead of copying them
     control.send(proto.encode(proto.Ready(os.getpid())))
-    _serve(control, init)
+    _serve(control, init, _state())
     # No interpreter teardown: nothing is buffered, and freeing Kailash's heap takes
     # tens of milliseconds the server's close() waits for.
     os._exit(0)

@@ -109,6 +109,13 @@ def _wrap_discovery(nexus_class: Any) -> None:
         settings = load_settings(Path.cwd())
         if not settings.enabled:
             return original(self)
+        if settings.watch:
+            from .plugin import DataFlowCompatiblePlugin
+
+            # Watch mode lives in the plugin (its thread stops with the plugin's shutdown
+            # hook), so the switch adds one; its install replaces this method.
+            self.add_plugin(DataFlowCompatiblePlugin())
+            return self._auto_discover_workflows()
         from .plugin import smart_auto_discover
 
         smart_auto_discover(self, settings)

@@ -36,16 +36,23 @@ from .screen import Facts, ImportRef, ModelUse, PathRef, analyze
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 5
+CACHE_FORMAT = 6
 
 # Measured on CPython 3.11 (ast.parse, worst case an f-string of `{a}` fields): 50 KB
 # 0.2 s, 100 KB 0.64 s, 200 KB 2.4 s, 600 KB 20 s; plain code parses at about 1 MB/s.
 # Up to 32 KB the worst case stays under 0.1 s, so such files are parsed in the server.
 IN_PROCESS_MAX_BYTES = 32 * 1024
 
+# At most this many large files are screened at once, each within this address space:
+# a syntax tree takes up to several hundred times its source (a 3 MB file reached
+# 1.5 GB), and a project of many large files must not take the machine's memory.
+MAX_SCREENS = max(2, os.cpu_count() or 1)
+SCREEN_MEMORY_BYTES = 2 * 1024**3
+
 # -I ignores PYTHONPATH: the child puts this package's parent on sys.path itself.
 _CHILD = (
-    "import sys, json\n"
+    "import sys, json, resource\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))\n"
     "sys.path.insert(0, sys.argv[1])\n"
     "from nexus_dataflow_plugin.cache import facts_to_json\n"
     "from nexus_dataflow_plugin.screen import analyze\n"
@@ -83,11 +90,13 @@ def facts_to_json(facts: Facts) -> list[Any]:
         [list(p) for p in facts.run_paths],
         list(facts.exports),
         facts.stalled,
+        list(facts.model_classes),
     ]
 
 
 def facts_from_json(data: list[Any]) -> Facts:
-    error, model, imports, uses, factories, nodes, may_block, entries, runs, exports, stalled = data
+    (error, model, imports, uses, factories, nodes, may_block, entries, runs, exports,
+     stalled, classes) = data
     return Facts(
         error=error,
         model=model,
@@ -102,6 +111,7 @@ def facts_from_json(data: list[Any]) -> Facts:
         run_paths=tuple(_path(p) for p in runs),
         exports=tuple(str(e) for e in exports),
         stalled=bool(stalled),
+        model_classes=tuple(str(c) for c in classes),
     )
 
 
@@ -121,7 +131,8 @@ class _Screening:
         self._in.seek(0)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and code
-            [sys.executable, "-I", "-S", "-c", _CHILD, package_parent],
+            [sys.executable, "-I", "-S", "-c", _CHILD, package_parent,
+             str(SCREEN_MEMORY_BYTES)],
             stdin=self._in, stdout=self._out, stderr=subprocess.DEVNULL,
         )
 
@@ -216,6 +227,8 @@ class ScreenCache:
                 continue  # facts() reports it
             if small or path in self._memo or path in self._running:
                 continue
+            if len(self._running) >= MAX_SCREENS:
+                return  # the rest are screened when reached, one at a time
             read = self._read(path)
             if isinstance(read, tuple) and len(read[1]) > IN_PROCESS_MAX_BYTES:
                 stamp, data = read

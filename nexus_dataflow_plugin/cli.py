@@ -11,6 +11,8 @@ second goes to stderr, only when stderr is a terminal.
 ``scan --explain FILE`` shows the static screen's reasoning for one file,
 assembled from the engine's own answers. ``freeze`` writes the manifest a
 server starts from without scanning; ``freeze --check`` exits 1 when it is stale.
+``serve --reload`` serves in watch mode from a child process and starts a new
+one when models change.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import json
 import logging
 import os
 import re
+import signal
 import site
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -39,6 +43,7 @@ from . import report as r
 EXIT_OK = 0
 EXIT_FAIL_ON = 1
 EXIT_USAGE = 2
+EXIT_RESTART = 3  # a serve --reload child asking its supervisor for a fresh process
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head` reports: the reader left early
 
@@ -200,7 +205,8 @@ def cmd_scan(args: argparse.Namespace, out: TextIO) -> int:
     from .discovery import SmartDiscovery
 
     with progress(f"scanning {args.path}"):
-        report = SmartDiscovery(base, **settings.discovery_options()).run()
+        # What the server would do with the project's models loaded (one status per file).
+        report = SmartDiscovery(base, models_loaded=False, **settings.discovery_options()).run()
     if args.json:
         json.dump(report.to_dict(), out, indent=2)
         out.write("\n")
@@ -422,10 +428,15 @@ def prepare_app(
     which URL each really uses.
     """
     from .dataflow_workflows import register_dataflow_workflows
+    from .plugin import LoadRefused
 
     for entry in static:
         if entry.status == r.SKIPPED_DEPENDENT:
-            names = plugin.load_workflows(base / entry.path, app=app)
+            try:
+                names = plugin.load_workflows(base / entry.path, app=app)
+            except LoadRefused as exc:  # its chain reaches models not loaded: nothing ran
+                out.write(f"refused   {exc}\n")
+                continue
             out.write(f"explicit  {entry.path}: {', '.join(names) or '-'}\n")
     for label, db in project_dataflows(base):
         url = db.config.database.url
@@ -502,12 +513,50 @@ def serve_on(app: Any, sock: socket.socket) -> None:
     transport.run_blocking = run_blocking
 
 
+# Set by serve --reload in the environment of the child process that serves.
+RELOAD_CHILD_ENV = "NEXUS_DATAFLOW_SERVE_RELOAD_CHILD"
+STOP_CHILD_S = 10.0
+MSG_RESTARTING = "reload    {paths} changed: restarting the server\n"
+
+
+def supervise(argv: Sequence[str], out: TextIO) -> int:
+    """``serve --reload``: run the server in a child (the same command line) and start
+    it again each time it exits asking for a restart, as uvicorn's reloader does."""
+    env = {**os.environ, RELOAD_CHILD_ENV: "1"}
+    command = [sys.executable, "-m", __name__, *argv]
+    while True:
+        out.flush()
+        child = subprocess.Popen(command, env=env)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            _stop_child(child)
+            raise
+        if code != EXIT_RESTART:
+            return code
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    """Ctrl+C reached the supervisor: a terminal sends it to the child as well; a signal
+    sent to the supervisor alone is passed on."""
+    for step in (lambda: None, lambda: child.send_signal(signal.SIGINT), child.kill):
+        step()
+        try:
+            child.wait(STOP_CHILD_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     base = Path(args.path).resolve()
     if not base.is_dir():
         raise UsageError(f"{args.path}: not a directory")
     url = database_url(args.database_url or os.environ.get("DATABASE_URL"), Path.cwd(), base)
     sock = bind(args.host, args.port)
+    if args.reload and not os.environ.get(RELOAD_CHILD_ENV):
+        sock.close()  # free, as checked; each server process the supervisor starts binds it
+        return supervise(args.argv, out)
 
     from nexus import Nexus
 
@@ -523,7 +572,16 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     static = SmartDiscovery(base, **settings.discovery_options()).screen()
     load_models(base, settings, args.models, static, out)  # before Nexus: errors come first
     app = Nexus(api_port=args.port, auto_discovery=True, enable_durability=False)
-    plugin = DataFlowCompatiblePlugin(timeout=args.timeout)
+    plugin = DataFlowCompatiblePlugin(timeout=args.timeout, watch=True if args.reload else None)
+    restart: list[str] = []
+    if args.reload:
+        def models_changed(paths: list[str]) -> None:
+            """Stop serving as Ctrl+C does; the supervisor starts a fresh process."""
+            if not restart:
+                restart.extend(paths)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        plugin.on_models_changed = models_changed
     app.add_plugin(plugin)
     prepare_app(app, plugin, base, static, out)
     serve_on(app, sock)
@@ -541,6 +599,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     app.add_startup_handler(announce)
     app.start()
+    if restart:
+        out.write(MSG_RESTARTING.format(paths=", ".join(restart)))
+        return EXIT_RESTART
     return EXIT_OK
 
 
@@ -633,6 +694,11 @@ def build_parser() -> argparse.ArgumentParser:
         "from the current directory)",
     )
     serve.add_argument("--timeout", type=_seconds, help="per-file discovery timeout, seconds")
+    serve.add_argument(
+        "--reload",
+        action="store_true",
+        help="watch the project: swap in saved workflow files, restart when models change",
+    )
     serve.set_defaults(func=cmd_serve)
     freeze = sub.add_parser(
         "freeze", help="write a manifest of a scan, for servers to start from (see "
@@ -659,6 +725,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     from .config import ConfigError
 

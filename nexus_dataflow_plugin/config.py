@@ -134,9 +134,11 @@ class Settings:
     cpu_limit_s: int | None = 60
     cache: bool = True
     max_result_bytes: int = 16 * 1024 * 1024
-    max_result_nodes: int = 10_000
+    max_result_nodes: int = 2_000
+    load_dependents: bool = False
     manifest: str | None = None
     manifest_strict: bool = False
+    watch: bool = False
 
     def discovery_options(self) -> dict[str, Any]:
         """Keyword arguments for ``SmartDiscovery``."""
@@ -144,8 +146,9 @@ class Settings:
                 if f.name not in NOT_DISCOVERY_OPTIONS}
 
 
-# Settings that choose how discovery starts, not how a scan runs.
-NOT_DISCOVERY_OPTIONS = frozenset({"enabled", "manifest", "manifest_strict"})
+# Settings that choose how discovery starts (or keeps watching), not how a scan runs.
+NOT_DISCOVERY_OPTIONS = frozenset({"enabled", "manifest", "manifest_strict",
+                                   "load_dependents", "watch"})
 
 
 # option name -> (key suffix, parser); the key is dataflow_<suffix> / NEXUS_DATAFLOW_<SUFFIX>
@@ -160,8 +163,10 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "cache": ("cache", _boolean),
     "max_result_bytes": ("max_result_bytes", _positive_int),
     "max_result_nodes": ("max_result_nodes", _positive_int),
+    "load_dependents": ("load_dependents", _boolean),
     "manifest": ("manifest", _optional_path),
     "manifest_strict": ("manifest_strict", _boolean),
+    "watch": ("watch", _boolean),
 }
 
 

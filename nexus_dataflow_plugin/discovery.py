@@ -12,10 +12,11 @@ import gc
 import itertools
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from . import report as r
 from ._paths import is_environment
 from ._probe import workflow_name
 from .cache import ScreenCache
+from .dataflow_workflows import OPERATIONS, node_name_for
 from .finder import (
     DEFAULT_MAX_FILE_BYTES,
     WORKFLOW_PATTERNS,
@@ -34,7 +36,7 @@ from .finder import (
     find_candidates,
     resolve_base,
 )
-from .imports import ImportGraph
+from .imports import FactsOf, ImportGraph
 from .isolation import (
     DEFAULT_MAX_RESULT_BYTES,
     DEFAULT_MAX_RESULT_NODES,
@@ -84,19 +86,115 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+# What DataFlow appends to a model's class name for each node it generates.
+MODEL_NODE_SUFFIXES = tuple(node_name_for("", op) for op in OPERATIONS)
+# Directories a project's own models are never in.
+_NOT_PROJECT_DIRS = frozenset({"__pycache__", "node_modules", "site-packages"})
+
+
+class ModelIndex:
+    """Every DataFlow model class the project defines, and the node types DataFlow
+    generates for each, found by the screen (walking the project on first need).
+
+    Also the node types DataFlow generated in this process (the server's models).
+    """
+
+    def __init__(self, base: Path, graph: ImportGraph, facts_of: FactsOf,
+                 max_file_bytes: int) -> None:
+        self.base = base
+        self.graph = graph
+        self.facts_of = facts_of
+        self.max_file_bytes = max_file_bytes
+        self.generated = dataflow_node_types()
+        self._project: dict[str, tuple[str, str]] | None = None
+
+    def standins(self, node_types: Sequence[str]) -> tuple[str, ...]:
+        """The node types of ``node_types`` that DataFlow generates from a model."""
+        if any(t.endswith(MODEL_NODE_SUFFIXES) and t not in self.generated for t in node_types):
+            self._walk()
+        project = self._project or {}
+        return tuple(t for t in node_types if t in self.generated or t in project)
+
+    def model_of(self, node_type: str) -> str:
+        """``Customer (models.py)``: the model a node type comes from, and its file."""
+        self._walk()
+        found = (self._project or {}).get(node_type)
+        if found is not None:
+            return f"{found[0]} ({found[1]})"
+        for suffix in MODEL_NODE_SUFFIXES:
+            if node_type.endswith(suffix):
+                return node_type[: -len(suffix)]
+        return node_type
+
+    def _walk(self) -> None:
+        if self._project is not None:
+            return
+        self._project = {}
+        base = self.base.resolve()
+        for root, dirs, files in os.walk(base):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                             and d not in _NOT_PROJECT_DIRS
+                             and not os.path.exists(os.path.join(root, d, "pyvenv.cfg")))
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    self._add(Path(root, name))
+
+    def _add(self, path: Path) -> None:
+        """Learn ``path``'s model classes. Only a regular file, small enough, is read (a
+        FIFO or ``/dev/zero`` under a ``.py`` name would block or never end), and only
+        one whose bytes hold ``.model`` is screened: most of a project cannot define
+        models, and screening a large file starts a process."""
+        try:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode) or info.st_size > self.max_file_bytes:
+                return
+            if b".model" not in path.read_bytes():
+                return
+        except OSError:
+            return
+        facts = self.facts_of(path)
+        if not facts.model_classes or self.graph.own_model(path) is None:
+            return
+        rel = path.relative_to(self.base.resolve()).as_posix()
+        for cls in facts.model_classes:
+            for op in OPERATIONS:
+                self._project.setdefault(node_name_for(cls, op), (cls, rel))  # type: ignore[union-attr]
+
+
 @dataclass
 class _Loaded:
-    """A file's decoded workflows (attr -> Workflow) and what went wrong."""
+    """A file's decoded workflows (attr -> Workflow) and what went wrong.
+
+    ``needs``: attr -> the models its workflow's nodes come from; ``deferred``: those
+    not rebuilt here (a scan outside the server); ``missing``: why a workflow whose
+    models the app has not registered was not loaded.
+    """
 
     workflows: dict[str, Workflow]
     problems: list[str]
     failures: list[str]
+    needs: dict[str, list[str]] = field(default_factory=dict)
+    deferred: dict[str, proto.WorkflowData] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
 
 
-def _decode_result(result: proto.Result) -> _Loaded:
+def _decode_result(result: proto.Result, models: ModelIndex | None = None,
+                   models_loaded: bool = True) -> _Loaded:
     loaded = _Loaded({}, [], list(result.failures))
     for entry in result.workflows:
         problems = list(entry.problems)
+        if entry.model_nodes and models is not None and not problems:
+            needs = list(dict.fromkeys(models.model_of(t) for t in entry.model_nodes))
+            loaded.needs[entry.attr] = needs
+            if not models_loaded:
+                loaded.deferred[entry.attr] = entry
+                continue
+            registered = dataflow_node_types()
+            unregistered = [models.model_of(t) for t in entry.model_nodes if t not in registered]
+            if unregistered:
+                loaded.missing.append(r.MSG_MODEL_MISSING.format(
+                    attr=entry.attr, models=", ".join(dict.fromkeys(unregistered))))
+                continue
         if not problems and entry.data is not None:
             try:
                 loaded.workflows[entry.attr] = decode(entry.data, entry.node_modules)
@@ -120,7 +218,9 @@ class SmartDiscovery:
 
     ``timeout`` is per file (import plus factory calls); ``workers`` the most
     parallel worker processes (default: the number of cores; one per 50 files
-    to import is started).
+    to import is started). ``models_loaded``: this process holds the app's models
+    (a server), so workflows built from their nodes are rebuilt with them; False
+    (the CLI) reports them as a server with the models loaded would, unbuilt.
     """
 
     def __init__(
@@ -138,6 +238,7 @@ class SmartDiscovery:
         pool: WorkerPool | None = None,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         max_result_nodes: int = DEFAULT_MAX_RESULT_NODES,
+        models_loaded: bool = True,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -158,6 +259,8 @@ class SmartDiscovery:
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.pool = pool
+        self.models_loaded = models_loaded
+        self.models: ModelIndex | None = None  # the last screen's
 
     def screen(self) -> list[r.FileResult]:
         """The static stages alone: entries for files decided without importing anything
@@ -290,13 +393,14 @@ class SmartDiscovery:
         candidates: Sequence[Candidate],
         entries: dict[str, r.FileResult],
         cache: ScreenCache,
-    ) -> Iterator[tuple[Candidate, Facts]]:
+    ) -> Iterator[tuple[Candidate, Facts, tuple[str, ...]]]:
         """Static screen and import graph: decide which files may be imported at all.
 
-        Yields each file that may be, as soon as it is known; the others get entries.
+        Yields each file that may be, as soon as it is known, with the DataFlow node
+        types it names (its process gets stand-ins for them); the others get entries.
         """
         graph = ImportGraph(self._roots(), cache.facts)
-        generated = dataflow_node_types()
+        self.models = models = ModelIndex(self.base, graph, cache.facts, self.max_file_bytes)
         cache.prefetch(c.real for c in candidates if c.real is not None and not c.refusal)
         for candidate in candidates:
             began = time.monotonic()
@@ -315,12 +419,6 @@ class SmartDiscovery:
                 entry = r.FileResult(
                     candidate.rel, r.SKIPPED_MODEL, r.MSG_SKIPPED_MODEL.format(detail=detail)
                 )
-            elif model_nodes := [t for t in facts.node_types if t in generated]:
-                entry = r.FileResult(
-                    candidate.rel,
-                    r.SKIPPED_DEPENDENT,
-                    r.MSG_USES_MODEL_NODES.format(nodes=", ".join(model_nodes), path=candidate.rel),
-                )
             elif (taint := graph.taint(real)) is not None:
                 chain = " -> ".join(self._rel(p) for p in taint.chain)
                 message = r.MSG_SKIPPED_UNSCREENABLE if taint.unscreenable else (
@@ -334,21 +432,22 @@ class SmartDiscovery:
                 entry.duration_s = time.monotonic() - began
                 entries[candidate.rel] = entry
             else:
-                yield candidate, facts
+                yield candidate, facts, models.standins(facts.node_types)
 
     @staticmethod
     def _jobs(
-        screened: Iterator[tuple[Candidate, Facts]],
+        screened: Iterator[tuple[Candidate, Facts, tuple[str, ...]]],
         tasks: dict[int, tuple[Candidate, Facts]],
         cache: ScreenCache,
     ) -> Iterator[Task]:
         """A worker task for each file the screen lets through, as it lets it through."""
-        for candidate, facts in screened:
+        for candidate, facts, standins in screened:
             tid = len(tasks)
             tasks[tid] = (candidate, facts)
             yield Task(tid, str(candidate.path), Path(candidate.rel).stem, facts.factories,
                        facts.node_types, last_duration_s=cache.duration(candidate.real),
-                       may_block=facts.may_block, digest=cache.digest(candidate.real))
+                       may_block=facts.may_block, digest=cache.digest(candidate.real),
+                       standins=standins)
 
     def _isolate(
         self,
@@ -425,13 +524,21 @@ class SmartDiscovery:
             return r.FileResult(rel, r.ERROR, result.error), None
         if result.changed:
             return r.FileResult(rel, r.ERROR, r.MSG_CHANGED), None
-        files_loaded = _decode_result(result)
-        notes = files_loaded.failures + files_loaded.problems
-        if files_loaded.workflows:
-            reason = r.MSG_REGISTERED.format(count=len(files_loaded.workflows))
+        files_loaded = _decode_result(result, self.models, self.models_loaded)
+        notes = files_loaded.failures + files_loaded.problems + files_loaded.missing
+        found = len(files_loaded.workflows) + len(files_loaded.deferred)
+        if found:
+            reason = r.MSG_REGISTERED.format(count=found)
+            for attr in [*files_loaded.workflows, *files_loaded.deferred]:
+                if attr in files_loaded.needs:
+                    models = ", ".join(files_loaded.needs[attr])
+                    reason += " " + r.MSG_NEEDS_MODELS.format(name=workflow_name(rel, attr),
+                                                              models=models)
             if notes:
                 reason += " Not loaded: " + "; ".join(notes)
             return r.FileResult(rel, r.REGISTERED, reason), files_loaded
+        if files_loaded.missing:
+            return r.FileResult(rel, r.ERROR, " ".join(notes)), None
         if files_loaded.problems:
             reason = r.MSG_NOT_TRANSFERABLE.format(problems="; ".join(notes))
             return r.FileResult(rel, r.NOT_TRANSFERABLE, reason), None
@@ -468,6 +575,12 @@ class SmartDiscovery:
             entry = entries[rel]
             names = [workflow_name(rel, attr) for attr in files_loaded.workflows]
             entry.workflows = [n for n in names if owner.get(n) == rel]
+            # Not rebuilt outside the server; listed as the server would register them.
+            deferred = {workflow_name(rel, attr): {"data": data.data,
+                                                   "node_modules": data.node_modules}
+                        for attr, data in files_loaded.deferred.items()}
+            entry.workflows += list(deferred)
+            report.deferred.update(deferred)
             for name in names:
                 if owner.get(name) != rel:
                     entry.reason += r.MSG_NAME_TAKEN.format(name=name, owner=owner[name])

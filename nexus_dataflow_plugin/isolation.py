@@ -37,10 +37,15 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MEMORY_MB = 4096
 DEFAULT_CPU_S = 60
 DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
-DEFAULT_MAX_RESULT_NODES = 10_000
+# Nodes and connections per result: 2,000 rebuild in about half a second at worst
+# (2,000 connections between one pair of nodes; real workflows have tens).
+DEFAULT_MAX_RESULT_NODES = 2_000
 
-# How long a worker may take to import Kailash before the scan fails.
+# How long a worker may take to import Kailash before it counts as failed to start.
 WARMUP_TIMEOUT_S = 120.0
+# Workers failing to start in a row, with no file in flight that could be the cause,
+# before the files still queued are given up (each with the reason) instead of waiting.
+MAX_START_FAILURES = 3
 # A file sent to a worker but not started after this long has its worker checked
 # (stopped by a candidate?), and after DISPATCH_GRACE_S its worker is replaced.
 DISPATCH_CHECK_S = 0.25
@@ -64,6 +69,7 @@ DETAIL_NO_CHANNEL = (
     "its result channel was gone when it had a result (it closed descriptors it did not open?)"
 )
 DETAIL_NO_STATUS = "it ended without a result, and its worker was not there to say how"
+DETAIL_NO_WORKER = "no worker process could start ({tail})"
 
 OUTCOME_RESULT = "result"
 OUTCOME_TIMEOUT = "timeout"
@@ -84,6 +90,7 @@ class Task:
     last_duration_s: float | None = None  # how long it took in the previous scan
     may_block: bool = False  # the screen saw it loop or wait at import
     digest: str | None = None
+    standins: tuple[str, ...] = ()  # DataFlow node types of the project's models
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,7 @@ class WorkerPool:
         paths = sys_path if sys_path is not None else sys.path
         self.init = proto.Init(
             sys_path=tuple([str(base)] + [p for p in paths if p and p != str(base)]),
+            library_path=tuple(p for p in paths if p and not in_project(p, base)),
             base=str(base),
             node_modules=dict(node_modules or {}),
             memory_bytes=limits.memory_bytes,
@@ -191,6 +199,8 @@ class WorkerPool:
             max_result_bytes=limits.max_result_bytes,
         )
         self.token = new_token()
+        self._start_failures = 0
+        self._broken: str | None = None  # why no worker can start, once that is clear
         self._workers: list[WorkerProcess] = []
         self._flights: dict[int, _Flight] = {}
         self._selector = selectors.DefaultSelector()
@@ -295,7 +305,7 @@ class WorkerPool:
                 taken += got
                 if not more:
                     stream = None
-            self._dispatch(pending)
+            held += self._dispatch(pending)
             now = time.monotonic()
             wait = 0.0 if stream is not None else max(0.0, self._next_wakeup(now) - now)
             for key, _ in self._selector.select(timeout=min(wait, 1.0)):
@@ -331,10 +341,15 @@ class WorkerPool:
     def _slow_running(self) -> int:
         return sum(f.slow for f in self._flights.values())
 
-    def _dispatch(self, pending: deque[Task]) -> None:
-        """Send what ``schedule.assign`` picks from the front of the queue."""
+    def _dispatch(self, pending: deque[Task]) -> list[Outcome]:
+        """Send what ``schedule.assign`` picks from the front of the queue; with no worker
+        able to start, give the queued files up, each with the reason."""
+        if self._broken is not None:
+            outcomes = [Outcome(task, OUTCOME_CRASHED, detail=self._broken) for task in pending]
+            pending.clear()
+            return outcomes
         if not pending:
-            return
+            return []
         loads = [
             schedule.Load(w.ready, sum(1 for f in self._flights.values()
                                        if f.worker is w and not f.slow))
@@ -347,13 +362,14 @@ class WorkerPool:
             self._send(window[index], self._workers[worker_index], slow)
         chosen = {index for index, _, _ in plan}
         pending.extendleft(reversed([t for i, t in enumerate(window) if i not in chosen]))
+        return []
 
     def _send(self, task: Task, worker: WorkerProcess, slow: bool) -> None:
         inner = max(self.limits.timeout_s * 0.8, self.limits.timeout_s - 1.0)
         modules = self.init.node_modules
         preload = sorted({modules[t] for t in task.node_types if t in modules})
         run = proto.RunFile(task.id, task.path, task.module, tuple(task.factories),
-                            tuple(preload), inner, task.digest)
+                            tuple(preload), inner, task.digest, tuple(task.standins))
         channels, child_fds = FileChannels.open(self.limits.max_result_bytes + 4096)
         sent = worker.send(run, child_fds)
         for fd in child_fds:
@@ -366,7 +382,8 @@ class WorkerPool:
             logger.debug("worker %s is gone; %s waits for another", worker.pid, task.path)
 
     def _next_wakeup(self, now: float) -> float:
-        wakeups = [w.started_at + WARMUP_TIMEOUT_S for w in self._workers if not w.ready]
+        wakeups = [max(now + 0.05, w.started_at + DISPATCH_CHECK_S)
+                   for w in self._workers if not w.ready]  # a warm-up stopped from outside
         for flight in self._flights.values():
             if flight.started_at is None:
                 wakeups.append(max(now + 0.05, flight.dispatched_at + DISPATCH_CHECK_S))
@@ -410,6 +427,7 @@ class WorkerPool:
         for message in messages:
             if isinstance(message, proto.Ready):
                 worker.ready = True
+                self._start_failures = 0
                 continue
             flight = self._flights.get(message.id)
             if flight is None or flight.worker is not worker:
@@ -420,13 +438,21 @@ class WorkerPool:
                 outcomes.append(self._finish(flight, OUTCOME_CRASHED, detail=detail))
         if not alive:
             if not worker.ready:
-                self._unwatch(worker.control)
-                self._unwatch(worker.stderr)
-                worker.kill()
-                raise RuntimeError(f"discovery worker failed to start: "
-                                   f"{worker.tail.text() or 'no output'}")
-            self._retire(worker, pending)
+                self._failed_start(worker, pending)
+            else:
+                self._retire(worker, pending)
         return outcomes
+
+    def _failed_start(self, worker: WorkerProcess, pending: deque[Task]) -> None:
+        """A worker died, hung or was stopped before it was ready. Another is started in
+        its place, unless several in a row failed while no file ran that could have
+        done it (a broken environment): then the queued files are given up."""
+        self._retire(worker, pending)
+        self._start_failures += 1
+        running = any(f.started_at is not None for f in self._flights.values())
+        if self._start_failures >= MAX_START_FAILURES and not running:
+            self._broken = DETAIL_NO_WORKER.format(tail=worker.tail.text()[-300:] or "no output")
+            logger.error("discovery: %s", self._broken)
 
     def _result(self, flight: _Flight) -> list[Outcome]:
         """Read the file's own channel: ``Started`` once, then one ``Result``."""
@@ -473,7 +499,10 @@ class WorkerPool:
         if nodes > self.limits.max_result_nodes:
             return self._finish(flight, OUTCOME_INVALID, detail=r.PROBLEM_TOO_MANY_NODES.format(
                 count=nodes, limit=self.limits.max_result_nodes))
-        return self._finish(flight, OUTCOME_RESULT, result=result)
+        outcome = self._finish(flight, OUTCOME_RESULT, result=result)
+        if result.elapsed is not None and 0 <= result.elapsed < outcome.duration_s:
+            outcome.duration_s = result.elapsed
+        return outcome
 
     def _finish(self, flight: _Flight, kind: str, *, result: proto.Result | None = None,
                 detail: str = "") -> Outcome:
@@ -499,12 +528,9 @@ class WorkerPool:
         now = time.monotonic()
         outcomes: list[Outcome] = []
         for worker in list(self._workers):
-            if not worker.ready and now > worker.started_at + WARMUP_TIMEOUT_S:
-                self._unwatch(worker.control)
-                self._unwatch(worker.stderr)
-                worker.kill()
-                raise RuntimeError(f"discovery worker did not start within "
-                                   f"{WARMUP_TIMEOUT_S:.0f}s: {worker.tail.text()}")
+            if not worker.ready and (now > worker.started_at + WARMUP_TIMEOUT_S or (
+                    now > worker.started_at + DISPATCH_CHECK_S and worker.stopped())):
+                self._failed_start(worker, pending)
         stuck: set[WorkerProcess] = set()
         for flight in list(self._flights.values()):
             if flight.started_at is None:
@@ -529,7 +555,7 @@ class WorkerPool:
             self._retire(worker, pending)
         unstarted = sum(1 for f in self._flights.values() if f.started_at is None)
         remaining = len(pending) + unstarted
-        while remaining and len(self._workers) < self.wanted(remaining):
+        while remaining and self._broken is None and len(self._workers) < self.wanted(remaining):
             self._spawn()
         return outcomes
 

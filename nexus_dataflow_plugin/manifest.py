@@ -137,6 +137,13 @@ def workflow_record(workflow: Workflow, name: str, rel: str) -> dict[str, Any]:
             "data": _stable(workflow.to_dict(), name)}
 
 
+def _deferred_record(deferred: Mapping[str, Any], name: str, rel: str) -> dict[str, Any]:
+    """A workflow built from the project's model nodes, as the worker sent it: the server
+    rebuilds it with the app's own nodes at start, as a scan would."""
+    return {"file": rel, "node_modules": dict(sorted(deferred["node_modules"].items())),
+            "data": _stable(deferred["data"], name)}
+
+
 def _relative_text(text: str, base: Path) -> str:
     """A reason without the machine's paths: the project's become relative."""
     for root in dict.fromkeys((str(base.resolve()), str(base))):
@@ -204,14 +211,17 @@ def build_manifest(discovery: SmartDiscovery, report: r.DiscoveryReport) -> dict
         "modules": {m: digest(root / m) for m in modules},
         "workflows": {
             name: workflow_record(report.workflows[name], name, owner[name])
-            for name in sorted(report.workflows) if name in owner
+            if name in report.workflows else _deferred_record(report.deferred[name], name,
+                                                               owner[name])
+            for name in sorted([*report.workflows, *report.deferred]) if name in owner
         },
     }
 
 
 def freeze(base: str | os.PathLike[str] | None, settings: Settings) -> dict[str, Any]:
-    """Scan ``base`` (isolated, as always) and return its manifest."""
-    discovery = SmartDiscovery(base, **settings.discovery_options())
+    """Scan ``base`` (isolated, as always) and return its manifest; as ``scan``, it records
+    what a server with the project's models loaded would register."""
+    discovery = SmartDiscovery(base, models_loaded=False, **settings.discovery_options())
     return build_manifest(discovery, discovery.run())
 
 

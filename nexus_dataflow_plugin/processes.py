@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _protocol as proto
+from ._paths import in_project
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +152,11 @@ class WorkerProcess:
         stderr, child_stderr = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         package_parent = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [package_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        )
+        # The worker imports only libraries: nothing of the project on its own path.
+        env["PYTHONPATH"] = os.pathsep.join([package_parent] + [
+            p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+            if p and not in_project(p, init.base)
+        ])
         env["PYTHONSAFEPATH"] = "1"
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env[MARKER_ENV] = token

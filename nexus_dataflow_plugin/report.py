@@ -51,7 +51,8 @@ MSG_SKIPPED_MODEL = (
 )
 MSG_SKIPPED_DEPENDENT = (
     "Imports a DataFlow model module ({chain}); importing it would re-run the models. "
-    "Load it explicitly after your models exist: plugin.load_workflows({path!r})."
+    "Load it in the server after your models exist: plugin.load_dependents() (or "
+    "load_dependents=True), or plugin.load_workflows({path!r})."
 )
 MSG_SKIPPED_UNSCREENABLE = (
     "Imports a module the screen cannot read ({chain}); it is not imported, since that "
@@ -67,7 +68,7 @@ MSG_TIMEOUT_STOPPED = (
     "factory), still running{where}. Move slow work out of module level, or raise the timeout."
 )
 MSG_CRASHED = (
-    "The worker process died while importing this file ({how}); the rest of the scan "
+    "Its process died while importing this file ({how}); the rest of the scan "
     "went on. Check for os._exit, native crashes or resource exhaustion at import."
 )
 MSG_SYNTAX = "Cannot be parsed: {what} at line {line}. Fix the syntax error."
@@ -108,19 +109,32 @@ PROBLEM_TOO_LARGE = (
     "(NEXUS_DATAFLOW_MAX_RESULT_BYTES)"
 )
 PROBLEM_TOO_MANY_NODES = (
-    "{count:,} nodes, over the {limit:,}-node limit set by max_result_nodes "
+    "{count:,} nodes and connections, over the limit of {limit:,} set by max_result_nodes "
     "(NEXUS_DATAFLOW_MAX_RESULT_NODES)"
 )
 MSG_CHANGED = (
     "Changed while it was being scanned (its bytes are not the ones the screen judged, "
     "twice); run the scan again once it is saved."
 )
+MSG_NEEDS_MODELS = (
+    "{name!r} is built from DataFlow nodes of your models {models}: the server rebuilds it "
+    "with the app's own nodes, so the app must import those models before start()."
+)
+MSG_MODEL_MISSING = (
+    "{attr}: built from DataFlow nodes of {models}, which the app had not registered when "
+    "discovery ran; import your models (the module that defines them) before calling "
+    "start()."
+)
 MSG_NAME_TAKEN = (
     " The name {name!r} is also produced by {owner}, which wins (as in native discovery)."
 )
-MSG_USES_MODEL_NODES = (
-    "Uses {nodes}, which DataFlow generates from your models: only the server has them. "
-    "Load it explicitly after your models exist: plugin.load_workflows({path!r})."
+MSG_KEPT_LAST_GOOD = (
+    "The last good version keeps serving ({names}) until the file is fixed or removed."
+)
+MSG_MODELS_CHANGED = (
+    "DataFlow models, or files loaded into the server process, changed ({paths}); discovery "
+    "never re-runs them. Restart the server to load them (nexus-dataflow serve --reload "
+    "restarts by itself)."
 )
 
 
@@ -148,6 +162,12 @@ class DiscoveryReport:
     workflows: dict[str, Workflow] = field(default_factory=dict)
     files: list[FileResult] = field(default_factory=list)
     duration_s: float = 0.0
+    # What a server with the project's models loaded would register, not rebuilt by this
+    # scan (it ran without them: ``SmartDiscovery(models_loaded=False)``): name -> the
+    # workflow as data (``data``, ``node_modules``), for ``freeze``.
+    deferred: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # ``skipped_dependent`` files since loaded into the server (``load_dependents()``).
+    loaded: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Number of files per status, in the canonical status order."""
@@ -168,12 +188,12 @@ class DiscoveryReport:
         """One line: counts by status and total time, for logs and the CLI."""
         counts = ", ".join(f"{n} {status}" for status, n in self.counts().items())
         return (
-            f"{len(self.workflows)} workflow(s) from {len(self.files)} file(s)"
+            f"{len(self.workflows) + len(self.deferred)} workflow(s) from {len(self.files)} file(s)"
             f" [{counts or 'no candidate files'}] in {self.duration_s:.2f}s"
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "workflows": list(self.workflows),
+            "workflows": [*self.workflows, *self.deferred],
             "files": [entry.to_dict() for entry in self.files],
         }

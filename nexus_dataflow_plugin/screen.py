@@ -94,6 +94,9 @@ class Facts(NamedTuple):
     exports: tuple[str, ...] = ()
     # The screen did not finish within the file's timeout (``error`` says so).
     stalled: bool = False
+    # Classes this file hands to ``<target>.model``: DataFlow's node names derive from
+    # them, when the import graph confirms the file defines models.
+    model_classes: tuple[str, ...] = ()
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -673,6 +676,8 @@ def analyze(data: bytes) -> Facts:
             path_entries=tuple(scanner.path_entries),
             run_paths=tuple(scanner.run_paths),
             exports=tuple(dict.fromkeys(scanner.exports)),
+            model_classes=tuple(dict.fromkeys(
+                cls for _, cls, _ in scanner.model_uses if cls != "<expr>")),
         )
     except RecursionError:
         return Facts(error=MSG_SYNTAX.format(what="nesting too deep to analyse", line=1))

@@ -11,6 +11,7 @@ Imports only the standard library, Kailash and ``_paths``, so the worker may use
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -18,14 +19,16 @@ import json
 import logging
 import os
 import sys
+import sysconfig
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kailash.nodes.base import NodeRegistry
+from kailash.nodes.base import Node, NodeRegistry
 from kailash.workflow import Workflow
 
-from ._paths import in_project
+from ._paths import in_project, is_installed
 
 REDACTED = "***REDACTED***"
 
@@ -43,6 +46,8 @@ REFUSED_MODULE = (
     "only modules of installed distributions to rebuild a workflow"
 )
 NOT_A_LIBRARY = "is not a module of an installed distribution"
+DOES_NOT_DEFINE = "does not define {type}"
+IMPORT_FAILED = "raised {exc} when imported ({message})"
 DEFINES_MODELS = "defines DataFlow models"
 _DATAFLOW = "dataflow"  # DataFlow's own modules build nodes; they define no app's models
 
@@ -157,19 +162,42 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
     return Encoded(None if problems else data, node_modules, tuple(problems))
 
 
-@functools.lru_cache(maxsize=64)
-def _distribution_files(top: str, path: tuple[str, ...]) -> frozenset[str]:
-    """Real paths of every file that the distributions on ``path`` providing ``top`` ship
-    (memoised per ``sys.path``: reading every distribution's metadata takes tens of ms)."""
+class ModelNodeStandIn(Node):
+    """Stands in, in a file's own process only, for a node DataFlow generates from the
+    project's models: the file's workflow builds and travels as data, and the server
+    rebuilds it with the app's own node classes. It accepts any config and never runs."""
+
+    def get_parameters(self) -> dict[str, Any]:
+        return {}
+
+    def run(self, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("a stand-in for a DataFlow node runs only in the server")
+
+
+def register_standins(names: tuple[str, ...]) -> None:
+    """Register the stand-in under each name: only ever called in a file's process."""
+    for name in names:
+        NodeRegistry.register(ModelNodeStandIn, alias=name)
+
+
+@functools.lru_cache(maxsize=4)
+def _installed(path: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """Top-level name -> the files (absolute, normalised) that the distributions on
+    ``path`` ship under it. Built once per ``sys.path``: reading every distribution's
+    RECORD takes a few hundred milliseconds, paid only when a node type is missing."""
     from importlib import metadata
 
-    files: set[str] = set()
+    index: dict[str, set[str]] = {}
     for dist in metadata.distributions(path=list(path)):
-        shipped = dist.files or ()
-        tops = {f.parts[0].removesuffix(".py") for f in shipped if f.parts}
-        if top in tops:
-            files.update(os.path.realpath(dist.locate_file(f)) for f in shipped)
-    return frozenset(files)
+        for shipped in dist.files or ():
+            if shipped.parts:
+                top = shipped.parts[0].split(".")[0]
+                index.setdefault(top, set()).add(os.path.normpath(dist.locate_file(shipped)))
+    return {top: frozenset(files) for top, files in index.items()}
+
+
+def _distribution_files(top: str, path: tuple[str, ...]) -> frozenset[str]:
+    return _installed(path).get(top, frozenset())
 
 
 def _defines_models(origin: str) -> bool:
@@ -182,31 +210,94 @@ def _defines_models(origin: str) -> bool:
         return True
 
 
-def library_refusal(module: str) -> str | None:
-    """Why the server must not import ``module`` to rebuild a workflow; None if it may.
+def library_refusal(module: str, node_type: str) -> str | None:
+    """Why the server must not import ``module`` for ``node_type``; None if it may.
 
     It may only when the module, and each package on the way to it, is a file
-    an installed distribution ships (listed in its RECORD), and the file
-    defines no DataFlow models (DataFlow's own package aside). A module found
-    some other way (``PYTHONPATH``, an editable install, a directory merely
-    named site-packages) is refused before anything of it is imported.
+    an installed distribution ships (listed in its RECORD), the module's source
+    names the node type, no part of its name is ``__main__`` (a program, not a
+    library), and the file defines no DataFlow models (DataFlow's own package
+    aside). A module found some other way (``PYTHONPATH``, an editable install,
+    a directory merely named site-packages) is refused before anything of it
+    is imported.
     """
     parts = module.split(".")
     files = _distribution_files(parts[0], tuple(sys.path))
-    if not files or not all(parts):
+    if not files or not all(parts) or "__main__" in parts:
         return NOT_A_LIBRARY
     for depth in range(1, len(parts) + 1):
         name = ".".join(parts[:depth])
         try:
-            spec = importlib.util.find_spec(name)  # imports the (checked) parent package
-        except (ImportError, ValueError, AttributeError):
+            with libraries_only():
+                spec = importlib.util.find_spec(name)  # imports the (checked) parent package
+        except BaseException:  # noqa: BLE001 - a library's import may raise anything
             return NOT_A_LIBRARY
         origin = spec.origin if spec is not None else None
-        if not origin or os.path.realpath(origin) not in files:
+        if not origin or os.path.normpath(origin) not in files:
             return NOT_A_LIBRARY
         if parts[0] != _DATAFLOW and _defines_models(origin):
             return DEFINES_MODELS
+    if not _names(origin, node_type):
+        return DOES_NOT_DEFINE.format(type=node_type)
     return None
+
+
+def _names(origin: str, node_type: str) -> bool:
+    try:
+        with open(origin, "rb") as handle:
+            return node_type.encode() in handle.read()
+    except (OSError, UnicodeEncodeError):
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple(sorted({os.path.realpath(paths[key]) + os.sep
+                         for key in ("stdlib", "platstdlib") if key in paths}))
+
+
+class _LibrariesOnly:
+    """A ``sys.meta_path`` finder that, in the thread rebuilding a workflow, refuses any
+    module a node library would pull in that neither the standard library nor an
+    installed distribution ships: a project's ``getpass.py`` shadowing the standard
+    one, on a server started from the project directory, is never imported."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if threading.get_ident() != self.thread:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        origin = spec.origin
+        if not spec.has_location or not origin:
+            return spec  # built-in, frozen, namespace: nothing read from a file
+        real = os.path.realpath(origin)
+        if real.startswith(_stdlib()) and not is_installed(real):
+            return spec
+        if os.path.normpath(origin) in _distribution_files(name.split(".")[0], tuple(sys.path)):
+            return spec
+        raise ImportError(f"{name} would be imported from {origin}, which no installed "
+                          "distribution ships")
+
+
+@contextlib.contextmanager
+def libraries_only() -> Iterator[None]:
+    finder = _LibrariesOnly()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def decode(data: dict[str, Any], node_modules: dict[str, str]) -> Workflow:
@@ -220,13 +311,20 @@ def decode(data: dict[str, Any], node_modules: dict[str, str]) -> Workflow:
         if node_type in NodeRegistry._nodes:
             continue
         module = node_modules.get(node_type)
-        if not module:
+        if not module or not isinstance(node_type, str):
             raise ValueError(UNKNOWN_NODE.format(node=node_id, type=node_type, module="?"))
-        refusal = library_refusal(module)
+        refusal = library_refusal(module, node_type)
         if refusal is not None:
             raise ValueError(REFUSED_MODULE.format(node=node_id, type=node_type, module=module,
                                                    why=refusal))
-        importlib.import_module(module)
+        try:
+            with libraries_only():
+                importlib.import_module(module)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a library included
+            raise ValueError(REFUSED_MODULE.format(
+                node=node_id, type=node_type, module=module,
+                why=IMPORT_FAILED.format(exc=type(exc).__name__, message=str(exc)[:200]),
+            )) from None
         if node_type not in NodeRegistry._nodes:
             raise ValueError(UNKNOWN_NODE.format(node=node_id, type=node_type, module=module))
     return Workflow.from_dict(data)

@@ -65,3 +65,19 @@ def test_starting_from_a_manifest_registers_what_native_and_the_scan_register(
     assert set(manifest["variants"]) == {"native", "scan", "manifest"}
     workflows = {v: m["workflows"] for v, m in manifest["variants"].items()}
     assert workflows == dict.fromkeys(workflows, manifest["expected_workflows"])
+
+
+def test_the_watch_benchmark_times_each_save_and_the_idle_watcher() -> None:
+    done = subprocess.run(
+        [sys.executable, str(RUN.with_name("watch.py")), "--files", "300", "--saves", "3",
+         "--idle", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, f"watch.py failed:\n{done.stderr[-4000:]}"
+    result = json.loads(done.stdout)
+    assert result["files"] == 300 and len(result["latencies_s"]) == 3
+    assert result["latency_worst_s"] == max(result["latencies_s"])
+    assert set(result["targets"]) == {"latency_median_s", "latency_worst_s", "idle_core_pct"}
+    assert result["idle_core_pct"] >= 0

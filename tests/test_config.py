@@ -81,7 +81,11 @@ OPTIONS = [
     ),
     Option(
         "max_result_nodes", "NEXUS_DATAFLOW_MAX_RESULT_NODES", "dataflow_max_result_nodes",
-        10, "20", "30", 10, 20, 30, 10_000,
+        10, "20", "30", 10, 20, 30, 2_000,
+    ),
+    Option(
+        "load_dependents", "NEXUS_DATAFLOW_LOAD_DEPENDENTS", "dataflow_load_dependents",
+        True, "0", "true", True, False, True, False,
     ),
     Option(
         "manifest", "NEXUS_DATAFLOW_MANIFEST", "dataflow_manifest",
@@ -90,6 +94,10 @@ OPTIONS = [
     Option(
         "manifest_strict", "NEXUS_DATAFLOW_MANIFEST_STRICT", "dataflow_manifest_strict",
         True, "on", "true", True, True, True, False,
+    ),
+    Option(
+        "watch", "NEXUS_DATAFLOW_WATCH", "dataflow_watch",
+        True, "off", "true", True, False, True, False,
     ),
 ]  # fmt: skip
 BY_NAME = {o.name: o for o in OPTIONS}
@@ -105,7 +113,7 @@ def test_every_option_is_covered_and_named_three_ways() -> None:
     assert {o.name for o in OPTIONS} == {
         "enabled", "timeout", "workers", "exclude",
         "max_file_bytes", "memory_limit_mb", "cpu_limit_s", "cache", "max_result_bytes",
-        "max_result_nodes", "manifest", "manifest_strict",
+        "max_result_nodes", "load_dependents", "manifest", "manifest_strict", "watch",
     }  # fmt: skip
     assert set(Settings.__dataclass_fields__) == set(BY_NAME)
     for option in OPTIONS:
@@ -143,7 +151,9 @@ def test_all_levels_at_once(tmp_path: Path) -> None:
     assert settings == Settings(enabled=True, timeout=1.5, workers=3, exclude=("x.py",))
     options = settings.discovery_options()
     assert "enabled" not in options  # the switch is not a discovery option
+    assert "load_dependents" not in options  # the plugin does that after the scan
     assert "manifest" not in options  # nor is where discovery starts from
+    assert "watch" not in options  # nor is the plugin's watch mode
     assert options == {o.name: getattr(settings, o.name) for o in OPTIONS
                        if o.name not in NOT_DISCOVERY_OPTIONS}
 

@@ -666,3 +666,94 @@ def test_the_server_never_imports_a_node_module_from_outside_the_installed_libra
     assert "'out'" in entry.reason and "outside_models" in entry.reason, entry.reason
     assert not ran.exists() and "outside_models" not in sys.modules
     _good_files_are_their_own(report, marks)
+
+
+# --- found by trying to break the isolation (issue 11) -----------------------------------------
+
+
+def test_a_project_module_shadowing_a_library_import_never_runs_in_a_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker imports node libraries for the files that name them; a project file
+    named like a module such a library imports (``mimetypes.py``, imported by requests)
+    must not be what it finds: it would run in the worker, inside every later file."""
+    import kailash.nodes.api.http  # noqa: F401 - the server has the library, as Nexus does
+
+    tree, marks = make_tree(tmp_path, GOOD_FILES)
+    ran = tmp_path / "shadow.ran"
+    (tree / "mimetypes.py").write_text(
+        f"import os\nopen({str(ran)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        "from kailash.workflow.builder import WorkflowBuilder\n"
+        "WorkflowBuilder.build = lambda self, *a, **k: None\n"
+    )
+    (tree / "workflows" / "aa_uses_http.py").write_text(
+        "from kailash.workflow.builder import WorkflowBuilder\n\n"
+        "workflow = WorkflowBuilder()\n"
+        "workflow.add_node('HTTPRequestNode', 'get', {'url': 'http://127.0.0.1:1/'})\n"
+    )
+    monkeypatch.setenv(MARKER_ENV, str(marks))
+    report = SmartDiscovery(tree, timeout=10, workers=1, cache=False).run()
+    assert report.file("workflows/aa_uses_http.py").status == r.REGISTERED
+    _good_files_are_their_own(report, marks)
+    assert not ran.exists(), ran.read_text()
+
+
+def test_a_result_naming_a_program_as_its_node_module_never_runs_it_in_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hostile = {"workflows/aa_names_a_program_as_its_node_module.py":
+               "names_a_program_as_its_node_module.py"}
+    report, _, marks, _ = _scan(tmp_path, monkeypatch, hostile)  # no SystemExit out of it
+    entry = report.file("workflows/aa_names_a_program_as_its_node_module.py")
+    assert entry.status == r.NOT_TRANSFERABLE, entry.reason
+    assert "pygments.__main__" in entry.reason
+    _good_files_are_their_own(report, marks)
+
+
+def test_a_result_with_10000_connections_is_refused_before_the_server_rebuilds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hostile = {"workflows/aa_wires_10000_connections_between_two_nodes.py":
+               "wires_10000_connections_between_two_nodes.py"}
+    report, _, marks, wall = _scan(tmp_path, monkeypatch, hostile)
+    entry = report.file("workflows/aa_wires_10000_connections_between_two_nodes.py")
+    assert entry.status == r.ERROR and "max_result_nodes" in entry.reason, entry.reason
+    _good_files_are_their_own(report, marks)
+    assert wall < 10, wall  # rebuilding it took the server 14 s
+
+
+def test_closing_descriptors_up_to_sc_open_max_keeps_the_result_channel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hostile = {"workflows/aa_closes_descriptors_up_to_sc_open_max.py":
+               "closes_descriptors_up_to_sc_open_max.py"}
+    report, _, marks, _ = _scan(tmp_path, monkeypatch, hostile)
+    entry = report.file("workflows/aa_closes_descriptors_up_to_sc_open_max.py")
+    assert entry.status == r.REGISTERED, entry.reason
+    _good_files_are_their_own(report, marks)
+
+
+def test_a_file_that_lowers_its_workers_limits_cripples_no_later_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hostile = {"workflows/aa_lowers_its_workers_limits.py": "lowers_its_workers_limits.py"}
+    report, _, marks, _ = _scan(tmp_path, monkeypatch, hostile)
+    _good_files_are_their_own(report, marks)
+
+
+def test_a_file_that_kills_every_new_worker_delays_the_scan_but_raises_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexus_dataflow_plugin.isolation import timeout_bound
+
+    hostile = {"workflows/aa_kills_every_new_worker.py": "kills_every_new_worker.py"}
+    timeout = 4.0
+    report, _, marks, wall = _scan(tmp_path, monkeypatch, hostile, timeout=timeout)
+    try:
+        assert report.file("workflows/aa_kills_every_new_worker.py").status == r.TIMEOUT
+        _good_files_are_their_own(report, marks)
+        assert wall <= 4.0 + timeout_bound(1, 1, timeout), wall
+    finally:
+        alive, others = survivors(marks)
+        kill_survivors(marks)
+    assert not alive and not others

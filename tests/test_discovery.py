@@ -317,12 +317,13 @@ workflow.add_node("{node}", "create", {{"name": "from a workflow file"}})
 '''
 
 
-def test_a_file_using_model_nodes_by_name_is_dependent_on_the_apps_models(tmp_path):
-    """The seed's pattern: `add_node("UserCreateNode")` with no import of the models.
+def test_a_file_using_the_apps_model_nodes_by_name_is_registered_with_the_apps_nodes(tmp_path):
+    """The seed's pattern: `add_node("GadgetCreateNode")` with no import of the models.
 
-    Only the server has DataFlow's generated nodes, so the file is skipped as dependent
-    (to be loaded explicitly) when the app's models are loaded, and otherwise fails in
-    the worker with a reason that says what to do, not Kailash's list of every node.
+    The server has DataFlow's generated nodes, so the file is imported with stand-ins
+    and its workflow rebuilt with the app's own node class; a node type that neither a
+    library nor a model provides fails in the worker with a reason that says what to do,
+    not Kailash's list of every node.
     """
     from dataflow import DataFlow
 
@@ -342,12 +343,15 @@ def test_a_file_using_model_nodes_by_name_is_dependent_on_the_apps_models(tmp_pa
     report = SmartDiscovery(tmp_path, timeout=5, cache=False).run()
 
     gadget = report.file("workflows/gadget_intake.py")
-    assert gadget.status == "skipped_dependent"
-    assert "GadgetCreateNode" in gadget.reason and "load_workflows" in gadget.reason
+    assert gadget.status == "registered", gadget.reason
+    assert "Gadget" in gadget.reason and "before start()" in gadget.reason
+    node = report.workflows["gadget_intake"]._node_instances["create"]
+    assert type(node) is db._nodes["GadgetCreateNode"]
     widget = report.file("workflows/widget_intake.py")
     assert widget.status == "error"
     assert "'WidgetCreateNode' is not available in the isolated worker" in widget.reason
     assert "Available nodes" not in widget.reason
+    db.close()
 
 
 def _slow_screen(monkeypatch) -> list[float]:

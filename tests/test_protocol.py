@@ -10,7 +10,8 @@ import pytest
 from nexus_dataflow_plugin import _protocol as proto
 
 EXAMPLES = [
-    proto.Init(("/p",), "/p", {"CSVReaderNode": "kailash.nodes.data"}, None, 60, 1000),
+    proto.Init(("/p", "/lib"), ("/lib",), "/p", {"CSVReaderNode": "kailash.nodes.data"}, None,
+               60, 1000),
     proto.RunFile(3, "/p/workflows/a.py", "a", ("build",), (), 8.0, "ab" * 32),
     proto.Ready(12),
     proto.Exited(3, None, 9),
@@ -38,6 +39,11 @@ def test_every_message_survives_the_trip(message: object) -> None:
     (b'{"type": "Result", "workflows": [{"attr": "w", "data": 3, "node_modules": {},'
      b' "problems": []}]}', "data: expected an object"),
     (b'{"type": "Result", "failures": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "levels deep"),
+    (b'{"type": "Result", "failures": ["\\ud800"]}', "not valid Unicode"),
+    (b'{"type": "Result", "workflows": [{"attr": "w", "node_modules": {}, "problems": [],'
+     b' "data": {"nodes": {"\\udfff": {}}}}]}', "not valid Unicode"),
+    (b'{"type": "Result", "workflows": [{"attr": "../../etc", "data": null, "node_modules": {},'
+     b' "problems": []}]}', "is not a Python name"),
 ])
 def test_the_decoder_refuses_what_the_protocol_does_not_allow(raw: bytes, problem: str) -> None:
     with pytest.raises(proto.ProtocolError, match=re.escape(problem)):
@@ -80,3 +86,5 @@ def test_node_count_sums_every_workflow_of_a_result() -> None:
         proto.WorkflowData("c", {"nodes": {"z": {}}}, {}, ()),
     ))
     assert proto.node_count(result) == 3
+    wired = proto.WorkflowData("d", {"nodes": {"x": {}}, "connections": [{}, {}]}, {}, ())
+    assert proto.node_count(proto.Result(workflows=(wired,))) == 3  # connections count

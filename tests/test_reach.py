@@ -220,7 +220,8 @@ def test_a_node_type_given_by_keyword_is_read():
     assert analyze(source).node_types == ("CSVReaderNode",)
 
 
-def test_a_file_using_a_model_node_by_keyword_is_dependent_on_the_apps_models(tmp_path):
+def test_a_file_using_a_model_node_by_keyword_is_served_with_the_apps_nodes(tmp_path):
+    """Issue 15: not skipped any more; imported with a stand-in, rebuilt with the app's."""
     from dataflow import DataFlow
 
     db = DataFlow(f"sqlite:///{tmp_path / 'app.db'}")
@@ -235,8 +236,13 @@ def test_a_file_using_a_model_node_by_keyword_is_dependent_on_the_apps_models(tm
         "workflow = WorkflowBuilder()\n"
         "workflow.add_node(node_type='CrateCreateNode', node_id='create', config={})\n"
     )
-    entry = SmartDiscovery(tmp_path, timeout=5, cache=False).screen()[0]
-    assert entry.status == "skipped_dependent" and "CrateCreateNode" in entry.reason
+    assert SmartDiscovery(tmp_path, timeout=5, cache=False).screen() == []  # passes the screen
+    report = SmartDiscovery(tmp_path, timeout=5, cache=False, workers=1).run()
+    entry = report.file("workflows/crate_intake.py")
+    assert entry.status == "registered" and "Crate" in entry.reason
+    node = report.workflows["crate_intake"]._node_instances["create"]
+    assert type(node) is db._nodes["CrateCreateNode"]
+    db.close()
 
 
 def test_relative_dynamic_import_resolves_against_the_package(tmp_path):

@@ -6,6 +6,7 @@ library module, never a project file; a rebuilt workflow runs.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -286,3 +287,19 @@ def test_overlapping_scans_restore_the_level_once_the_last_one_ends():
         assert graph_logger.level == logging.DEBUG
     finally:
         graph_logger.setLevel(saved)
+
+
+def test_while_a_node_library_loads_no_module_outside_the_libraries_can_be_imported(
+    tmp_path, monkeypatch
+):
+    """A project directory on the server's sys.path (an app started from it) cannot lend a
+    library a module: ``libraries_only`` refuses it, standard modules still load."""
+    (tmp_path / "ndp_project_shadow.py").write_text(
+        f"open({str(tmp_path / 'ran')!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with transfer.libraries_only(), pytest.raises(ImportError, match="no installed"):
+        importlib.import_module("ndp_project_shadow")
+    assert not (tmp_path / "ran").exists() and "ndp_project_shadow" not in sys.modules
+    sys.modules.pop("xml.dom.minicompat", None)
+    with transfer.libraries_only():
+        importlib.import_module("xml.dom.minicompat")

@@ -380,10 +380,12 @@ VALID_VALUES = {
     "cpu_limit_s": ("_limit", f"CPU seconds, a whole number >= 1; {NONE_AS}: no limit"),
     "cache": ("_boolean", BOOLEAN),
     "max_result_bytes": ("_positive_int", "bytes, a whole number >= 1"),
-    "max_result_nodes": ("_positive_int", "nodes, a whole number >= 1"),
+    "max_result_nodes": ("_positive_int", "nodes and connections, a whole number >= 1"),
+    "load_dependents": ("_boolean", BOOLEAN),
     "manifest": ("_optional_path", "a file path, relative to the project unless absolute; "
                                    "`\"none\"` or `\"\"`: no manifest"),
     "manifest_strict": ("_boolean", BOOLEAN),
+    "watch": ("_boolean", BOOLEAN),
 }
 
 
@@ -438,14 +440,17 @@ REASON_TEMPLATES = [
         "MSG_REGISTERED", "MSG_NO_WORKFLOWS", "MSG_SKIPPED_MODEL", "MSG_SKIPPED_DEPENDENT",
         "MSG_TIMEOUT", "MSG_TIMEOUT_STOPPED", "MSG_CRASHED", "MSG_SYNTAX", "MSG_DECODE",
         "MSG_NUL", "MSG_UNREADABLE",
-        "MSG_NOT_TRANSFERABLE", "MSG_USES_MODEL_NODES", "MSG_INVALID_RESULT",
+        "MSG_NOT_TRANSFERABLE", "MSG_NEEDS_MODELS", "MSG_MODEL_MISSING", "MSG_INVALID_RESULT",
         "PROBLEM_TOO_LARGE", "PROBLEM_TOO_MANY_NODES", "MSG_CHANGED",
     )],
+    ("report", "MSG_KEPT_LAST_GOOD"), ("report", "MSG_MODELS_CHANGED"),
     ("finder", "MSG_OUTSIDE"), ("finder", "MSG_TOO_LARGE"), ("finder", "MSG_BROKEN_LINK"),
     ("transfer", "NOT_JSON"), ("transfer", "SECRET"), ("transfer", "CYCLE"),
     ("transfer", "PROJECT_NODE"), ("transfer", "LOSSY"), ("transfer", "UNKNOWN_NODE"),
     ("transfer", "REFUSED_MODULE"),
     ("plugin", "MSG_REJECTED"), ("plugin", "MSG_EXPLICIT_WINS"),
+    ("plugin", "MSG_LOAD_REFUSED"), ("plugin", "MSG_LOAD_REFUSED_RUN"),
+    ("plugin", "MSG_LOADED_DEPENDENT"),
     ("_probe", "MISSING_NODE_HINT"),
     *[("manifest", name) for name in (
         "MSG_STARTED", "MSG_PARTIAL", "MSG_STALE", "MSG_MISSING", "MSG_CORRUPT", "MSG_FOREIGN",
