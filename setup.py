@@ -1,6 +1,8 @@
-"""Ships ``nexus_dataflow_plugin.pth`` into site-packages, for normal and editable installs.
+"""Ships the start-up files into site-packages, for normal and editable installs.
 
-The .pth line arms the entry-point autoload (see nexus_dataflow_plugin/_startup.py).
+``nexus_dataflow_plugin.pth`` (an import line, for Pythons before 3.15) and
+``nexus_dataflow_plugin.start`` (PEP 829, 3.15+, which then ignores the .pth's
+import line) both arm the entry-point autoload (see nexus_dataflow_plugin/_startup.py).
 Everything else about the package is declared in pyproject.toml.
 """
 
@@ -9,7 +11,7 @@ import os
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-PTH = "nexus_dataflow_plugin.pth"
+START_UP_FILES = ("nexus_dataflow_plugin.pth", "nexus_dataflow_plugin.start")
 
 
 class build_py_with_pth(build_py):
@@ -19,10 +21,12 @@ class build_py_with_pth(build_py):
         if getattr(self, "editable_mode", False):
             # Editable wheels ignore build_lib; the install dir is the wheel's root.
             target = self.get_finalized_command("install").install_lib
-        self.copy_file(PTH, os.path.join(target, PTH), preserve_mode=0)
+        for name in START_UP_FILES:
+            self.copy_file(name, os.path.join(target, name), preserve_mode=0)
 
     def get_outputs(self, include_bytecode=True):
-        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
+        shipped = [os.path.join(self.build_lib, name) for name in START_UP_FILES]
+        return super().get_outputs(include_bytecode) + shipped
 
 
 setup(cmdclass={"build_py": build_py_with_pth})

@@ -1,15 +1,28 @@
-"""Interpreter start-up hook, run from ``nexus_dataflow_plugin.pth``.
+"""Interpreter start-up hook: ``install()``, named by both start-up files.
 
-It must cost next to nothing: it imports only ``sys`` and installs one
-meta-path finder that waits for the ``nexus`` package. When ``nexus`` has
-finished importing, the finder runs ``autoload.install()`` and removes itself.
-Set ``NEXUS_DISABLE_PLUGIN_AUTOLOAD=1`` to turn all of it off (checked in the
-``.pth`` line, before this module is even imported).
+``nexus_dataflow_plugin.start`` (PEP 829, Python 3.15+: site calls
+``module:callable`` with no arguments) and, for older Pythons,
+``nexus_dataflow_plugin.pth`` (an import line, which 3.15 ignores when the
+``.start`` file is there and 3.18 ignores altogether) both call ``install()``.
+It must cost next to nothing: it imports only ``sys`` and ``os`` (both already
+loaded at start-up) and installs one meta-path finder that waits for the
+``nexus`` package. When ``nexus`` has finished importing, the finder runs
+``autoload.install()`` and removes itself. ``NEXUS_DISABLE_PLUGIN_AUTOLOAD=1``
+turns all of it off; it is checked here, so both start-up files honour it.
 """
 
+import os
 import sys
 
 _TARGET = "nexus"
+DISABLE_ENV = "NEXUS_DISABLE_PLUGIN_AUTOLOAD"
+START_FILE = "nexus_dataflow_plugin.start"
+PTH_FILE = "nexus_dataflow_plugin.pth"
+
+
+def disabled():
+    """Whether the user switched autoload off (read at start-up and again in autoload)."""
+    return os.environ.get(DISABLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class _Loader:
@@ -56,6 +69,9 @@ class _Finder:
 
 
 def install():
+    """Arm the autoload, unless ``NEXUS_DISABLE_PLUGIN_AUTOLOAD`` is set."""
+    if disabled():
+        return
     if "nexus" in sys.modules:
         from nexus_dataflow_plugin.autoload import install as now
 

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import importlib_metadata
 
+from ._startup import disabled
+
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "nexus.plugins"
-DISABLE_ENV = "NEXUS_DISABLE_PLUGIN_AUTOLOAD"
 _PATCHED = "__nexus_dataflow_patched__"
 
 MSG_BROKEN = "Skipped Nexus plugin {name!r} ({value}) from the {group!r} entry points: {error}"
@@ -43,10 +43,6 @@ class LoadedPlugin:
     distribution: str
     plugin: Any = None
     error: str | None = None
-
-
-def disabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def load_entry_points(group: str = ENTRY_POINT_GROUP) -> list[LoadedPlugin]:

@@ -1,11 +1,13 @@
 """``nexus-dataflow``: scan a project, serve it, list plugins.
 
 Errors in arguments or configuration are one line on stderr and exit 2, never
-a traceback; Ctrl+C is one line and exit 130. ``scan`` exits 0 when the scan
-completed, whatever the files' statuses (unless ``--fail-on`` names statuses
-that were found). Stdout carries only the table or the JSON: colour only on a
-terminal (and never with ``NO_COLOR``), and the progress line of a scan that
-outlasts a second goes to stderr, only when stderr is a terminal.
+a traceback; Ctrl+C is one line and exit 130; a reader that leaves early
+(``scan --json | head``) is exit 141 and nothing on stderr. ``scan`` exits 0
+when the scan completed, whatever the files' statuses (unless ``--fail-on``
+names statuses that were found: then each such file is a line on stderr).
+Stdout carries only the table or the JSON: colour only on a terminal (and
+never with ``NO_COLOR``), and the progress line of a scan that outlasts a
+second goes to stderr, only when stderr is a terminal.
 ``scan --explain FILE`` shows the static screen's reasoning for one file,
 assembled from the engine's own answers. ``freeze`` writes the manifest a
 server starts from without scanning; ``freeze --check`` exits 1 when it is stale.
@@ -17,11 +19,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import importlib.util
+import ipaddress
 import json
 import logging
 import os
 import re
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -39,6 +45,30 @@ EXIT_FAIL_ON = 1
 EXIT_USAGE = 2
 EXIT_RESTART = 3  # a serve --reload child asking its supervisor for a fresh process
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head` reports: the reader left early
+
+# Directories of a project that are not the app: never searched for model modules.
+NOT_APP_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "dist-packages",
+                          "build", "dist", "tests", "test"})
+
+MSG_FAIL_ON = "--fail-on {status}: {path}"
+MSG_NO_MODELS = ("models    none: no project file defines a DataFlow model "
+                 "(name the module with --models)")
+MSG_MODELS_FAILED = "cannot load the models in {module} (database {url}): {error}"
+MSG_TABLES_FAILED = "cannot create the tables of {label} on {url}: {error}"
+MSG_OWN_URL = ("note      {label} chooses its own database, not the one serve gave it "
+               "({given}); read DATABASE_URL in your models to follow --database-url")
+MSG_NO_DRIVER = ('PostgreSQL needs DataFlow\'s driver, which is not installed: '
+                 'pip install "nexus-dataflow-plugin[postgres]"')
+MSG_EXPOSED = ("note      {url} is reachable from other machines and Nexus authentication "
+               "is off")
+MSG_AUTOLOAD_ON = "armed at start-up by {file}"
+MSG_AUTOLOAD_DISABLED = "{var}={value} is set"
+MSG_AUTOLOAD_NO_SITE = "Python runs without site (-S or -I), so no start-up file runs"
+MSG_AUTOLOAD_MISSING = "{file} is not in site-packages ({dirs}): reinstall nexus-dataflow-plugin"
+MSG_AUTOLOAD_NOT_RUN = "{file} is installed but did not run in this interpreter"
+MSG_PLUGIN_NOT_AUTOLOADED = ("loads, but Nexus will not find it by name while autoload is "
+                             "off (use app.add_plugin)")
 
 # The progress line appears only when a scan outlasts this, and only on a terminal.
 PROGRESS_DELAY_S = 1.0
@@ -133,6 +163,8 @@ def format_table(report: r.DiscoveryReport, colour: bool = False) -> str:
 
 def _statuses(text: str) -> frozenset[str]:
     chosen = frozenset(s.strip() for s in text.split(",") if s.strip())
+    if not chosen:
+        raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(r.STATUSES)}")
     unknown = chosen - set(r.STATUSES)
     if unknown:
         raise argparse.ArgumentTypeError(
@@ -141,14 +173,14 @@ def _statuses(text: str) -> frozenset[str]:
     return chosen
 
 
-def _positive(text: str) -> float:
+def _seconds(text: str) -> float:
+    """The ``timeout`` setting's own parser, so every bad value reads the same way."""
+    from .config import OPTIONS
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+        return float(OPTIONS["timeout"][1](text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
 
 
 def _port(text: str) -> int:
@@ -180,9 +212,10 @@ def cmd_scan(args: argparse.Namespace, out: TextIO) -> int:
         out.write("\n")
     else:
         out.write(format_table(report, colour=use_colour(out)) + "\n")
-    if args.fail_on and any(e.status in args.fail_on for e in report.files):
-        return EXIT_FAIL_ON
-    return EXIT_OK
+    failed = [e for e in report.files if e.status in args.fail_on]
+    for entry in failed:
+        sys.stderr.write(MSG_FAIL_ON.format(status=entry.status, path=entry.path) + "\n")
+    return EXIT_FAIL_ON if failed else EXIT_OK
 
 
 def cmd_freeze(args: argparse.Namespace, out: TextIO) -> int:
@@ -294,46 +327,109 @@ def module_name(rel: str) -> str:
     return rel[: -len(".py")].replace("/", ".")
 
 
-def project_dataflows(base: Path) -> list[Any]:
-    """DataFlow instances held by modules of the project that are already imported."""
+def find_model_files(base: Path, settings: Any) -> list[str]:
+    """Project files that define DataFlow models, by the static screen (nothing is run).
+
+    The whole project is read, not only discovery's candidates: the models of an app
+    usually live outside ``workflows/``. Environments, tests and build output are
+    not the app, so they are left out, as are files ``exclude`` names.
+    """
+    from .finder import _excluded
+    from .screen import analyze
+
+    found: list[str] = []
+    for root, dirs, files in os.walk(base):
+        here = Path(root)
+        dirs[:] = sorted(
+            d for d in dirs
+            if not d.startswith(".") and d not in NOT_APP_DIRS
+            and not (here / d / "pyvenv.cfg").exists()
+        )
+        for name in sorted(files):
+            if not name.endswith(".py") or name.startswith("test_") or name == "conftest.py":
+                continue
+            path = here / name
+            rel = path.relative_to(base).as_posix()
+            try:
+                if _excluded(rel, name, settings.exclude) or (
+                    path.stat().st_size > settings.max_file_bytes
+                ):
+                    continue
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if analyze(data).model:
+                found.append(rel)
+    return found
+
+
+def module_file(name: str, base: Path) -> str:
+    """Where an imported module lives, relative to the project when it is inside."""
+    origin = getattr(sys.modules.get(name), "__file__", None) or "?"
+    try:
+        return Path(origin).resolve().relative_to(base).as_posix()
+    except ValueError:
+        return origin
+
+
+def load_models(
+    base: Path, settings: Any, chosen: Sequence[str] | None, static: Sequence[r.FileResult],
+    out: TextIO,
+) -> None:
+    """Import the app's model modules once, in this process, under their own names.
+
+    Chosen with ``--models``, else every project file that defines a model: those
+    the file-by-file screen sees, and the candidates the full screen found to be
+    model files (``static``, which follows ``db`` to the module it comes from).
+    A workflow's ``from shop.models import ...`` then reuses them.
+    """
+    if chosen:
+        names = list(chosen)
+    else:
+        files = find_model_files(base, settings)
+        files += [e.path for e in static if e.status == r.SKIPPED_MODEL and e.path not in files]
+        names = [module_name(rel) for rel in files]
+    if not names:
+        out.write(MSG_NO_MODELS + "\n")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the project's own code: say where, in one line
+            raise UsageError(MSG_MODELS_FAILED.format(
+                module=name, url=os.environ.get("DATABASE_URL"), error=_one_line(exc)
+            )) from exc
+        out.write(f"models    {name} ({module_file(name, base)})\n")
+
+
+def project_dataflows(base: Path) -> list[tuple[str, Any]]:
+    """(``module.attribute``, instance) of each DataFlow held by an imported project module."""
     from dataflow import DataFlow
 
     from ._paths import in_project
 
-    found: dict[int, Any] = {}
-    for module in list(sys.modules.values()):
+    found: dict[int, tuple[str, Any]] = {}
+    for name, module in list(sys.modules.items()):
         origin = getattr(module, "__file__", None)
         if not origin or not in_project(origin, base):
             continue
-        for value in list(vars(module).values()):
+        for attr, value in list(vars(module).items()):
             if isinstance(value, DataFlow):
-                found.setdefault(id(value), value)
+                found.setdefault(id(value), (f"{name}.{attr}", value))
     return list(found.values())
 
 
-def prepare_app(app: Any, plugin: Any, base: Path, settings: Any, out: TextIO) -> None:
-    """Load the project's models as the app itself would, then register what uses them.
+def prepare_app(
+    app: Any, plugin: Any, base: Path, static: Sequence[r.FileResult], out: TextIO
+) -> None:
+    """Register what uses the models (already loaded by ``load_models``), as the app would.
 
-    Model files are imported once, in this process, under their own module
-    names (so a workflow's ``from shop.models import ...`` reuses them); files
-    that depend on them are loaded explicitly; every DataFlow instance gets
-    its tables and CRUD workflows.
+    Files that depend on the models are loaded explicitly; every DataFlow
+    instance gets its tables and CRUD workflows, and the database line says
+    which URL each really uses.
     """
     from .dataflow_workflows import register_dataflow_workflows
-    from .discovery import SmartDiscovery
     from .plugin import LoadRefused
 
-    static = SmartDiscovery(base, **settings.discovery_options()).screen()
-    for entry in static:
-        if entry.status == r.SKIPPED_MODEL:
-            try:
-                importlib.import_module(module_name(entry.path))
-            except Exception as exc:  # the project's own code: say where, in one line
-                raise UsageError(
-                    f"cannot load the models in {entry.path} (database "
-                    f"{os.environ.get('DATABASE_URL')}): {_one_line(exc)}"
-                ) from exc
-            out.write(f"models    {entry.path}\n")
     for entry in static:
         if entry.status == r.SKIPPED_DEPENDENT:
             try:
@@ -342,8 +438,16 @@ def prepare_app(app: Any, plugin: Any, base: Path, settings: Any, out: TextIO) -
                 out.write(f"refused   {exc}\n")
                 continue
             out.write(f"explicit  {entry.path}: {', '.join(names) or '-'}\n")
-    for db in project_dataflows(base):
-        db.create_tables()
+    for label, db in project_dataflows(base):
+        url = db.config.database.url
+        out.write(f"database  {url} ({label})\n")
+        if url != os.environ["DATABASE_URL"]:
+            out.write(MSG_OWN_URL.format(label=label, given=os.environ["DATABASE_URL"]) + "\n")
+        try:
+            db.create_tables()
+        except Exception as exc:  # the database or the driver: one line, not a traceback
+            raise UsageError(MSG_TABLES_FAILED.format(label=label, url=url,
+                                                      error=_one_line(exc))) from exc
         names = register_dataflow_workflows(app, db)
         out.write(f"dataflow  {len(names)} CRUD workflows: {', '.join(names)}\n")
 
@@ -354,14 +458,59 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
-def _check_port(port: int) -> None:
-    """Fail fast, before loading anything, when the HTTP port is taken."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError as exc:
-            raise UsageError(f"port {port} is not available: {exc.strerror or exc}") from None
+def database_url(given: str | None, cwd: Path, base: Path) -> str:
+    """The URL the models get: ``given`` (a relative SQLite path made absolute against the
+    directory the command ran in), else SQLite ``app.db`` in the project."""
+    from .dataflow_workflows import absolute_sqlite_url
+
+    if not given:
+        return f"sqlite:///{base / 'app.db'}"
+    if given.startswith("postgres") and importlib.util.find_spec("psycopg2") is None:
+        raise UsageError(MSG_NO_DRIVER)
+    return absolute_sqlite_url(given, cwd) or given
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now: a taken port fails before anything loads, and the
+    address printed is the one bound."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: {exc.strerror or exc}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"port {port} is not available on {host}: {exc.strerror or exc}") from None
+    return sock
+
+
+def bound_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _loopback(sock: socket.socket) -> bool:
+    try:
+        return ipaddress.ip_address(sock.getsockname()[0].split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_on(app: Any, sock: socket.socket) -> None:
+    """Serve the app on ``sock``: Nexus's ``start()`` always asks for 0.0.0.0."""
+    transport = app._http_transport
+
+    def run_blocking(host: str = "") -> None:
+        import uvicorn
+
+        uvicorn.Server(uvicorn.Config(transport._gateway.app)).run(sockets=[sock])
+
+    transport.run_blocking = run_blocking
 
 
 # Set by serve --reload in the environment of the child process that serves.
@@ -403,20 +552,25 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     base = Path(args.path).resolve()
     if not base.is_dir():
         raise UsageError(f"{args.path}: not a directory")
-    _check_port(args.port)
+    url = database_url(args.database_url or os.environ.get("DATABASE_URL"), Path.cwd(), base)
+    sock = bind(args.host, args.port)
     if args.reload and not os.environ.get(RELOAD_CHILD_ENV):
+        sock.close()  # free, as checked; each server process the supervisor starts binds it
         return supervise(args.argv, out)
 
     from nexus import Nexus
 
     from .config import load_settings
+    from .discovery import SmartDiscovery
     from .plugin import DataFlowCompatiblePlugin
 
-    database_url = args.database_url or os.environ.get("DATABASE_URL")
-    os.environ["DATABASE_URL"] = database_url or f"sqlite:///{base / 'app.db'}"
+    os.environ["DATABASE_URL"] = url
     os.chdir(base)  # Nexus discovers from the working directory
     sys.path.insert(0, str(base))
     settings = load_settings(base, {"timeout": args.timeout})
+    out.write(f"project   {base}\n")
+    static = SmartDiscovery(base, **settings.discovery_options()).screen()
+    load_models(base, settings, args.models, static, out)  # before Nexus: errors come first
     app = Nexus(api_port=args.port, auto_discovery=True, enable_durability=False)
     plugin = DataFlowCompatiblePlugin(timeout=args.timeout, watch=True if args.reload else None)
     restart: list[str] = []
@@ -429,15 +583,18 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
         plugin.on_models_changed = models_changed
     app.add_plugin(plugin)
-    out.write(f"project   {base}\ndatabase  {os.environ['DATABASE_URL']}\n")
-    prepare_app(app, plugin, base, settings, out)
+    prepare_app(app, plugin, base, static, out)
+    serve_on(app, sock)
+    served = bound_url(sock)
+    if not _loopback(sock) and not getattr(app, "_enable_auth", False):
+        out.write(MSG_EXPOSED.format(url=served) + "\n")
 
     def announce() -> None:
         if plugin.report is not None:
             out.write(format_table(plugin.report, colour=use_colour(out)) + "\n")
         for name in sorted(app._workflows):
-            out.write(f"POST http://127.0.0.1:{args.port}/workflows/{name}/execute\n")
-        out.write(f"Serving on http://127.0.0.1:{args.port} (Ctrl+C to stop)\n")
+            out.write(f"POST {served}/workflows/{name}/execute\n")
+        out.write(f"Serving on {served} (Ctrl+C to stop)\n")
         out.flush()
 
     app.add_startup_handler(announce)
@@ -448,14 +605,43 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def autoload_state() -> tuple[bool, str]:
+    """Whether this interpreter armed the autoload at start-up, and if not, why not.
+
+    Asked before anything imports Nexus (the armed hook removes itself then).
+    """
+    from ._startup import DISABLE_ENV, PTH_FILE, START_FILE, _Finder, disabled
+    from .autoload import _PATCHED
+
+    if disabled():
+        return False, MSG_AUTOLOAD_DISABLED.format(var=DISABLE_ENV, value=os.environ[DISABLE_ENV])
+    if sys.flags.no_site:
+        return False, MSG_AUTOLOAD_NO_SITE
+    wanted = START_FILE if sys.version_info >= (3, 15) else PTH_FILE
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    shipped = [Path(d) / wanted for d in dirs if (Path(d) / wanted).is_file()]
+    if not shipped:
+        return False, MSG_AUTOLOAD_MISSING.format(file=wanted, dirs=", ".join(dirs))
+    nexus_class = getattr(sys.modules.get("nexus.core"), "Nexus", None)
+    fired = hasattr(getattr(nexus_class, "_auto_discover_workflows", None), _PATCHED)
+    if not fired and not any(isinstance(f, _Finder) for f in sys.meta_path):
+        return False, MSG_AUTOLOAD_NOT_RUN.format(file=shipped[0])
+    return True, MSG_AUTOLOAD_ON.format(file=shipped[0])
+
+
 def cmd_plugins(args: argparse.Namespace, out: TextIO) -> int:
+    on, why = autoload_state()
     from .autoload import ENTRY_POINT_GROUP, load_entry_points
 
+    out.write(f"autoload  {'on' if on else 'off'}: {why}\n")
     loaded = load_entry_points()
     if not loaded:
         out.write(f"No plugins in the {ENTRY_POINT_GROUP!r} entry-point group.\n")
     for item in loaded:
-        state = "loads" if item.error is None else f"FAILS: {item.error}"
+        if item.error is not None:
+            state = f"FAILS: {item.error}"
+        else:
+            state = "loads" if on else MSG_PLUGIN_NOT_AUTOLOADED
         out.write(f"{item.name}  ({item.distribution or '?'}: {item.value})  {state}\n")
     return EXIT_OK
 
@@ -465,11 +651,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nexus-dataflow",
         description="Safe Nexus workflow discovery for projects with DataFlow models.",
     )
+    parser.add_argument(
+        "--version", action="version",
+        version=f"%(prog)s {importlib.metadata.version('nexus-dataflow-plugin')}",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     scan = sub.add_parser("scan", help="report what smart discovery finds in a project")
     scan.add_argument("path", nargs="?", default=".", help="project directory (default: .)")
     scan.add_argument("--json", action="store_true", help="print the report as JSON")
-    scan.add_argument("--timeout", type=_positive, help="per-file timeout in seconds")
+    scan.add_argument("--timeout", type=_seconds, help="per-file timeout in seconds")
     scan.add_argument(
         "--fail-on",
         type=_statuses,
@@ -487,13 +677,23 @@ def build_parser() -> argparse.ArgumentParser:
     scan.set_defaults(func=cmd_scan)
     serve = sub.add_parser("serve", help="run a Nexus server on a project, with the plugin")
     serve.add_argument("path", nargs="?", default=".", help="project directory (default: .)")
+    serve.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for all)",
+    )
     serve.add_argument("--port", type=_port, default=8000, help="HTTP port (default: 8000)")
     serve.add_argument(
-        "--database-url",
-        help="database for the project's DataFlow models (default: $DATABASE_URL, "
-        "else SQLite app.db in the project)",
+        "--models", action="append", metavar="MODULE",
+        help="import this module as the app's models (repeatable; default: every project "
+        "file that defines a DataFlow model)",
     )
-    serve.add_argument("--timeout", type=_positive, help="per-file discovery timeout, seconds")
+    serve.add_argument(
+        "--database-url",
+        help="database for the project's DataFlow models, as DATABASE_URL (default: "
+        "$DATABASE_URL, else SQLite app.db in the project; a relative SQLite path is taken "
+        "from the current directory)",
+    )
+    serve.add_argument("--timeout", type=_seconds, help="per-file discovery timeout, seconds")
     serve.add_argument(
         "--reload",
         action="store_true",
@@ -510,9 +710,13 @@ def build_parser() -> argparse.ArgumentParser:
     freeze.add_argument("--check", action="store_true",
                         help="do not write: exit 1, listing the files, if FILE no longer "
                         "matches the project")
-    freeze.add_argument("--timeout", type=_positive, help="per-file timeout in seconds")
+    freeze.add_argument("--timeout", type=_seconds, help="per-file timeout in seconds")
     freeze.set_defaults(func=cmd_freeze)
-    plugins = sub.add_parser("plugins", help="list the nexus.plugins entry points")
+    plugins = sub.add_parser(
+        "plugins", help="list the nexus.plugins entry points",
+        description="Show whether entry-point autoload is on in this Python (and why not), "
+        "then each plugin of the nexus.plugins entry-point group and whether it loads.",
+    )
     plugins.set_defaults(func=cmd_plugins)
     return parser
 
@@ -527,6 +731,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
     try:
         return int(args.func(args, out))
+    except BrokenPipeError:
+        # The reader (`| head`) left: nothing more to say, and nothing to say it to.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return EXIT_BROKEN_PIPE
     except (UsageError, ConfigError) as exc:
         sys.stderr.write(f"nexus-dataflow: error: {exc}\n")
         return EXIT_USAGE

@@ -10,23 +10,23 @@ setting and where it came from, raised when the settings are loaded.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
-import sys
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "NEXUS_"
 PYPROJECT_TABLE = ("tool", "nexus")
 
 MSG_INVALID = "Invalid setting {key} = {value!r} (from {source}): {problem}"
 MSG_PYPROJECT = "Cannot read {path}: {problem}"
+MSG_UNKNOWN_KEY = "Unknown setting {key} in {source}, ignored{hint}"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -48,9 +48,12 @@ def _boolean(value: Any) -> bool:
 
 
 def _positive_float(value: Any) -> float:
-    number = float(value)
-    if not number > 0 or number == float("inf"):
-        raise ValueError("expected a positive number of seconds")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 < number < float("inf"):
+        raise ValueError("expected a positive, finite number of seconds")
     return number
 
 
@@ -191,6 +194,24 @@ def read_pyproject(base: Path) -> dict[str, Any]:
     return table if isinstance(table, dict) else {}
 
 
+_warned_keys: set[tuple[Path, str]] = set()
+
+
+def _warn_unknown_keys(table: Mapping[str, Any], source: Path) -> None:
+    """A ``dataflow_`` key we do not know is a typo more often than not: say so, once."""
+    known = [pyproject_key(option) for option in OPTIONS]
+    for key in table:
+        if not key.startswith("dataflow_") or key in known or (source, key) in _warned_keys:
+            continue
+        _warned_keys.add((source, key))
+        # Compared without the shared prefix, which would make every key look close.
+        close = difflib.get_close_matches(key[len("dataflow_"):],
+                                          [k[len("dataflow_"):] for k in known], n=1)
+        hint = f"; did you mean dataflow_{close[0]}?" if close else f"; known: {', '.join(known)}"
+        logger.warning(MSG_UNKNOWN_KEY.format(key=key, source=f"{source} [tool.nexus]",
+                                              hint=hint))
+
+
 def _parse(option: str, raw: Any, key: str, source: str) -> Any:
     try:
         return OPTIONS[option][1](raw)
@@ -218,6 +239,7 @@ def load_settings(
     values = check_arguments(overrides or {})
     environ = os.environ if environ is None else environ
     table = read_pyproject(base)
+    _warn_unknown_keys(table, base / "pyproject.toml")
     for option in OPTIONS:
         if option in values:
             continue

@@ -32,8 +32,10 @@ the package stays cheap; both are already loaded in any process that calls it.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -104,6 +106,11 @@ ERR_DATABASE_URL_REJECTED = (
     "'database_url' cannot be set in the request: workflows registered by"
     " register_dataflow_workflows() always use the database of their DataFlow instance."
 )
+WARN_RELATIVE_SQLITE = (
+    "DataFlow database %s is a relative SQLite path: DataFlow does not resolve it against the"
+    " working directory the way SQLite does (its tables can land in another file, and CRUD"
+    " then fails with 'no such table'). Use the absolute form: %s"
+)
 WARN_NAME_REJECTED = "Skipped DataFlow workflow %r (model %s, operation %s): Nexus rejected it: %s"
 
 
@@ -120,6 +127,35 @@ class DataFlowInputRejected(ValueError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.body: dict[str, str] = {"error": message}
+
+
+# SQLite URL prefixes (``sqlite:///``, ``sqlite+aiosqlite:///``) before a file path.
+_SQLITE_URL = re.compile(r"^(sqlite(?:\+\w+)?:///)(.*)$")
+_warned_relative: set[str] = set()
+
+
+def absolute_sqlite_url(url: str, base: str | os.PathLike[str]) -> str | None:
+    """The absolute form of a relative SQLite URL, resolved against ``base``; else None.
+
+    ``sqlite:///app.db`` -> ``sqlite:////<base>/app.db``. Absolute paths,
+    in-memory databases and other databases give None.
+    """
+    match = _SQLITE_URL.match(url or "")
+    if not match:
+        return None
+    path = match.group(2)
+    if not path or path.startswith(("/", ":memory:", "file:")) or path.split("?")[0] == "":
+        return None
+    return match.group(1) + str(Path(base).absolute() / path)
+
+
+def _warn_relative_sqlite(db: Any) -> None:
+    """Once per URL: a relative SQLite path breaks DataFlow's CRUD without an error."""
+    url = getattr(getattr(getattr(db, "config", None), "database", None), "url", None)
+    absolute = absolute_sqlite_url(url, Path.cwd()) if isinstance(url, str) else None
+    if absolute and url not in _warned_relative:
+        _warned_relative.add(url)
+        logger.warning(WARN_RELATIVE_SQLITE, url, absolute)
 
 
 def _snake(name: str) -> str:
@@ -286,6 +322,7 @@ def register_dataflow_workflows(
     if prefix is not None and not isinstance(prefix, str):
         raise TypeError(ERR_BAD_PREFIX.format(type=type(prefix).__name__))
 
+    _warn_relative_sqlite(db)
     model_names = _select_models(db, models)
     ops, explicit = _select_operations(operations)
     generated: Mapping[str, type] = getattr(db, "_nodes", {})

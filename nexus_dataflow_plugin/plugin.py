@@ -19,7 +19,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,10 @@ MSG_INCOMPATIBLE = (
 MSG_REJECTED = "Nexus rejected the name {name!r} ({error}); rename the file or object."
 MSG_EXPLICIT_WINS = "{name!r} was registered explicitly; the explicit workflow wins."
 MSG_LOAD_MISSING = "Cannot load workflows from {path}: no such file."
+MSG_LOAD_DIRECTORY = (
+    "Cannot load workflows from {path}: it is a directory; name the workflow files in it"
+    " (for example {example})."
+)
 MSG_LOAD_REFUSED = (
     "Not loaded, nothing of it executed: its imports reach {file}, which defines DataFlow "
     "models, as module {module!r}, and the app has not loaded {file} as {module!r} "
@@ -197,7 +201,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         self.options: dict[str, Any] = {
             "timeout": timeout,
             "workers": workers,
-            "exclude": tuple(exclude) if exclude is not None else None,
+            "exclude": exclude,
             "max_file_bytes": max_file_bytes,
             "memory_limit_mb": memory_limit_mb,
             "cpu_limit_s": cpu_limit_s,
@@ -211,7 +215,9 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         }
         # A bad argument is an error here; the environment and pyproject.toml are read
         # (and their errors raised) when the plugin installs and when discovery runs.
-        check_arguments(self.options)
+        parsed = check_arguments(self.options)
+        if exclude is not None:  # kept as parsed: a tuple the caller's list cannot change
+            self.options["exclude"] = parsed["exclude"]
         self.report: r.DiscoveryReport | None = None
         self._last_app: weakref.ReferenceType[Any] | None = None
         self._pool: tuple[Path, Settings, WorkerPool] | None = None
@@ -305,7 +311,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
     def _scanned(self, report: r.DiscoveryReport) -> None:
         """Keep the latest report (first scan or rescan) where the app and endpoint read it."""
         self.report = report
-        self.last_scan = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        self.last_scan = datetime.now(UTC).isoformat(timespec="milliseconds")
         app = self._last_app() if self._last_app is not None else None
         if app is not None:
             setattr(app, REPORT_ATTR, report)
@@ -533,6 +539,9 @@ def load_workflow_files(app: Any, paths: Iterable[str | os.PathLike[str]]) -> di
     """
     files = [Path(raw).absolute() for raw in paths]
     for path in files:
+        if path.is_dir():
+            example = next(iter(sorted(path.glob("*.py"))), path / "<name>.py")
+            raise IsADirectoryError(MSG_LOAD_DIRECTORY.format(path=path, example=example))
         if not path.is_file():
             raise FileNotFoundError(MSG_LOAD_MISSING.format(path=path))
         refusal = chain_refusal(path, _project_of(path))

@@ -115,3 +115,23 @@ def fresh_pg_database(postgres_url: str) -> Iterator[str]:
 
 
 # --- end of PostgreSQL fixtures ---------------------------------------------------------------
+
+
+# --- a private cache ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The screen cache of every test, and of every process a test starts, in a temporary
+    directory: the suite must not write into the user's ``~/.cache``. Set for the whole
+    session, before any module-scoped fixture runs; a test may still choose its own."""
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        yield cache
+    finally:
+        if saved is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = saved

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,8 @@ def test_disabled_autoload_leaves_nexus_alone(tmp_path: Path) -> None:
     """
     out = run_python(code, tmp_path, clean_env(NEXUS_DISABLE_PLUGIN_AUTOLOAD="1"))
     assert out["error"] == "Plugin 'dataflow_compatible' not found"
-    assert out["ours"] == []  # the .pth line stopped before importing anything of ours
+    # The start-up callable itself said no: nothing beyond the tiny hook module was imported.
+    assert out["ours"] == ["nexus_dataflow_plugin", "nexus_dataflow_plugin._startup"]
     assert out["discovery_wrapped"] is False
 
 
@@ -340,6 +342,7 @@ def test_a_normal_install_ships_the_start_up_hook(tmp_path: Path) -> None:
         check=True, capture_output=True, text=True,
     ).stdout.strip()
     assert (Path(site) / "nexus_dataflow_plugin.pth").is_file()
+    assert (Path(site) / "nexus_dataflow_plugin.start").is_file()
     probe = (
         "import sys; print('nexus_dataflow_plugin._startup' in sys.modules, "
         "'nexus' in sys.modules)"
@@ -349,3 +352,87 @@ def test_a_normal_install_ships_the_start_up_hook(tmp_path: Path) -> None:
         env={k: v for k, v in os.environ.items() if k != "NEXUS_DISABLE_PLUGIN_AUTOLOAD"},
     ).stdout.split()
     assert out == ["True", "False"]
+
+
+# --- PEP 829: the .start file, as Python 3.15's site reads it -----------------------------------
+
+SITE_PACKAGES = Path(sysconfig.get_paths()["purelib"])
+
+# What 3.15's site does with a site directory, written from PEP 829 for interpreters that
+# predate it (run with -S, so the real site does nothing): path lines of every .pth are
+# appended to sys.path; import lines run only from a .pth with no .start file of the same
+# name (an editable install's own .pth still runs); then each non-blank, non-comment line
+# of each .start file is an entry point ``pkg.mod:callable``, resolved with
+# pkgutil.resolve_name and called with no arguments.
+AS_3_15_SITE = """
+    import json, os, pkgutil, sys
+    site = {site!r}
+    sys.path.append(site)
+    names = sorted(n for n in os.listdir(site) if not n.startswith("."))
+    def lines(name):
+        with open(os.path.join(site, name), encoding="utf-8") as handle:
+            return [l.strip() for l in handle if l.strip() and not l.lstrip().startswith("#")]
+    starts = {{n[:-len(".start")] for n in names if n.endswith(".start")}}
+    imports = []
+    for name in names:
+        if name.endswith(".pth"):
+            for line in lines(name):
+                if not line.startswith(("import ", "import\\t")):
+                    sys.path.append(os.path.join(site, line))
+                elif name[:-len(".pth")] not in starts:
+                    imports.append(line)
+    for line in imports:
+        exec(line)
+    entries = [e for name in names if name.endswith(".start") for e in lines(name)]
+    for entry in entries:
+        pkgutil.resolve_name(entry)()
+    import nexus.core, nexus.plugins
+    from nexus import Nexus
+    app = Nexus(enable_durability=False)
+    try:
+        app.use_plugin("dataflow_compatible")
+        error = None
+    except ValueError as exc:
+        error = str(exc)
+    print(json.dumps({{
+        "entries": entries,
+        "pth_import_ran": any("nexus_dataflow_plugin._startup" in line for line in imports),
+        "error": error,
+        "discovery_wrapped": hasattr(
+            nexus.core.Nexus._auto_discover_workflows, "__nexus_dataflow_patched__"
+        ),
+    }}))
+"""
+
+
+def run_as_3_15_site(cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    code = textwrap.dedent(AS_3_15_SITE).format(site=str(SITE_PACKAGES))
+    proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=cwd, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_start_file_arms_the_autoload_as_python_3_15_site_would(tmp_path: Path) -> None:
+    out = run_as_3_15_site(tmp_path, clean_env())
+    assert out == {
+        "entries": ["nexus_dataflow_plugin._startup:install"],
+        "pth_import_ran": False,  # the .start file disabled the .pth's import line
+        "error": None,
+        "discovery_wrapped": True,
+    }
+
+
+def test_the_start_file_honours_the_switch_that_disables_autoload(tmp_path: Path) -> None:
+    out = run_as_3_15_site(tmp_path, clean_env(NEXUS_DISABLE_PLUGIN_AUTOLOAD="1"))
+    assert out["error"] == "Plugin 'dataflow_compatible' not found"
+    assert out["discovery_wrapped"] is False
+
+
+def test_the_pth_line_and_the_start_file_call_the_same_callable() -> None:
+    """Either file arms the same hook, so 3.15's switch from one to the other changes nothing."""
+    (pth_line,) = (SITE_PACKAGES / "nexus_dataflow_plugin.pth").read_text().splitlines()
+    (start_line,) = (SITE_PACKAGES / "nexus_dataflow_plugin.start").read_text().splitlines()
+    module, func = start_line.split(":")
+    assert pth_line.startswith("import ")  # the only kind of line site executes
+    assert pth_line == f"import {module}; {module}.{func}()"

@@ -182,3 +182,21 @@ def test_a_cache_that_cannot_be_written_is_logged_not_raised(tmp_path, caplog):
     with caplog.at_level(logging.DEBUG, logger="nexus_dataflow_plugin.cache"):
         cache.save()
     assert "screen cache not saved" in caplog.text
+
+
+def test_the_test_suite_keeps_its_cache_out_of_the_users_home(tmp_path: Path) -> None:
+    """Here and in every process a test starts (they inherit the environment)."""
+    import subprocess
+    import sys
+
+    from nexus_dataflow_plugin.cache import default_cache_dir
+
+    home_cache = Path(os.path.expanduser("~")) / ".cache"
+    child = subprocess.run(
+        [sys.executable, "-c",
+         "from nexus_dataflow_plugin.cache import default_cache_dir; print(default_cache_dir())"],
+        capture_output=True, text=True, check=True, cwd=tmp_path, timeout=60,
+    ).stdout.strip()
+    for where in (default_cache_dir(), Path(child)):
+        assert not where.is_relative_to(home_cache), where
+        assert where.is_relative_to(Path(os.environ["XDG_CACHE_HOME"]))

@@ -15,6 +15,7 @@ import pty
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -224,6 +225,12 @@ def test_fail_on_exits_1_when_a_named_status_is_found(runs: dict[str, Run]) -> N
     assert "Traceback" not in err
 
 
+def test_fail_on_names_each_matching_file_and_its_status_on_stderr(runs: dict[str, Run]) -> None:
+    code, out, err = runs["json_fail_on"].result()
+    assert code == 1
+    assert err.splitlines() == ["--fail-on error: workflows/exits_at_import.py"], err
+
+
 def test_fail_on_exits_0_when_no_named_status_is_found(runs: dict[str, Run]) -> None:
     code, out, err = runs["fail_on_absent"].result()
     assert code == 0, err  # the shop has an `error` file, but no timeout or crashed one
@@ -358,6 +365,18 @@ def test_ctrl_c_ends_the_scan_and_its_workers_in_one_line(
 
 BAD_INVOCATIONS = {
     "negative timeout": (["scan", "{shop}", "--timeout", "-1"], {}, "--timeout"),
+    "infinite timeout": (["scan", "{shop}", "--timeout", "inf"], {}, "--timeout"),
+    "empty --fail-on": (["scan", "{shop}", "--fail-on", ""], {}, "--fail-on"),
+    "serve models that do not exist": (
+        ["serve", "{shop}", "--port", "{port}", "--models", "shop.nope"], {},
+        "cannot load the models in shop.nope",
+    ),
+    "serve on a port that is taken": (
+        ["serve", "{shop}", "--port", "{taken}"], {}, "port {taken} is not available on 127.0.0.1",
+    ),
+    "serve on a host that is not an address": (
+        ["serve", "{shop}", "--host", "no-such-host.invalid"], {}, "--host"
+    ),
     "timeout not a number": (["scan", "{shop}", "--timeout", "soon"], {}, "--timeout"),
     "unknown status": (["scan", "{shop}", "--fail-on", "error,broken"], {}, "broken"),
     "missing path": (["scan", "{missing}"], {}, "not a directory"),
@@ -386,36 +405,106 @@ BAD_INVOCATIONS = {
 @pytest.fixture(scope="module")
 def bad_runs(
     project: Path, tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]
-) -> dict[str, Run]:
-    """Every bad invocation, started at once (each fails fast; together they cost one)."""
+) -> tuple[dict[str, Run], dict[str, str]]:
+    """Every bad invocation, started at once (each fails fast; together they cost one),
+    with what was filled into their arguments; a port is held taken until all ended."""
     root = tmp_path_factory.mktemp("bad")
     configured = root / "configured"
     (configured / "workflows").mkdir(parents=True)
     (configured / "pyproject.toml").write_text('[tool.nexus]\ndataflow_timeout = "later"\n')
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
     fill = {"shop": str(project), "missing": str(root / "nowhere"),
-            "configured": str(configured)}
+            "configured": str(configured), "taken": str(taken.getsockname()[1]),
+            "port": str(free)}
     started = {}
     for case, (argv, extra, _) in BAD_INVOCATIONS.items():
         args = [a.format(**fill) for a in argv]
         started[case] = Run(*args, env={**env, **extra})
-    return started
+    for run in started.values():
+        run.result()
+    taken.close()
+    return {case: run for case, run in started.items()}, fill
 
 
 @pytest.mark.parametrize("case", list(BAD_INVOCATIONS))
 def test_bad_arguments_and_configuration_are_one_line_and_exit_2(
-    case: str, bad_runs: dict[str, Run]
+    case: str, bad_runs: tuple[dict[str, Run], dict[str, str]]
 ) -> None:
-    expected = BAD_INVOCATIONS[case][2]
-    code, out, err = bad_runs[case].result()
+    runs, fill = bad_runs
+    expected = BAD_INVOCATIONS[case][2].format(**fill)
+    code, out, err = runs[case].result()
     assert code == 2, (out, err)
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("nexus-dataflow") and ": error: " in lines[0]
     assert expected in lines[0]
-    assert "Traceback" not in err and out == ""
+    assert "Traceback" not in err
+    # serve reports its progress as it goes (the project line); nothing else writes stdout.
+    assert out == "" or BAD_INVOCATIONS[case][0][0] == "serve" and "Traceback" not in out
+
+
+def test_every_bad_timeout_is_refused_in_the_same_words(
+    bad_runs: tuple[dict[str, Run], dict[str, str]]
+) -> None:
+    messages = {
+        case: bad_runs[0][case].result()[2].strip()
+        for case in ("negative timeout", "infinite timeout", "timeout not a number")
+    }
+    shapes = {re.sub(r"got '[^']*'", "got X", text) for text in messages.values()}
+    assert len(shapes) == 1, messages
+    assert "--timeout: expected a positive, finite number of seconds, got X" in shapes.pop()
+
+
+def test_a_reader_that_leaves_early_ends_the_scan_quietly(project: Path, env: dict) -> None:
+    """`scan --json | head -1`: the reader closes the pipe before the report is written."""
+    process = subprocess.Popen(
+        [CLI, "scan", str(project), "--json"], env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the scan ends: its first write meets a closed pipe
+    err = process.stderr.read().decode()
+    assert process.wait(RUN_TIMEOUT_S) == 141  # 128 + SIGPIPE, as `yes | head` reports
+    assert err == ""
+
+
+def test_version_is_the_installed_distributions() -> None:
+    import importlib.metadata
+
+    code, out, err = Run("--version").result()
+    assert code == 0, err
+    assert out.strip() == f"nexus-dataflow {importlib.metadata.version('nexus-dataflow-plugin')}"
 
 
 # --- plugins ----------------------------------------------------------------------------------
+
+
+def test_plugins_help_says_what_the_command_shows() -> None:
+    code, out, err = Run("plugins", "--help").result()
+    assert code == 0, err
+    assert "autoload" in out and "nexus.plugins" in out.split("options:")[0]
+
+
+def test_plugins_says_autoload_is_on_and_what_armed_it(env: dict[str, str]) -> None:
+    code, out, err = Run("plugins", env=env).result()
+    assert code == 0, err
+    first = out.splitlines()[0]
+    armed = r"autoload  on: armed at start-up by /\S+/nexus_dataflow_plugin\.(pth|start)"
+    assert re.fullmatch(armed, first), out
+
+
+def test_plugins_says_autoload_is_off_and_why(env: dict[str, str]) -> None:
+    code, out, err = Run("plugins", env={**env, "NEXUS_DISABLE_PLUGIN_AUTOLOAD": "1"}).result()
+    assert code == 0, err
+    assert out.splitlines()[0] == "autoload  off: NEXUS_DISABLE_PLUGIN_AUTOLOAD=1 is set", out
+    (line,) = [line for line in out.splitlines() if line.startswith("dataflow_compatible")]
+    assert not line.endswith("loads"), line
+    assert "autoload is off" in line
 
 
 def test_plugins_lists_dataflow_compatible_as_loading(env: dict[str, str]) -> None:

@@ -9,6 +9,7 @@ error stops a real server's start-up before discovery runs.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,28 @@ def test_invalid_argument_names_setting_and_source(name: str, value: Any) -> Non
         load_settings(Path("/nonexistent"), {name: value}, {})
     message = str(raised.value)
     assert f"{name} = {value!r}" in message and "from argument" in message
+
+
+def test_a_plugin_argument_of_the_wrong_type_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"Invalid setting exclude = 5 \(from argument\)"):
+        DataFlowCompatiblePlugin(exclude=5)
+
+
+def test_a_misspelt_dataflow_key_warns_once_naming_the_closest_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_pyproject(tmp_path, "dataflow_timout = 5\ndataflow_zzz = 1\nother_tool_key = 2\n")
+    with caplog.at_level(logging.WARNING, logger="nexus_dataflow_plugin.config"):
+        first = load_settings(tmp_path, {}, {})
+        load_settings(tmp_path, {}, {})
+    warnings = [r.getMessage() for r in caplog.records]
+    source = f"{tmp_path / 'pyproject.toml'} [tool.nexus]"
+    assert warnings[0] == (
+        f"Unknown setting dataflow_timout in {source}, ignored; did you mean dataflow_timeout?"
+    )
+    assert warnings[1].startswith(f"Unknown setting dataflow_zzz in {source}, ignored; known: ")
+    assert len(warnings) == 2, warnings  # once per file and key, not per load
+    assert first.timeout == Settings().timeout
 
 
 def test_unknown_argument() -> None:

@@ -264,3 +264,36 @@ def test_node_id_avoids_colliding_with_a_parameter(app: Nexus, tmp_path: Path) -
 def test_workflow_names(model: str, snake: str) -> None:
     assert dw.workflow_name_for(model, "bulk_create") == f"{snake}_bulk_create"
     assert dw.workflow_name_for(model, "list", "shop") == f"shop_{snake}_list"
+
+
+def test_a_relative_sqlite_url_is_warned_about_once_with_its_absolute_form(
+    app: Nexus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = f"relative_{tmp_path.name}.db"  # a URL of its own: the warning is once per URL
+    db = DataFlow(f"sqlite:///{name}", enable_model_persistence=False)
+
+    @db.model
+    class Note:
+        id: int
+        text: str
+
+    try:
+        with caplog.at_level(logging.WARNING, logger=dw.__name__):
+            register_dataflow_workflows(app, db, operations=["create"])
+            register_dataflow_workflows(app, db, operations=["list"])
+        warnings = [r.getMessage() for r in caplog.records
+                    if r.name == dw.__name__ and r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert f"sqlite:///{name} is a relative SQLite path" in warnings[0]
+        assert warnings[0].endswith(f"Use the absolute form: sqlite:///{tmp_path / name}")
+    finally:
+        db.close()
+
+
+def test_an_absolute_sqlite_url_is_not_warned_about(
+    app: Nexus, db: DataFlow, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger=dw.__name__):
+        register_dataflow_workflows(app, db)
+    assert [r for r in caplog.records if r.name == dw.__name__] == []

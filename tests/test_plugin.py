@@ -254,3 +254,16 @@ def test_load_workflows_needs_an_app_and_an_existing_file(
         plugin.load_workflows(tmp_path / "x_workflow.py")
     with pytest.raises(FileNotFoundError, match="no such file"):
         plugin.load_workflows(tmp_path / "missing_workflow.py", app=LegacyNexus())
+
+
+def test_load_workflows_on_a_directory_says_it_is_a_directory(
+    plugin: DataFlowCompatiblePlugin, tmp_path: Path
+) -> None:
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    (folder / "order_intake.py").write_text("")
+    with pytest.raises(IsADirectoryError) as raised:
+        plugin.load_workflows(folder, app=LegacyNexus())
+    message = str(raised.value)
+    assert f"{folder}: it is a directory" in message and "no such file" not in message
+    assert str(folder / "order_intake.py") in message  # what to pass instead

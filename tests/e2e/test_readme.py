@@ -2,11 +2,14 @@
 
 A fresh virtualenv is made in a temporary directory, next to a copy of the
 repository's tracked files (what a clone holds). The README's first command
-(install, then serve the example shop) runs there exactly as written, with
-only the port changed to a free one; the example's own README requests are
-then sent, and the server is stopped with Ctrl+C. The README's other
-``nexus-dataflow`` commands run in that same venv. The second command (the
-tests) is not run recursively: it must be the command ``.ci/run`` runs.
+(``pip install .``: a wheel, not editable, no test extra; then serve the example
+shop on SQLite) runs there exactly as written, with only the port changed to a
+free one; the example's own README requests are then sent, and the server is
+stopped with Ctrl+C. In that same venv, serving on PostgreSQL first fails in one
+line naming the extra, then the README's PostgreSQL command (install the
+``postgres`` extra, serve) runs with a real database. The README's other
+``nexus-dataflow`` commands run there too. The test command is not run
+recursively: it must be the command ``.ci/run`` runs.
 
 The docs checks: every ``docs/*.md`` link in the README exists, and the
 configuration reference's table is the one generated from ``config.OPTIONS``,
@@ -61,6 +64,13 @@ def fenced_blocks(path: Path) -> list[Block]:
 
 def bash_blocks() -> list[Block]:
     return [b for b in fenced_blocks(README) if b.lang == "bash"]
+
+
+def readme_command(*needles: str, without: str = "\0") -> str:
+    """The one README command containing every needle (and not ``without``)."""
+    (found,) = [c for b in bash_blocks() for c in b.commands()
+                if all(n in c for n in needles) and without not in c]
+    return found
 
 
 # --- a fresh venv and a clean copy of the repository -----------------------------------------
@@ -139,6 +149,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
     first = bash_blocks()[0].commands()
     assert len(first) == 1, first
+    assert first[0] == readme_command("pip install", "serve", without="--database-url")
     port = free_port()
     command, substitutions = re.subn(r"--port \d+", f"--port {port}", first[0])
     assert substitutions == 1, first[0]
@@ -164,7 +175,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 @pytest.mark.timeout(900)
 def test_first_command_installs_and_serves_the_example(served: Served) -> None:
-    assert served.command.startswith("pip install -e . && nexus-dataflow serve docs/examples/shop")
+    assert served.command.startswith("pip install . && nexus-dataflow serve docs/examples/shop")
     assert f"Serving on http://127.0.0.1:{served.port}" in served.output
     assert re.search(r"^registered\s+workflows/price_quote\.py\s+price_quote", served.output,
                      re.M), served.output
@@ -186,6 +197,71 @@ def test_first_command_installs_and_serves_the_example(served: Served) -> None:
 
 
 @pytest.mark.timeout(900)
+def test_first_command_installs_the_wheel_not_editable_and_no_test_extra(served: Served) -> None:
+    python = Path(served.env["VIRTUAL_ENV"]) / "bin" / "python"
+    probe = (
+        "import importlib.util, json, sysconfig, nexus_dataflow_plugin as p; "
+        "site = sysconfig.get_paths()['purelib']; "
+        "print(json.dumps({'package': p.__file__, 'site': site, "
+        "'pytest': importlib.util.find_spec('pytest') is not None}))"
+    )
+    found = json.loads(subprocess.run(
+        [str(python), "-c", probe], cwd="/", env=served.env, capture_output=True, text=True,
+        check=True, timeout=COMMAND_TIMEOUT_S,
+    ).stdout)
+    site = Path(found["site"])
+    assert Path(found["package"]).is_relative_to(site), found  # a copy, not the checkout
+    assert not list(site.glob("__editable__*nexus_dataflow_plugin*")), "an editable install"
+    assert found["pytest"] is False  # the test extra was not installed
+    for start_up in ("nexus_dataflow_plugin.pth", "nexus_dataflow_plugin.start"):
+        assert (site / start_up).is_file(), start_up
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(900)
+def test_postgresql_needs_the_extra_then_serves_the_example(
+    served: Served, fresh_pg_database: str, tmp_path: Path
+) -> None:
+    command = readme_command("pip install", "--database-url")
+    assert command.startswith('pip install ".[postgres]" && nexus-dataflow serve docs/examples/')
+    serve_words = shlex.split(command.split("&&", 1)[1])
+    port = free_port()
+    serve_words[serve_words.index("--port") + 1] = str(port)
+    serve_words[serve_words.index("--database-url") + 1] = fresh_pg_database
+
+    # Before the extra: one line that says what to install, and no server.
+    before = subprocess.run(serve_words, cwd=served.checkout, env=served.env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=COMMAND_TIMEOUT_S)
+    assert before.returncode == 2, (before.stdout, before.stderr[-3000:])
+    assert before.stderr.splitlines() == [
+        "nexus-dataflow: error: PostgreSQL needs DataFlow's driver, which is not installed: "
+        'pip install "nexus-dataflow-plugin[postgres]"'
+    ], before.stderr[-3000:]
+
+    # The README's command, as written, with the free port and the test's database.
+    line = f"{command.split('&&', 1)[0].strip()} && {shlex.join(serve_words)}"
+    server = ServeProcess(["bash", "-c", line], cwd=served.checkout, env=served.env,
+                          port=port, log=tmp_path / "postgres-command.err")
+    try:
+        server.wait_ready(INSTALL_TIMEOUT_S)
+        server.wait_output("Serving on")
+        responses = {}
+        for name, body in example_requests():
+            response = httpx.post(f"{server.url}/workflows/{name}/execute", json=body, timeout=60)
+            responses[name] = (response.status_code, response.json())
+        assert f"database  {fresh_pg_database} (shop.models.db)" in server.output()
+        status, listed = responses["product_list"]
+        assert status == 200, listed
+        assert [r["name"] for r in listed["outputs"]["product_list"]["records"]] == ["pen"]
+        code, seconds = server.interrupt()
+        assert code in (0, 130) and seconds < 20
+        assert server.leftovers() == []
+    finally:
+        server.kill()
+
+
+@pytest.mark.timeout(900)
 def test_ctrl_c_stops_the_first_command_cleanly(served: Served) -> None:
     assert served.exit_code in (0, 130)
     assert served.stop_seconds < 20
@@ -194,7 +270,7 @@ def test_ctrl_c_stops_the_first_command_cleanly(served: Served) -> None:
 
 @pytest.mark.timeout(900)
 def test_the_other_nexus_dataflow_commands_run_in_the_fresh_venv(served: Served) -> None:
-    commands = [c for block in bash_blocks()[2:] for c in block.commands()
+    commands = [c for block in bash_blocks() for c in block.commands()
                 if c.startswith("nexus-dataflow ")]
     assert any(c.startswith("nexus-dataflow scan") for c in commands)
     assert any(c.startswith("nexus-dataflow plugins") for c in commands)
@@ -227,11 +303,12 @@ def test_the_other_nexus_dataflow_commands_run_in_the_fresh_venv(served: Served)
             assert text.splitlines()[0].split() == ["STATUS", "FILE", "WORKFLOWS", "TIME",
                                                     "REASON"]
         else:
+            assert text.startswith("autoload  on: "), text
             assert re.search(r"^dataflow_compatible .*loads$", text, re.M), text
 
 
-def test_second_command_is_what_ci_runs() -> None:
-    (command,) = bash_blocks()[1].commands()
+def test_the_test_command_is_what_ci_runs() -> None:
+    command = readme_command("pip install", "pytest")
     install, tests = (part.strip() for part in command.split("&&"))
     script = CI_RUN.read_text()
     assert re.search(rf"^\s*{re.escape(tests)}(\s|$)", script, re.M), (
@@ -244,6 +321,28 @@ def test_second_command_is_what_ci_runs() -> None:
     assert any(args[args.index("install") + 1:][-2:] == pip_args[2:] for args in ci_installs), (
         f"the README's {install!r} is not what .ci/run installs"
     )
+
+
+def test_without_postgresql_the_readme_runs_everything_else() -> None:
+    """``-m "not postgres"`` leaves out every test that needs PostgreSQL, and only those."""
+    command = readme_command("pytest", '-m "not postgres"')
+    assert shlex.split(command)[:3] == ["python", "-m", "pytest"]
+    readme = README.read_text()
+    assert "NDP_POSTGRES_URL" in readme and "Debian's packages" not in readme
+    files = ["tests/e2e/test_serve.py", "tests/e2e/test_dataflow_http.py",
+             "tests/e2e/test_discovery_server.py"]
+
+    def collected(*marks: str) -> list[str]:
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+             *marks, *files], cwd=REPO, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+        )
+        assert run.returncode == 0, run.stdout[-3000:]
+        return [line for line in run.stdout.splitlines() if "::" in line]
+
+    without = collected("-m", "not postgres")
+    assert without and not [t for t in without if "postgres" in t], without
+    assert [t for t in collected("-m", "postgres") if "postgres" in t]
 
 
 def test_readme_links_into_docs_exist() -> None:

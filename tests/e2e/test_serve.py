@@ -253,3 +253,120 @@ def test_serve_the_example_shop(backend: str, tmp_path: Path, request: Any) -> N
         assert server.leftovers() == [], "processes of the server outlived it"
     finally:
         server.kill()
+
+
+# --- a project whose models no discovered file imports ----------------------------------------
+
+MODELS = '''import os
+
+from dataflow import DataFlow
+
+db = DataFlow(os.environ["DATABASE_URL"])
+
+
+@db.model
+class Product:
+    name: str
+    price: float
+'''
+
+# A second model module with a database of its own (not DATABASE_URL): the database line
+# must say so.
+LAB_MODELS = '''from dataflow import DataFlow
+
+db = DataFlow({url!r})
+
+
+@db.model
+class Gadget:
+    label: str
+'''
+
+HELLO = '''from kailash.workflow.builder import WorkflowBuilder
+
+workflow = WorkflowBuilder()
+workflow.add_node("PythonCodeNode", "hello", {"code": "result = {'greeting': 'hi'}"})
+'''
+
+
+def write_project(root: Path) -> Path:
+    """Models in shop/ and lab/, and a workflow that imports neither."""
+    for rel, text in {
+        "shop/__init__.py": "",
+        "shop/models.py": MODELS,
+        "lab/__init__.py": "",
+        "lab/models.py": LAB_MODELS.format(url=f"sqlite:///{root / 'lab.db'}"),
+        "workflows/hello.py": HELLO,
+    }.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def refused(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        return sock.connect_ex((host, port)) != 0
+
+
+def test_serve_loads_the_models_no_discovered_file_imports_on_127_0_0_1_only(
+    tmp_path: Path,
+) -> None:
+    project = write_project(tmp_path / "app")
+    port = free_port()
+    server = ServeProcess([CLI, "serve", str(project), "--port", str(port)], cwd=tmp_path,
+                          env=serve_env(), port=port, log=tmp_path / "serve.err")
+    try:
+        server.wait_ready()
+        server.wait_output("Serving on")
+        output = server.output()
+        assert "models    lab.models (lab/models.py)" in output
+        assert "models    shop.models (shop/models.py)" in output
+        assert f"database  sqlite:///{project / 'app.db'} (shop.models.db)" in output
+        assert f"database  sqlite:///{project / 'lab.db'} (lab.models.db)" in output
+        assert "note      lab.models.db chooses its own database" in output
+        created = server.execute("product_create", {"name": "pen", "price": 1.5})
+        assert created["product_create"]["name"] == "pen", created
+        assert server.execute("gadget_count", {})["gadget_count"]["count"] == 0
+        assert server.execute("hello", {})["hello"]["result"] == {"greeting": "hi"}
+        # Listening on loopback only, and saying so.
+        assert f"Serving on http://127.0.0.1:{port} (Ctrl+C to stop)" in output
+        assert refused("127.0.0.2", port), "the default host answers beyond 127.0.0.1"
+        assert "reachable from other machines" not in output
+    finally:
+        server.kill()
+
+
+def test_serve_takes_models_and_host_and_makes_a_relative_sqlite_url_absolute(
+    tmp_path: Path,
+) -> None:
+    project = write_project(tmp_path / "app")
+    port = free_port()
+    argv = [CLI, "serve", str(project), "--port", str(port), "--host", "0.0.0.0",
+            "--models", "shop.models", "--database-url", "sqlite:///relative.db"]
+    server = ServeProcess(argv, cwd=tmp_path, env=serve_env(), port=port,
+                          log=tmp_path / "serve.err")
+    try:
+        server.wait_ready()
+        server.wait_output("Serving on")
+        output = server.output()
+        assert [line for line in output.splitlines() if line.startswith("models ")] == [
+            "models    shop.models (shop/models.py)"
+        ]
+        # Relative to where the command ran, as a shell user means it.
+        database = tmp_path / "relative.db"
+        assert f"database  sqlite:///{database} (shop.models.db)" in output
+        server.execute("product_create", {"name": "pen", "price": 1.5})
+        listed = server.execute("product_list", {})
+        assert [r["name"] for r in listed["product_list"]["records"]] == ["pen"], listed
+        with sqlite3.connect(database) as conn:
+            assert conn.execute("SELECT name FROM products").fetchall() == [("pen",)]
+        gadget = httpx.post(f"{server.url}/workflows/gadget_count/execute",
+                            json={"inputs": {}}, timeout=30)
+        assert gadget.status_code == 404  # lab.models was not chosen
+        # Every interface, said plainly.
+        assert f"Serving on http://0.0.0.0:{port} (Ctrl+C to stop)" in output
+        assert f"note      http://0.0.0.0:{port} is reachable from other machines" in output
+        assert httpx.get(f"http://127.0.0.2:{port}/health", timeout=10).status_code == 200
+    finally:
+        server.kill()
