@@ -328,7 +328,8 @@ def module_name(rel: str) -> str:
 
 
 def find_model_files(base: Path, settings: Any) -> list[str]:
-    """Project files that define DataFlow models, by the static screen (nothing is run).
+    """Project files that define DataFlow model classes, by the static screen (nothing is
+    run).
 
     The whole project is read, not only discovery's candidates: the models of an app
     usually live outside ``workflows/``. Environments, tests and build output are
@@ -358,7 +359,10 @@ def find_model_files(base: Path, settings: Any) -> list[str]:
                 data = path.read_bytes()
             except OSError:
                 continue
-            if analyze(data).model:
+            facts = analyze(data)
+            # Model classes, not a bare DataFlow(...): a maintenance script that opens
+            # its own database is not the app's models and must not run here.
+            if facts.model and facts.model_classes:
                 found.append(rel)
     return found
 

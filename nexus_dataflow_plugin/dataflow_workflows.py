@@ -130,7 +130,9 @@ class DataFlowInputRejected(ValueError):
 
 
 # SQLite URL prefixes (``sqlite:///``, ``sqlite+aiosqlite:///``) before a file path.
-_SQLITE_URL = re.compile(r"^(sqlite(?:\+\w+)?:///)(.*)$")
+# Every spelling SQLAlchemy-style parsers take for a file path: ``sqlite:///rel.db``,
+# ``sqlite://rel.db`` and ``sqlite:rel.db`` (both relative), any case of the scheme.
+_SQLITE_URL = re.compile(r"^(sqlite(?:\+\w+)?):(?://?/?)?(.*)$", re.IGNORECASE)
 _warned_relative: set[str] = set()
 
 
@@ -143,10 +145,14 @@ def absolute_sqlite_url(url: str, base: str | os.PathLike[str]) -> str | None:
     match = _SQLITE_URL.match(url or "")
     if not match:
         return None
-    path = match.group(2)
-    if not path or path.startswith(("/", ":memory:", "file:")) or path.split("?")[0] == "":
+    scheme, path = match.group(1).lower(), match.group(2)
+    if url.lower().startswith(f"{scheme}:////"):
+        return None  # sqlite:////abs/path: already absolute
+    if not path or path.startswith((":memory:", "file:")) or path.split("?")[0] == "":
         return None
-    return match.group(1) + str(Path(base).absolute() / path)
+    if path.startswith("/") and url.lower().startswith(f"{scheme}:///"):
+        return None
+    return f"{scheme}:///" + str(Path(base).absolute() / path.lstrip("/"))
 
 
 def _warn_relative_sqlite(db: Any) -> None:

@@ -202,7 +202,9 @@ class Watcher:
         known = {c.rel for c in found.candidates}
         by_path = {p: c.rel for c in found.candidates for p in (c.path.absolute(), c.real) if p}
         targets = {by_path[p] for p in changed if p in by_path} | (known - set(self._files))
-        helpers = {p for p in changed if p not in by_path and p.suffix == ".py"} - set(models)
+        # A changed module reloads the candidates that import it, whether or not it is a
+        # candidate itself (``workflows/common.py`` imported by ``workflows/use.py``).
+        helpers = {p for p in changed if p.suffix == ".py"} - set(models)
         if helpers:
             targets |= {c.rel for c in found.candidates if c.real and c.rel not in targets
                         and _closure(graph, [c.real]) & helpers}

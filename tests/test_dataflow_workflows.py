@@ -291,6 +291,22 @@ def test_a_relative_sqlite_url_is_warned_about_once_with_its_absolute_form(
         db.close()
 
 
+@pytest.mark.parametrize("url,absolute", [
+    ("sqlite:///app.db", "sqlite:////base/app.db"),
+    ("sqlite://app.db", "sqlite:////base/app.db"),
+    ("sqlite:app.db", "sqlite:////base/app.db"),
+    ("SQLITE:///app.db", "sqlite:////base/app.db"),
+    ("sqlite+aiosqlite:///data/app.db", "sqlite+aiosqlite:////base/data/app.db"),
+    ("sqlite:////srv/app.db", None),
+    ("sqlite:///:memory:", None),
+    ("postgresql://localhost/app", None),
+])
+def test_every_relative_spelling_of_a_sqlite_url_has_an_absolute_form(
+    url: str, absolute: str | None
+) -> None:
+    assert dw.absolute_sqlite_url(url, "/base") == absolute
+
+
 def test_an_absolute_sqlite_url_is_not_warned_about(
     app: Nexus, db: DataFlow, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -108,6 +108,24 @@ def test_a_saved_helper_module_reloads_the_workflows_that_import_it(
     assert "a1" in value(app, "a")  # a file that does not import it was left alone
 
 
+def test_a_saved_workflow_file_that_another_imports_reloads_the_importer_too(
+    project: Path, started: tuple[Nexus, DataFlowCompatiblePlugin]
+) -> None:
+    """``workflows/common.py`` is a candidate and a helper of ``workflows/use.py``."""
+    app, plugin = started
+    (project / "workflows" / "__init__.py").write_text("")
+    (project / "workflows" / "common.py").write_text("VALUE = 'OLD'\n")
+    (project / "workflows" / "use.py").write_text(
+        "from workflows.common import VALUE\n"
+        "from kailash.workflow.builder import WorkflowBuilder\n"
+        "workflow = WorkflowBuilder()\n"
+        "workflow.add_node('PythonCodeNode', 'run', {'code': 'result = %r' % VALUE})\n"
+    )
+    wait_for(lambda: "'OLD'" in (value(app, "use") or ""), "use.py was never registered")
+    (project / "workflows" / "common.py").write_text("VALUE = 'NEW'\n")
+    wait_for(lambda: "'NEW'" in (value(app, "use") or ""), "use.py kept serving the old value")
+
+
 def test_a_save_that_hangs_at_import_is_killed_and_the_last_good_version_serves(
     project: Path, started: tuple[Nexus, DataFlowCompatiblePlugin]
 ) -> None:
