@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any, NamedTuple
 
-from ._paths import is_environment
+from ._paths import find_spec_beside, is_environment
 
 ENGINE_MODULE = "dataflow.core.engine"
 ENGINE_CLASS = "DataFlow"
@@ -113,14 +113,10 @@ class _EngineFinder:
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name != ENGINE_MODULE:
             return None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            if finder is self or find is None:
-                continue
-            spec = find(name, path, target)
-            if spec is not None and spec.loader is not None:
-                spec.loader = _PatchingLoader(spec.loader)
-                return spec
+        spec = find_spec_beside(self, name, path, target)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _PatchingLoader(spec.loader)
+            return spec
         return None
 
 

@@ -56,3 +56,17 @@ def is_environment(path: str | os.PathLike[str]) -> bool:
         return True
     real = os.path.realpath(path) + os.sep
     return any(real.startswith(d) for d in _interpreter_dirs())
+
+
+def find_spec_beside(finder: object, name: str, path: object = None,
+                     target: object = None) -> object:
+    """The spec the other ``sys.meta_path`` finders give for ``name``: for a finder that
+    only inspects or wraps what the import system would find anyway."""
+    for other in sys.meta_path:
+        find = getattr(other, "find_spec", None)
+        if other is finder or find is None:
+            continue
+        spec = find(name, path, target)
+        if spec is not None:
+            return spec
+    return None

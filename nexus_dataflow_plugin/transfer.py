@@ -28,7 +28,7 @@ from typing import Any
 from kailash.nodes.base import Node, NodeRegistry
 from kailash.workflow import Workflow
 
-from ._paths import in_project, is_installed
+from ._paths import find_spec_beside, in_project, is_installed
 
 REDACTED = "***REDACTED***"
 
@@ -269,14 +269,8 @@ class _LibrariesOnly:
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if threading.get_ident() != self.thread:
             return None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            if finder is self or find is None:
-                continue
-            spec = find(name, path, target)
-            if spec is not None:
-                break
-        else:
+        spec = find_spec_beside(self, name, path, target)
+        if spec is None:
             return None
         origin = spec.origin
         if not spec.has_location or not origin:
