@@ -14,7 +14,7 @@ import difflib
 import logging
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -194,22 +194,24 @@ def read_pyproject(base: Path) -> dict[str, Any]:
     return table if isinstance(table, dict) else {}
 
 
-_warned_keys: set[tuple[Path, str]] = set()
+_warned_keys: set[tuple[str, str]] = set()
+# Our variables that are not settings: the marker every discovery worker carries.
+NOT_SETTINGS_ENV = frozenset({"NEXUS_DATAFLOW_SCAN"})
 
 
-def _warn_unknown_keys(table: Mapping[str, Any], source: Path) -> None:
-    """A ``dataflow_`` key we do not know is a typo more often than not: say so, once."""
-    known = [pyproject_key(option) for option in OPTIONS]
-    for key in table:
-        if not key.startswith("dataflow_") or key in known or (source, key) in _warned_keys:
+def _warn_unknown_keys(keys: Iterable[str], prefix: str, known: list[str], source: str) -> None:
+    """A key with our prefix that we do not know is a typo more often than not: say so,
+    once per source and key (``dataflow_timout``, ``NEXUS_DATAFLOW_TIMOUT``)."""
+    for key in keys:
+        if not key.startswith(prefix) or key in known or key in NOT_SETTINGS_ENV or (
+                source, key) in _warned_keys:
             continue
         _warned_keys.add((source, key))
         # Compared without the shared prefix, which would make every key look close.
-        close = difflib.get_close_matches(key[len("dataflow_"):],
-                                          [k[len("dataflow_"):] for k in known], n=1)
-        hint = f"; did you mean dataflow_{close[0]}?" if close else f"; known: {', '.join(known)}"
-        logger.warning(MSG_UNKNOWN_KEY.format(key=key, source=f"{source} [tool.nexus]",
-                                              hint=hint))
+        close = difflib.get_close_matches(key[len(prefix):],
+                                          [k[len(prefix):] for k in known], n=1)
+        hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known: {', '.join(known)}"
+        logger.warning(MSG_UNKNOWN_KEY.format(key=key, source=source, hint=hint))
 
 
 def _parse(option: str, raw: Any, key: str, source: str) -> Any:
@@ -239,7 +241,10 @@ def load_settings(
     values = check_arguments(overrides or {})
     environ = os.environ if environ is None else environ
     table = read_pyproject(base)
-    _warn_unknown_keys(table, base / "pyproject.toml")
+    _warn_unknown_keys(table, "dataflow_", [pyproject_key(o) for o in OPTIONS],
+                       f"{base / 'pyproject.toml'} [tool.nexus]")
+    _warn_unknown_keys(environ, ENV_PREFIX + "DATAFLOW_", [env_var(o) for o in OPTIONS],
+                       "the environment")
     for option in OPTIONS:
         if option in values:
             continue

@@ -384,3 +384,16 @@ def test_zero_and_none_mean_the_default(tmp_path: Path, option: str, raw: object
 def test_a_fractional_negative_or_boolean_worker_count_is_refused(raw: object) -> None:
     with pytest.raises(ConfigError, match="workers"):
         load_settings(Path("/nonexistent"), {"workers": raw}, environ={})
+
+
+def test_a_misspelt_environment_variable_warns_once_naming_the_closest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    environ = {"NEXUS_DATAFLOW_TIMOUT": "5", "NEXUS_DATAFLOW_SCAN": "worker-marker",
+               "NEXUS_OTHER": "x"}
+    with caplog.at_level(logging.WARNING, logger="nexus_dataflow_plugin.config"):
+        load_settings(tmp_path, {}, environ)
+        load_settings(tmp_path, {}, environ)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["Unknown setting NEXUS_DATAFLOW_TIMOUT in the environment, ignored; "
+                        "did you mean NEXUS_DATAFLOW_TIMEOUT?"], warnings
