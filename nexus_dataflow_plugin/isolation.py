@@ -130,6 +130,7 @@ class _Flight:
     exit: tuple[int | None, int | None] | None = None
     dead_at: float | None = None
     result_open: bool = True
+    orphaned: bool = False  # its worker was retired before the file reported Started
 
     def running_s(self, now: float) -> float:
         return now - (self.started_at if self.started_at is not None else self.dispatched_at)
@@ -233,8 +234,12 @@ class WorkerPool:
             pass
 
     def _retire(self, worker: WorkerProcess, pending: deque[Task]) -> None:
-        """Kill a worker that is stopped or gone. The files it had not started go back to
-        the front of the queue; those it started go on, reporting to us directly."""
+        """Kill a worker that is stopped or gone. The files it had started go on,
+        reporting to us directly. A file it had not started goes back to the queue only
+        once its channel shows that no process of it can start: its ``Started`` comes
+        before any of the file runs, so a channel at its end without one proves the file
+        never ran; one still open may belong to a process just forked (it is orphaned
+        and waited for), which must not run the file a second time elsewhere."""
         self._unwatch(worker.control)
         self._unwatch(worker.stderr)
         worker.kill()
@@ -242,8 +247,15 @@ class WorkerPool:
             self._workers.remove(worker)
         for flight in [f for f in self._flights.values() if f.worker is worker]:
             if flight.started_at is None:
-                self._drop(flight)
-                pending.appendleft(flight.task)
+                flight.orphaned = True
+                self._result(flight)
+                self._requeue_unstarted(flight, pending)
+
+    def _requeue_unstarted(self, flight: _Flight, pending: deque[Task]) -> None:
+        if (self._flights.get(flight.task.id) is flight and flight.orphaned
+                and flight.started_at is None and not flight.result_open):
+            self._drop(flight)
+            pending.appendleft(flight.task)
 
     def close(self) -> None:
         """End every worker and every process of the scan.
@@ -410,7 +422,9 @@ class WorkerPool:
                 self._unwatch(flight.channels.stderr)
             return []
         if kind == "result":
-            return self._result(flight)
+            outcomes = self._result(flight)
+            self._requeue_unstarted(flight, pending)
+            return outcomes
         # The file's process is gone: what it sent may still be unread.
         self._unwatch(flight.channels.pidfd)
         outcomes = self._result(flight) if flight.result_open else []
@@ -535,7 +549,11 @@ class WorkerPool:
         for flight in list(self._flights.values()):
             if flight.started_at is None:
                 waited = now - flight.dispatched_at
-                if waited >= DISPATCH_GRACE_S or (
+                if flight.orphaned:
+                    if waited >= DISPATCH_GRACE_S:  # forked, then stuck before it began
+                        outcomes.append(self._finish(flight, OUTCOME_CRASHED,
+                                                     detail=DETAIL_NO_STATUS))
+                elif waited >= DISPATCH_GRACE_S or (
                     waited >= DISPATCH_CHECK_S and flight.worker.stopped()
                 ):
                     stuck.add(flight.worker)

@@ -247,7 +247,7 @@ STOP_GRACE_S = 3.0
 # the leader has left something running: a forked child in its process group, or a
 # service in a session of its own.
 LEADERS = {
-    "forked-child": ("forks_sleeping_child.py", "forked-child"),
+    "forked-child": ("forks_a_child_then_hangs.py", "forked-child"),
     "service": ("spawns_subprocess_new_session.py", "subprocess-child"),
 }
 # SIGTERM kills the driver outright (the workers must notice on their own); SIGINT
