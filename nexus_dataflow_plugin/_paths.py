@@ -46,16 +46,30 @@ def _interpreter_dirs() -> tuple[str, ...]:
     return tuple(sorted(os.path.realpath(p).rstrip(os.sep) + os.sep for p in found))
 
 
+@lru_cache(maxsize=1)
+def _standard_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    found = {paths[k] for k in ("stdlib", "platstdlib") if k in paths}
+    return tuple(sorted(os.path.realpath(p).rstrip(os.sep) + os.sep for p in found))
+
+
+def _under(path: str | os.PathLike[str], dirs: tuple[str, ...]) -> bool:
+    real = os.path.realpath(path) + os.sep
+    return any(real.startswith(d) for d in dirs)
+
+
+def is_standard_library(path: str | os.PathLike[str]) -> bool:
+    """In the standard library's directories, and not an installed library kept there."""
+    return not is_installed(path) and _under(path, _standard_dirs())
+
+
 def is_environment(path: str | os.PathLike[str]) -> bool:
     """An installed library or the standard library: code that is not any project's own.
 
     Anything else on the import path, inside the project or not, is screened:
     reading a file is not executing it.
     """
-    if is_installed(path):
-        return True
-    real = os.path.realpath(path) + os.sep
-    return any(real.startswith(d) for d in _interpreter_dirs())
+    return is_installed(path) or _under(path, _interpreter_dirs())
 
 
 def find_spec_beside(finder: object, name: str, path: object = None,

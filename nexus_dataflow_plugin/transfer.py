@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import sys
-import sysconfig
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 from kailash.nodes.base import Node, NodeRegistry
 from kailash.workflow import Workflow
 
-from ._paths import find_spec_beside, in_project, is_installed
+from ._paths import find_spec_beside, in_project, is_standard_library
 
 REDACTED = "***REDACTED***"
 
@@ -250,13 +249,6 @@ def _names(origin: str, node_type: str) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=1)
-def _stdlib() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    return tuple(sorted({os.path.realpath(paths[key]) + os.sep
-                         for key in ("stdlib", "platstdlib") if key in paths}))
-
-
 class _LibrariesOnly:
     """A ``sys.meta_path`` finder that, in the thread rebuilding a workflow, refuses any
     module a node library would pull in that neither the standard library nor an
@@ -275,8 +267,7 @@ class _LibrariesOnly:
         origin = spec.origin
         if not spec.has_location or not origin:
             return spec  # built-in, frozen, namespace: nothing read from a file
-        real = os.path.realpath(origin)
-        if real.startswith(_stdlib()) and not is_installed(real):
+        if is_standard_library(origin):
             return spec
         if os.path.normpath(origin) in _distribution_files(name.split(".")[0], tuple(sys.path)):
             return spec

@@ -114,6 +114,17 @@ def fresh_pg_database(postgres_url: str) -> Iterator[str]:
             conn.close()
 
 
+def pg_rows(url: str, sql: str) -> list[tuple]:
+    """Every row ``sql`` returns from the database at ``url``: what a test reads back."""
+    conn = _pg_connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
 # --- end of PostgreSQL fixtures ---------------------------------------------------------------
 
 

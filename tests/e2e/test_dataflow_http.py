@@ -9,6 +9,7 @@ itself (sqlite3 / psycopg2), not through DataFlow.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import pg_rows
 from dataflow import DataFlow
 from nexus import Nexus
 
@@ -149,18 +151,9 @@ def test_dataflow_crud_over_http_sqlite(app: Nexus, tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 def test_dataflow_crud_over_http_postgresql(app: Nexus, fresh_pg_database: str) -> None:
-    import psycopg2
-
     db = make_db(fresh_pg_database)
 
-    def rows(sql: str) -> list[tuple[Any, ...]]:
-        conn = psycopg2.connect(fresh_pg_database, connect_timeout=5)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-                return cur.fetchall()
-        finally:
-            conn.close()
+    rows = functools.partial(pg_rows, fresh_pg_database)
 
     try:
         run_scenario(app, db, rows)

@@ -13,6 +13,7 @@ it ran once, by the app's import. ``nexus-dataflow scan`` run on the same projec
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -24,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import pg_rows
 from nexus import Nexus
 
 from nexus_dataflow_plugin import DataFlowCompatiblePlugin, plugin_of
@@ -199,15 +201,6 @@ def test_model_workflows_are_discovered_and_served_on_sqlite(
 def test_model_workflows_are_discovered_and_served_on_postgresql(
     tmp_path: Path, app_process: Callable[..., Any], fresh_pg_database: str
 ) -> None:
-    import psycopg2
-
-    def rows(sql: str) -> list[tuple[Any, ...]]:
-        conn = psycopg2.connect(fresh_pg_database, connect_timeout=5)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-                return cur.fetchall()
-        finally:
-            conn.close()
+    rows = functools.partial(pg_rows, fresh_pg_database)
 
     run_scenario(tmp_path, fresh_pg_database, "Applicant", app_process, rows, by_setting=True)
