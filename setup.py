@@ -2,7 +2,7 @@
 
 ``nexus_dataflow_plugin.pth`` (an import line, for Pythons before 3.15) and
 ``nexus_dataflow_plugin.start`` (PEP 829, 3.15+, which then ignores the .pth's
-import line) both arm the entry-point autoload (see nexus_dataflow_plugin/_startup.py).
+import line) both arm the entry-point autoload (see nexus_dataflow_plugin/startup.py).
 Everything else about the package is declared in pyproject.toml.
 """
 

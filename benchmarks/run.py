@@ -547,7 +547,7 @@ class Bench:
             err = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], env=env_on,
                                  capture_output=True, text=True, check=True).stderr
             hook_us += [int(line.split("|")[1]) for line in err.splitlines()
-                        if line.rstrip().endswith(" nexus_dataflow_plugin._startup")]
+                        if line.rstrip().endswith(" nexus_dataflow_plugin.startup")]
         hook_ms = statistics.median(hook_us) / 1000 if hook_us else None
         self.cases[name] = {"runs": runs, "ms": times, "cpu_ms": cpu, "median_installed_ms": on,
                             "median_disabled_ms": off, "median_cpu_installed_ms": cpu_on,
@@ -564,7 +564,7 @@ class Bench:
             self.checks.append(Check(
                 name, "start-up hook import (ms, -X importtime, cumulative)", None,
                 round(hook_ms, 3), None, f"<= {T_AUTOLOAD_MS:g} ms", hook_ms <= T_AUTOLOAD_MS,
-                "nexus_dataflow_plugin._startup as imported by the .pth line; less noisy than "
+                "nexus_dataflow_plugin.startup as imported by the .pth line; less noisy than "
                 "wall time, but excludes the .pth line itself",
             ))
 

@@ -1,6 +1,6 @@
 """Entry-point plugins for Nexus, loaded when (and only when) ``nexus`` is imported.
 
-``_startup`` (run from a ``.pth`` file at interpreter start) waits for the
+``startup`` (run from a ``.pth`` file at interpreter start) waits for the
 ``nexus`` package to finish importing and then calls ``install()`` here. That
 keeps interpreter start-up cost near zero in processes that never use Nexus:
 no distribution scan happens until Nexus's plugin registry is first created.
@@ -24,7 +24,7 @@ from typing import Any
 
 import importlib_metadata
 
-from ._startup import disabled
+from .startup import disabled
 
 logger = logging.getLogger(__name__)
 

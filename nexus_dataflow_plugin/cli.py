@@ -409,7 +409,7 @@ def project_dataflows(base: Path) -> list[tuple[str, Any]]:
     """(``module.attribute``, instance) of each DataFlow held by an imported project module."""
     from dataflow import DataFlow
 
-    from ._paths import in_project
+    from .paths import in_project
 
     found: dict[int, tuple[str, Any]] = {}
     for name, module in list(sys.modules.items()):
@@ -614,8 +614,8 @@ def autoload_state() -> tuple[bool, str]:
 
     Asked before anything imports Nexus (the armed hook removes itself then).
     """
-    from ._startup import DISABLE_ENV, PTH_FILE, START_FILE, _Finder, disabled
     from .autoload import _PATCHED
+    from .startup import DISABLE_ENV, PTH_FILE, START_FILE, _Finder, disabled
 
     if disabled():
         return False, MSG_AUTOLOAD_DISABLED.format(var=DISABLE_ENV, value=os.environ[DISABLE_ENV])

@@ -22,10 +22,8 @@ from typing import Any
 
 from kailash.workflow import Workflow
 
-from . import _protocol as proto
+from . import protocol as proto
 from . import report as r
-from ._paths import is_environment
-from ._probe import workflow_name
 from .cache import ScreenCache
 from .dataflow_workflows import OPERATIONS, node_name_for
 from .finder import (
@@ -50,6 +48,8 @@ from .isolation import (
     WorkerPool,
     library_node_modules,
 )
+from .paths import is_environment
+from .probe import workflow_name
 from .screen import Facts
 from .transfer import decode, quiet_rebuilds
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
-from ._paths import is_environment
+from .paths import is_environment
 from .report import MSG_SOURCELESS, MSG_STALLED_MODULE
 from .screen import ANCHOR_ABSOLUTE, ANCHOR_FILE, Facts, ImportRef, PathRef
 

@@ -7,7 +7,7 @@ flight at its timeout, whatever its worker is doing. A worker that is
 stopped or gone is replaced; the files it had not started yet go to other
 workers, and the files it had started go on, because they report to the
 server directly. Process mechanics are ``processes``'s, the messages
-``_protocol``'s.
+``protocol``'s.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _protocol as proto
+from . import protocol as proto
 from . import report as r
 from . import schedule
-from ._paths import in_project
+from .paths import in_project
 from .processes import FileChannels, WorkerProcess, kill_file, new_token, renice, sweep
 
 logger = logging.getLogger(__name__)

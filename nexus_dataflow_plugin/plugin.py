@@ -27,12 +27,12 @@ from kailash.workflow import Workflow
 from nexus.plugins import NexusPlugin
 
 from . import report as r
-from ._probe import MSG_IMPORT_RAISED, describe, probe, where, workflow_name
 from .cache import ScreenCache
 from .config import Settings, check_arguments, load_settings
 from .discovery import SmartDiscovery
 from .imports import ImportGraph
 from .isolation import WorkerPool
+from .probe import MSG_IMPORT_RAISED, describe, probe, where, workflow_name
 from .screen import analyze
 
 if TYPE_CHECKING:

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _protocol as proto
-from ._paths import in_project
+from . import protocol as proto
+from .paths import in_project
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def renice(pid: int, niceness: int) -> None:
 
 
 class WorkerProcess:
-    """One warm worker: ``python -m nexus_dataflow_plugin._worker``, its own session."""
+    """One warm worker: ``python -m nexus_dataflow_plugin.worker``, its own session."""
 
     def __init__(self, init: proto.Init, token: str) -> None:
         control, child_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

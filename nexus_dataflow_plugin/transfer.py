@@ -6,7 +6,7 @@ classes defined in the scanned project, secrets that ``to_dict`` redacts).
 ``decode`` runs in the server: ``Workflow.from_dict()``, after importing the
 *library* modules that define the node classes, never a project file.
 
-Imports only the standard library, Kailash and ``_paths``, so the worker may use it.
+Imports only the standard library, Kailash and ``paths``, so the worker may use it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 from kailash.nodes.base import Node, NodeRegistry
 from kailash.workflow import Workflow
 
-from ._paths import find_spec_beside, in_project, is_standard_library
+from .paths import find_spec_beside, in_project, is_standard_library
 
 REDACTED = "***REDACTED***"
 

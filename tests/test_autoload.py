@@ -224,7 +224,7 @@ def test_disabled_autoload_leaves_nexus_alone(tmp_path: Path) -> None:
     out = run_python(code, tmp_path, clean_env(NEXUS_DISABLE_PLUGIN_AUTOLOAD="1"))
     assert out["error"] == "Plugin 'dataflow_compatible' not found"
     # The start-up callable itself said no: nothing beyond the tiny hook module was imported.
-    assert out["ours"] == ["nexus_dataflow_plugin", "nexus_dataflow_plugin._startup"]
+    assert out["ours"] == ["nexus_dataflow_plugin", "nexus_dataflow_plugin.startup"]
     assert out["discovery_wrapped"] is False
 
 
@@ -250,7 +250,7 @@ def test_process_that_never_imports_nexus_pays_nothing(tmp_path: Path) -> None:
     code = """
         import json, sys
         import decimal, email.message, sqlite3  # ordinary work, no nexus
-        from nexus_dataflow_plugin._startup import _Finder
+        from nexus_dataflow_plugin.startup import _Finder
 
         print(json.dumps({
             "loaded": sorted(
@@ -264,7 +264,7 @@ def test_process_that_never_imports_nexus_pays_nothing(tmp_path: Path) -> None:
     out = run_python(code, tmp_path, clean_env())
     # Only the tiny start-up hook is loaded (which proves the .pth ran); no autoload,
     # no entry-point scan (importlib_metadata), no Nexus.
-    assert out["loaded"] == ["nexus_dataflow_plugin", "nexus_dataflow_plugin._startup"]
+    assert out["loaded"] == ["nexus_dataflow_plugin", "nexus_dataflow_plugin.startup"]
     assert out["finder_armed"] is True
 
 
@@ -273,7 +273,7 @@ def test_importing_nexus_installs_the_autoload_once(tmp_path: Path) -> None:
         import json, sys
         before = "nexus_dataflow_plugin.autoload" in sys.modules
         import nexus.core  # a submodule first: the package import still triggers the hook
-        from nexus_dataflow_plugin._startup import _Finder
+        from nexus_dataflow_plugin.startup import _Finder
         import nexus.plugins
 
         print(json.dumps({
@@ -344,7 +344,7 @@ def test_a_normal_install_ships_the_start_up_hook(tmp_path: Path) -> None:
     assert (Path(site) / "nexus_dataflow_plugin.pth").is_file()
     assert (Path(site) / "nexus_dataflow_plugin.start").is_file()
     probe = (
-        "import sys; print('nexus_dataflow_plugin._startup' in sys.modules, "
+        "import sys; print('nexus_dataflow_plugin.startup' in sys.modules, "
         "'nexus' in sys.modules)"
     )
     out = subprocess.run(
@@ -396,7 +396,7 @@ AS_3_15_SITE = """
         error = str(exc)
     print(json.dumps({{
         "entries": entries,
-        "pth_import_ran": any("nexus_dataflow_plugin._startup" in line for line in imports),
+        "pth_import_ran": any("nexus_dataflow_plugin.startup" in line for line in imports),
         "error": error,
         "discovery_wrapped": hasattr(
             nexus.core.Nexus._auto_discover_workflows, "__nexus_dataflow_patched__"
@@ -416,7 +416,7 @@ def run_as_3_15_site(cwd: Path, env: dict[str, str]) -> dict[str, Any]:
 def test_the_start_file_arms_the_autoload_as_python_3_15_site_would(tmp_path: Path) -> None:
     out = run_as_3_15_site(tmp_path, clean_env())
     assert out == {
-        "entries": ["nexus_dataflow_plugin._startup:install"],
+        "entries": ["nexus_dataflow_plugin.startup:install"],
         "pth_import_ran": False,  # the .start file disabled the .pth's import line
         "error": None,
         "discovery_wrapped": True,

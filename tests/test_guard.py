@@ -17,17 +17,17 @@ HARNESS = """
 import json, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
 {before}
-from nexus_dataflow_plugin import _guard
+from nexus_dataflow_plugin import guard
 calls = []
 {on_stop}
-_guard.install(on_stop, sys.argv[1])
+guard.install(on_stop, sys.argv[1])
 outcome = "finished"
 try:
     exec(compile(open(sys.argv[1]).read(), sys.argv[1], "exec"), {{"__name__": "candidate"}})
 except BaseException as exc:
     outcome = type(exc).__name__
 from kailash.nodes.base import NodeRegistry
-v = _guard.verdict()
+v = guard.verdict()
 print(json.dumps({{
     "outcome": outcome,
     "calls": calls,
@@ -175,7 +175,7 @@ def test_a_thread_an_earlier_file_left_running_is_stopped_without_deciding_the_n
     script = tmp_path / "two_files.py"
     script.write_text(textwrap.dedent(f"""
         import json, threading
-        from nexus_dataflow_plugin import _guard
+        from nexus_dataflow_plugin import guard
         calls, seen = [], []
         go = threading.Event()
 
@@ -187,13 +187,13 @@ def test_a_thread_an_earlier_file_left_running_is_stopped_without_deciding_the_n
             except BaseException as exc:
                 seen.append(type(exc).__name__)
 
-        _guard.install(calls.append, {str(tmp_path / "first.py")!r})
+        guard.install(calls.append, {str(tmp_path / "first.py")!r})
         thread = threading.Thread(target=late)
         thread.start()
-        _guard.install(calls.append, {str(tmp_path / "second.py")!r})
+        guard.install(calls.append, {str(tmp_path / "second.py")!r})
         go.set()
         thread.join()
-        print(json.dumps({{"calls": len(calls), "verdict": _guard.verdict() is not None,
+        print(json.dumps({{"calls": len(calls), "verdict": guard.verdict() is not None,
                           "seen": seen}}))
         """))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,

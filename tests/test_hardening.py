@@ -350,7 +350,7 @@ def test_stopping_mid_scan_leaves_no_process(stopped_scans: dict[str, _Stop], ca
 def _sources() -> list[bytes]:
     paths = sorted(HOSTILE.glob("*.py")) + sorted((HOSTILE / "good").glob("*.py"))
     package = Path(__file__).resolve().parent.parent / "nexus_dataflow_plugin"
-    paths += [package / "screen.py", package / "imports.py", package / "_probe.py"]
+    paths += [package / "screen.py", package / "imports.py", package / "probe.py"]
     return [p.read_bytes() for p in paths]
 
 

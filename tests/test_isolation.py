@@ -94,7 +94,7 @@ def _workers_of_this_process() -> list[int]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"nexus_dataflow_plugin._worker" in cmdline and _alive(pid):
+        if b"nexus_dataflow_plugin.worker" in cmdline and _alive(pid):
             workers.append(pid)
     return workers
 

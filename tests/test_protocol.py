@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from nexus_dataflow_plugin import _protocol as proto
+from nexus_dataflow_plugin import protocol as proto
 
 EXAMPLES = [
     proto.Init(("/p", "/lib"), ("/lib",), "/p", {"CSVReaderNode": "kailash.nodes.data"}, None,

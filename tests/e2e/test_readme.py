@@ -451,7 +451,7 @@ REASON_TEMPLATES = [
     ("plugin", "MSG_REJECTED"), ("plugin", "MSG_EXPLICIT_WINS"),
     ("plugin", "MSG_LOAD_REFUSED"), ("plugin", "MSG_LOAD_REFUSED_RUN"),
     ("plugin", "MSG_LOADED_DEPENDENT"),
-    ("_probe", "MISSING_NODE_HINT"),
+    ("probe", "MISSING_NODE_HINT"),
     *[("manifest", name) for name in (
         "MSG_STARTED", "MSG_PARTIAL", "MSG_STALE", "MSG_MISSING", "MSG_CORRUPT", "MSG_FOREIGN",
         "MSG_FALLBACK",

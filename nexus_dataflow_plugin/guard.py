@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any, NamedTuple
 
-from ._paths import find_spec_beside, is_environment
+from .paths import find_spec_beside, is_environment
 
 ENGINE_MODULE = "dataflow.core.engine"
 ENGINE_CLASS = "DataFlow"

@@ -33,7 +33,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-WORKER_MODULE = "nexus_dataflow_plugin._worker"
+WORKER_MODULE = "nexus_dataflow_plugin.worker"
 
 # Largest control message: an Init carries the node-library map and sys.path.
 MAX_CONTROL_BYTES = 1 << 20
@@ -131,7 +131,7 @@ class GuardStep:
 @dataclass(frozen=True)
 class Guarded:
     """The runtime guard stopped the file: what it tried (``detail``), whether the file
-    itself or something it imports tried (``status``), and the chain (see ``_guard``)."""
+    itself or something it imports tried (``status``), and the chain (see ``guard``)."""
 
     status: str
     detail: str

@@ -1,8 +1,8 @@
 """The worker process: forks one clean process per candidate file.
 
-Runs as ``python -m nexus_dataflow_plugin._worker CONTROL_FD``. Import rule
+Runs as ``python -m nexus_dataflow_plugin.worker CONTROL_FD``. Import rule
 (enforced by ``tests/test_worker.py``): the standard library, Kailash, and
-this package's ``_protocol``, ``_probe``, ``_paths``, ``_guard`` and
+this package's ``protocol``, ``probe``, ``paths``, ``guard`` and
 ``transfer``, which follow the same rule. Never Nexus, DataFlow or the
 server-side modules: a candidate finds the process as a bare Kailash program
 would, plus the node libraries the server has (imported on first use).
@@ -34,9 +34,9 @@ import time
 import types
 from typing import Any
 
-from nexus_dataflow_plugin import _guard, transfer
-from nexus_dataflow_plugin import _protocol as proto
-from nexus_dataflow_plugin._probe import (
+from nexus_dataflow_plugin import guard, transfer
+from nexus_dataflow_plugin import protocol as proto
+from nexus_dataflow_plugin.probe import (
     MSG_IMPORT_MEMORY,
     MSG_IMPORT_RAISED,
     describe,
@@ -137,7 +137,7 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise _ImportTimeout()
 
 
-def _probe(module: types.ModuleType, run: proto.RunFile, base: str) -> proto.Result:
+def _workflows_of(module: types.ModuleType, run: proto.RunFile, base: str) -> proto.Result:
     """Probe the namespace, then encode each workflow for the trip to the server."""
     probed = probe(vars(module), run.path, run.factories, (_ImportTimeout,))
     found = []
@@ -156,7 +156,7 @@ def _run_file(run: proto.RunFile, base: str) -> proto.Result:
     signal.setitimer(signal.ITIMER_REAL, run.inner_timeout)
     try:
         transfer.register_standins(run.standins)
-        return _probe(_load(run), run, base)
+        return _workflows_of(_load(run), run, base)
     except _ImportTimeout as exc:
         return proto.Result(timeout=where(exc, run.path))
     except _Changed:
@@ -222,15 +222,15 @@ def _child(run: proto.RunFile, init: proto.Init, result_fd: int, stderr_fd: int)
         me = os.getpid()
         began = time.monotonic()
 
-        def stop(verdict: _guard.Verdict) -> None:
+        def stop(verdict: guard.Verdict) -> None:
             """The file (or a copy it forked) reached DataFlow: report that, end here."""
             os._exit(_send(channel, _guarded(verdict), init.max_result_bytes))
 
-        _guard.install(stop, run.path)
+        guard.install(stop, run.path)
         result = _run_file(run, init.base)
         if os.getpid() != me:
             os._exit(0)  # a copy forked by the candidate: only the file's process reports
-        stopped = _guard.verdict()  # set only if stop() could not end the process
+        stopped = guard.verdict()  # set only if stop() could not end the process
         result = _guarded(stopped) if stopped else result
         result = dataclasses.replace(result, elapsed=time.monotonic() - began)
         code = _send(channel, result, init.max_result_bytes)
@@ -239,7 +239,7 @@ def _child(run: proto.RunFile, init: proto.Init, result_fd: int, stderr_fd: int)
     os._exit(code)
 
 
-def _guarded(verdict: _guard.Verdict) -> proto.Result:
+def _guarded(verdict: guard.Verdict) -> proto.Result:
     chain = tuple(proto.GuardStep(step.file, step.module, step.line) for step in verdict.chain)
     return proto.Result(guarded=proto.Guarded(verdict.status, verdict.detail, chain))
 
