@@ -25,7 +25,8 @@ Cases (``--cases`` takes a comma-separated list; sizes may be changed, e.g.
 - ``workflows-N``: N plain workflow files, no models; cold.
 - ``hostile-N``: ``mixed-N`` plus 3 files that hang at import; native gets
   30 s and is reported as not finishing; ours runs with ``timeout=5``.
-- ``screen-N``: the static screen alone over N files, cold and warm, one core.
+- ``screen-N``: the static screen alone over N files, cold and warm, all cores, as a
+  scan runs it (the finder's stat is the cache key; finding is timed apart).
 - ``autoload``: ``python -c pass`` with the package installed against
   ``NEXUS_DISABLE_PLUGIN_AUTOLOAD=1``.
 
@@ -74,8 +75,8 @@ T_MIXED_WARM = 0.3
 T_WORKFLOWS_COLD = 1.3
 T_SEED_EXTRA_S = 0.3
 T_MEMORY = 0.25
-T_SCREEN_COLD = 3000.0
-T_SCREEN_WARM = 50000.0
+T_SCREEN_COLD = 10000.0  # issue 14, on all cores
+T_SCREEN_WARM = 150000.0
 T_AUTOLOAD_MS = 2.0
 
 
@@ -507,11 +508,15 @@ class Bench:
             med = _medians(runs[variant])
             summary[variant] = med
             rate = med["files_per_s"]
+            rates = [r["files_per_s"] for r in runs[variant]]
             self.checks.append(Check(
-                name, f"static screen, {variant} (files/s, one core)", None, round(rate),
+                name, f"static screen, {variant} (files/s, all cores)", None, round(rate),
                 None, f">= {target:,.0f}", rate >= target,
                 f"load {med['load_s'] * 1000:.0f} ms, screen {med['facts_s'] * 1000:.0f} ms, "
-                f"save {med['save_s'] * 1000:.0f} ms",
+                f"save {med['save_s'] * 1000:.0f} ms; CPU: server {med['cpu_s']:.2f} s, "
+                f"screen processes {med['children_cpu_s']:.2f} s; finding (not in the rate) "
+                f"{med['find_s'] * 1000:.0f} ms; range over runs "
+                f"{min(rates):,.0f}-{max(rates):,.0f} files/s",
             ))
         summary["runs"] = runs
         self.cases[name] = summary

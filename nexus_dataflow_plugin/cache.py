@@ -8,7 +8,10 @@ those.
 
 Files above ``IN_PROCESS_MAX_BYTES`` are screened in a short-lived ``python -I -S``
 subprocess killed at the file's timeout: CPython parses some inputs in
-quadratic time (a 600 KB f-string takes 20 s), and the server must not stall. The cache
+quadratic time (a 600 KB f-string takes 20 s), and the server must not stall. When a
+scan has many uncached small files, they are screened side by side in one
+``python -I -S`` process per core (``_PoolProcess``), each answering its share of
+the files in order, killed when one of them outlasts the timeout. The cache
 is one JSON file per project under the user's cache directory; it is only
 ever replaced atomically (write a temporary file, then rename), so concurrent
 writers cannot interleave and a reader never sees half a file. Anything
@@ -22,13 +25,14 @@ import hashlib
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import __version__
 from .report import MSG_SCREEN_FAILED, MSG_SCREEN_TIMEOUT, MSG_UNREADABLE
@@ -36,7 +40,7 @@ from .screen import Facts, ImportRef, ModelUse, PathRef, analyze
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 6
+CACHE_FORMAT = 7
 
 # Measured on CPython 3.11 (ast.parse, worst case an f-string of `{a}` fields): 50 KB
 # 0.2 s, 100 KB 0.64 s, 200 KB 2.4 s, 600 KB 20 s; plain code parses at about 1 MB/s.
@@ -49,15 +53,30 @@ IN_PROCESS_MAX_BYTES = 32 * 1024
 MAX_SCREENS = max(2, os.cpu_count() or 1)
 SCREEN_MEMORY_BYTES = 2 * 1024**3
 
+# Uncached small files are screened in pool processes, one per core, once a scan has at
+# least this many per process: below that, starting a process (about 30 ms of CPU for
+# the interpreter and this package) costs more than the files' screens in the server.
+POOL_MIN_FILES = 100
+
 # -I ignores PYTHONPATH: the child puts this package's parent on sys.path itself.
-_CHILD = (
+_LIMITS = (
     "import sys, json, resource\n"
     "resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))\n"
     "sys.path.insert(0, sys.argv[1])\n"
+)
+_CHILD = _LIMITS + (
     "from nexus_dataflow_plugin.cache import facts_to_json\n"
     "from nexus_dataflow_plugin.screen import analyze\n"
     "sys.stdout.write(json.dumps(facts_to_json(analyze(sys.stdin.buffer.read()))))\n"
 )
+_POOL_CHILD = _LIMITS + (
+    "from nexus_dataflow_plugin.cache import screen_listed\n"
+    "screen_listed(json.loads(sys.stdin.buffer.read()), sys.stdout.buffer)\n"
+)
+# What a pool process answers for a file: screen it in the server as usual (it is not
+# for the pool), or alone out of process (the pool process ended while screening it).
+_IN_SERVER = None
+_ALONE = "alone"
 
 
 def default_cache_dir() -> Path:
@@ -65,14 +84,33 @@ def default_cache_dir() -> Path:
     return Path(root) / "nexus-dataflow-plugin"
 
 
+def _command(program: str) -> list[str]:
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [sys.executable, "-I", "-S", "-c", program, package_parent, str(SCREEN_MEMORY_BYTES)]
+
+
+# A warm scan rebuilds every file's facts from the cache: ``tuple.__new__`` skips the
+# named tuples' keyword handling, ``map`` the generator frames (a third of the cost).
+_new = tuple.__new__
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def _ref(data: list[Any]) -> ImportRef:
     module, names, level, line = data
-    return ImportRef(str(module), tuple(names), int(level), int(line))
+    return _new(ImportRef, (str(module), tuple(map(str, names)), int(level), int(line)))
 
 
 def _path(data: list[Any]) -> PathRef:
     anchor, ups, tail, line = data
-    return PathRef(str(anchor), int(ups), str(tail), int(line))
+    return _new(PathRef, (str(anchor), int(ups), str(tail), int(line)))
+
+
+def _use(data: list[Any]) -> ModelUse:
+    name, cls, line, source = data
+    return _new(ModelUse, (str(name), str(cls), int(line), _ref(source)))
 
 
 def facts_to_json(facts: Facts) -> list[Any]:
@@ -97,22 +135,20 @@ def facts_to_json(facts: Facts) -> list[Any]:
 def facts_from_json(data: list[Any]) -> Facts:
     (error, model, imports, uses, factories, nodes, may_block, entries, runs, exports,
      stalled, classes) = data
-    return Facts(
-        error=error,
-        model=model,
-        imports=tuple(_ref(i) for i in imports),
-        external_model_uses=tuple(
-            ModelUse(str(n), str(c), int(line), _ref(src)) for n, c, line, src in uses
-        ),
-        factories=tuple(str(f) for f in factories),
-        node_types=tuple(str(n) for n in nodes),
-        may_block=bool(may_block),
-        path_entries=tuple(_path(p) for p in entries),
-        run_paths=tuple(_path(p) for p in runs),
-        exports=tuple(str(e) for e in exports),
-        stalled=bool(stalled),
-        model_classes=tuple(str(c) for c in classes),
-    )
+    return _new(Facts, (  # in Facts' field order
+        _text(error),
+        _text(model),
+        tuple(map(_ref, imports)),
+        tuple(map(_use, uses)),
+        tuple(map(str, factories)),
+        tuple(map(str, nodes)),
+        bool(may_block),
+        tuple(map(_path, entries)),
+        tuple(map(_path, runs)),
+        tuple(map(str, exports)),
+        bool(stalled),
+        tuple(map(str, classes)),
+    ))
 
 
 class _Screening:
@@ -129,11 +165,8 @@ class _Screening:
         self._out = tempfile.TemporaryFile()
         self._in.write(data)
         self._in.seek(0)
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and code
-            [sys.executable, "-I", "-S", "-c", _CHILD, package_parent,
-             str(SCREEN_MEMORY_BYTES)],
-            stdin=self._in, stdout=self._out, stderr=subprocess.DEVNULL,
+            _command(_CHILD), stdin=self._in, stdout=self._out, stderr=subprocess.DEVNULL,
         )
 
     def cancel(self) -> None:
@@ -158,6 +191,86 @@ class _Screening:
             self._out.close()
 
 
+def screen_listed(paths: list[str], out: IO[bytes]) -> None:
+    """In a pool process: one line per file, in order, as soon as it is screened: the
+    sha256 of the bytes judged and their facts, or ``null`` for a file the server
+    screens itself (unreadable here, or grown past ``IN_PROCESS_MAX_BYTES``)."""
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(IN_PROCESS_MAX_BYTES + 1)
+        except OSError:
+            data = b""
+        answer = None
+        if 0 < len(data) <= IN_PROCESS_MAX_BYTES:
+            answer = [hashlib.sha256(data).hexdigest(), facts_to_json(analyze(data))]
+        out.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
+        out.flush()
+
+
+class _PoolProcess:
+    """A ``python -I -S`` process screening a share of a scan's uncached small files.
+
+    It answers its files in order; the server reads the answers as it asks for them.
+    When the server has waited ``timeout`` for the next answer, the file being
+    screened is stalled and the process is killed; when the process ends before
+    answering, that file is screened again alone out of process (so that a file
+    which crashes the parser is reported, not retried in the server) and the rest
+    of its share in the server.
+    """
+
+    def __init__(self, paths: list[Path], timeout: float) -> None:
+        self.timeout = timeout
+        self._answers: list[bytes] = []
+        self._partial = b""
+        self._end: Facts | str | None = None  # for the first file left unanswered
+        self._gone = False
+        with tempfile.TemporaryFile() as listing:
+            listing.write(json.dumps([str(p) for p in paths]).encode())
+            listing.seek(0)
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and code
+                _command(_POOL_CHILD), stdin=listing, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        self._poll = select.poll()
+        self._poll.register(self.process.stdout.fileno(), select.POLLIN)  # type: ignore[union-attr]
+
+    def answer(self, index: int) -> Facts | tuple[str, Facts] | str | None:
+        """The digest and facts of the ``index``-th file, ``stalled`` facts, ``_ALONE``
+        or ``_IN_SERVER`` (see the class)."""
+        while index >= len(self._answers) and not self._gone:
+            self._read()
+        if index < len(self._answers):
+            data = json.loads(self._answers[index])
+            self._answers[index] = b""
+            return _IN_SERVER if data is None else (str(data[0]), facts_from_json(data[1]))
+        return self._end if index == len(self._answers) else _IN_SERVER
+
+    def _read(self) -> None:
+        fd = self.process.stdout.fileno()  # type: ignore[union-attr]
+        if not self._poll.poll(self.timeout * 1000):
+            self._close(Facts(error=MSG_SCREEN_TIMEOUT.format(timeout=self.timeout),
+                              stalled=True))
+            return
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            self._close(_ALONE)
+            return
+        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        self._answers += complete
+
+    def _close(self, end: Facts | str | None = None) -> None:
+        self._end = end
+        self._gone = True
+        self.process.kill()
+        self.process.wait()
+        self.process.stdout.close()  # type: ignore[union-attr]
+
+    def cancel(self) -> None:
+        if not self._gone:
+            self._close()
+
+
 def _stamp(stat: os.stat_result) -> list[int]:
     """What identifies a file's content version: ctime and inode change on any rewrite
     (and no user call sets them back), size and mtime besides."""
@@ -180,6 +293,10 @@ class ScreenCache:
         self._entries: dict[str, Any] = {}
         self._memo: dict[Path, Facts] = {}
         self._running: dict[Path, tuple[list[int], str, _Screening]] = {}
+        self._stamps: dict[Path, list[int]] = {}  # taken by prefetch, for _read
+        self._stale: set[Path] = set()  # forgotten: a stat given to prefetch is older
+        self._pools: list[_PoolProcess] = []
+        self._pooled: dict[Path, tuple[_PoolProcess, int]] = {}
         self._dirty = False
         if persist:
             self._load()
@@ -207,6 +324,8 @@ class ScreenCache:
     def forget(self, path: Path) -> None:
         """Drop what is known of ``path``: it changed under the scan, screen it afresh."""
         self._memo.pop(path, None)
+        self._stamps.pop(path, None)
+        self._stale.add(path)
         if self._entries.pop(str(path), None) is not None:
             self._dirty = True
 
@@ -217,18 +336,31 @@ class ScreenCache:
         value = entry.get("sha256") if isinstance(entry, dict) else None
         return value if isinstance(value, str) else None
 
-    def prefetch(self, paths: Iterable[Path]) -> None:
-        """Start the out-of-process screens of the large files among ``paths`` now, so
-        that they run side by side and none waits for another's timeout."""
-        for path in paths:
+    def prefetch(self, files: Iterable[tuple[Path, os.stat_result | None]]) -> None:
+        """Start the screens of the uncached files among ``files`` now: the large ones
+        out of process side by side, so that none waits for another's timeout, and the
+        small ones in pool processes when there are enough of them.
+
+        Each file comes with its ``os.stat`` if the caller has one (the finder takes
+        it anyway): it is the cache key, and ``facts`` does not stat the file again.
+        """
+        cold: list[Path] = []
+        for path, info in files:
+            if path in self._memo or path in self._running or path in self._pooled:
+                continue
             try:
-                small = os.stat(path).st_size <= IN_PROCESS_MAX_BYTES
+                info = os.stat(path) if info is None or path in self._stale else info
             except OSError:
                 continue  # facts() reports it
-            if small or path in self._memo or path in self._running:
+            stamp = self._stamps[path] = _stamp(info)
+            entry = self._entries.get(str(path))
+            if isinstance(entry, dict) and entry.get("stat") == stamp and "sha256" in entry:
+                continue
+            if info.st_size <= IN_PROCESS_MAX_BYTES:
+                cold.append(path)
                 continue
             if len(self._running) >= MAX_SCREENS:
-                return  # the rest are screened when reached, one at a time
+                continue  # screened when reached, one at a time
             read = self._read(path)
             if isinstance(read, tuple) and len(read[1]) > IN_PROCESS_MAX_BYTES:
                 stamp, data = read
@@ -238,12 +370,32 @@ class ScreenCache:
                     logger.debug("out-of-process screen of %s not started: %s", path, exc)
                     continue
                 self._running[path] = (stamp, hashlib.sha256(data).hexdigest(), job)
+        self._start_pool(cold)
+
+    def _start_pool(self, paths: list[Path]) -> None:
+        """Share ``paths`` out among pool processes, one per core, in turn: the scan asks
+        for them in this order, so each process works a little ahead of the scan."""
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)
+        count = min(cores, len(paths) // POOL_MIN_FILES)
+        if cores < 2 or count < 1:
+            return
+        for first in range(count):
+            share = paths[first::count]
+            try:
+                process = _PoolProcess(share, self.timeout)
+            except OSError as exc:
+                logger.debug("screen pool process not started: %s", exc)
+                continue  # its files are screened in the server
+            self._pools.append(process)
+            self._pooled.update((path, (process, i)) for i, path in enumerate(share))
 
     def _read(self, path: Path) -> Facts | tuple[list[int], bytes]:
         """The cached facts while the stat matches (or why the file cannot be read),
         else its stat and bytes, to screen."""
+        stamp = self._stamps.pop(path, None)
         try:
-            stamp = _stamp(os.stat(path))
+            stamp = stamp or _stamp(os.stat(path))
         except OSError as exc:
             return Facts(error=MSG_UNREADABLE.format(what=exc.strerror or exc))
         entry = self._entries.get(str(path))
@@ -261,11 +413,19 @@ class ScreenCache:
         if path in self._running:
             stamp, digest, job = self._running.pop(path)
             return self._store(path, stamp, digest, job.result())
+        answer = None
+        if path in self._pooled:
+            process, index = self._pooled.pop(path)
+            answer = process.answer(index)
+            if isinstance(answer, tuple):
+                return self._store(path, self._stamps.pop(path), *answer)
+            if isinstance(answer, Facts):
+                return answer  # stalled: not cached
         read = self._read(path)
         if isinstance(read, Facts):
             return read
         stamp, data = read
-        if len(data) > IN_PROCESS_MAX_BYTES:
+        if len(data) > IN_PROCESS_MAX_BYTES or answer == _ALONE:
             try:
                 facts = _Screening(data, self.timeout).result()
             except OSError as exc:
@@ -305,6 +465,10 @@ class ScreenCache:
         Screens still running (a scan that stopped early) are ended first."""
         for path in list(self._running):
             self._running.pop(path)[2].cancel()
+        for process in self._pools:
+            process.cancel()
+        self._pools.clear()
+        self._pooled.clear()
         if not (self.persist and self._dirty):
             return
         try:

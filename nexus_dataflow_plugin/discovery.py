@@ -401,7 +401,7 @@ class SmartDiscovery:
         """
         graph = ImportGraph(self._roots(), cache.facts)
         self.models = models = ModelIndex(self.base, graph, cache.facts, self.max_file_bytes)
-        cache.prefetch(c.real for c in candidates if c.real is not None and not c.refusal)
+        cache.prefetch((c.real, c.info) for c in candidates if c.real is not None and not c.refusal)
         for candidate in candidates:
             began = time.monotonic()
             if candidate.refusal or candidate.real is None:

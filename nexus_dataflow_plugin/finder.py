@@ -38,6 +38,8 @@ class Candidate:
     rel: str
     refusal: str | None = None
     real: Path | None = None
+    # ``os.stat(real)`` as the finder took it: the screen cache's key, one stat per file.
+    info: os.stat_result | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def _check(
     size = info.st_size
     if size > max_file_bytes:
         return Candidate(path, rel, MSG_TOO_LARGE.format(size=size, limit=max_file_bytes))
-    return Candidate(path, rel, real=real)
+    return Candidate(path, rel, real=real, info=info)
 
 
 def _matches(base: Path, pattern: str) -> Iterable[Path]:
