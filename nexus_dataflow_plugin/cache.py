@@ -317,9 +317,10 @@ class ScreenCache:
 
     def facts(self, path: Path) -> Facts:
         """Facts for ``path``: from the cache when its stat matches, else screened now."""
-        if path not in self._memo:
-            self._memo[path] = self._facts(path)
-        return self._memo[path]
+        facts = self._memo.get(path)
+        if facts is None:
+            facts = self._memo[path] = self._facts(path)
+        return facts
 
     def forget(self, path: Path) -> None:
         """Drop what is known of ``path``: it changed under the scan, screen it afresh."""
@@ -349,7 +350,8 @@ class ScreenCache:
             if path in self._memo or path in self._running or path in self._pooled:
                 continue
             try:
-                info = os.stat(path) if info is None or path in self._stale else info
+                stale = info is None or (self._stale and path in self._stale)
+                info = os.stat(path) if stale else info
             except OSError:
                 continue  # facts() reports it
             stamp = self._stamps[path] = _stamp(info)
@@ -410,11 +412,12 @@ class ScreenCache:
             return Facts(error=MSG_UNREADABLE.format(what=exc.strerror or exc))
 
     def _facts(self, path: Path) -> Facts:
-        if path in self._running:
+        # Each lookup hashes the path in Python: a warm scan has none of these to make.
+        if self._running and path in self._running:
             stamp, digest, job = self._running.pop(path)
             return self._store(path, stamp, digest, job.result())
         answer = None
-        if path in self._pooled:
+        if self._pooled and path in self._pooled:
             process, index = self._pooled.pop(path)
             answer = process.answer(index)
             if isinstance(answer, tuple):
