@@ -77,6 +77,10 @@ _POOL_CHILD = _LIMITS + (
 # for the pool), or alone out of process (the pool process ended while screening it).
 _IN_SERVER = None
 _ALONE = "alone"
+# A pool process says it is ready (its imports done) within this, or its files are
+# screened in the server: the per-file timeout does not count the start-up.
+_POOL_START_S = 10.0
+_READY = b"ready"
 
 
 def default_cache_dir() -> Path:
@@ -194,7 +198,10 @@ class _Screening:
 def screen_listed(paths: list[str], out: IO[bytes]) -> None:
     """In a pool process: one line per file, in order, as soon as it is screened: the
     sha256 of the bytes judged and their facts, or ``null`` for a file the server
-    screens itself (unreadable here, or grown past ``IN_PROCESS_MAX_BYTES``)."""
+    screens itself (unreadable here, or grown past ``IN_PROCESS_MAX_BYTES``). The first
+    line says the process is ready."""
+    out.write(_READY + b"\n")
+    out.flush()
     for path in paths:
         try:
             with open(path, "rb") as handle:
@@ -216,7 +223,8 @@ class _PoolProcess:
     screened is stalled and the process is killed; when the process ends before
     answering, that file is screened again alone out of process (so that a file
     which crashes the parser is reported, not retried in the server) and the rest
-    of its share in the server.
+    of its share in the server. A process that never gets ready leaves all its
+    files to the server.
     """
 
     def __init__(self, paths: list[Path], timeout: float) -> None:
@@ -225,6 +233,7 @@ class _PoolProcess:
         self._partial = b""
         self._end: Facts | str | None = None  # for the first file left unanswered
         self._gone = False
+        self._ready = False
         with tempfile.TemporaryFile() as listing:
             listing.write(json.dumps([str(p) for p in paths]).encode())
             listing.seek(0)
@@ -241,22 +250,31 @@ class _PoolProcess:
         while index >= len(self._answers) and not self._gone:
             self._read()
         if index < len(self._answers):
-            data = json.loads(self._answers[index])
-            self._answers[index] = b""
-            return _IN_SERVER if data is None else (str(data[0]), facts_from_json(data[1]))
+            line, self._answers[index] = self._answers[index], b""
+            try:
+                digest, facts = json.loads(line)
+                return str(digest), facts_from_json(facts)
+            except (ValueError, TypeError):  # null: the server screens it
+                return _IN_SERVER
         return self._end if index == len(self._answers) else _IN_SERVER
 
     def _read(self) -> None:
         fd = self.process.stdout.fileno()  # type: ignore[union-attr]
-        if not self._poll.poll(self.timeout * 1000):
+        wait = self.timeout if self._ready else _POOL_START_S
+        if not self._poll.poll(wait * 1000):
             self._close(Facts(error=MSG_SCREEN_TIMEOUT.format(timeout=self.timeout),
-                              stalled=True))
+                              stalled=True) if self._ready else _IN_SERVER)
             return
         chunk = os.read(fd, 1 << 16)
         if not chunk:
-            self._close(_ALONE)
+            self._close(_ALONE if self._ready else _IN_SERVER)
             return
         *complete, self._partial = (self._partial + chunk).split(b"\n")
+        if not self._ready and complete:
+            self._ready = complete.pop(0) == _READY
+            if not self._ready:
+                self._close(_IN_SERVER)
+                return
         self._answers += complete
 
     def _close(self, end: Facts | str | None = None) -> None:
@@ -326,6 +344,7 @@ class ScreenCache:
         """Drop what is known of ``path``: it changed under the scan, screen it afresh."""
         self._memo.pop(path, None)
         self._stamps.pop(path, None)
+        self._pooled.pop(path, None)
         self._stale.add(path)
         if self._entries.pop(str(path), None) is not None:
             self._dirty = True
@@ -420,10 +439,10 @@ class ScreenCache:
         if self._pooled and path in self._pooled:
             process, index = self._pooled.pop(path)
             answer = process.answer(index)
+            if isinstance(answer, Facts):  # (a named tuple: asked first)
+                return answer  # stalled: not cached
             if isinstance(answer, tuple):
                 return self._store(path, self._stamps.pop(path), *answer)
-            if isinstance(answer, Facts):
-                return answer  # stalled: not cached
         read = self._read(path)
         if isinstance(read, Facts):
             return read

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,3 +48,27 @@ def processes_seen_with_env(key: str, value: str, every_s: float = 0.005) -> Ite
     finally:
         done.set()
         thread.join()
+
+
+_WATCHING: list[list[str]] = []  # one list per open started_commands() block
+_HOOKED: list[object] = []  # audit hooks cannot be removed: ours is added once
+
+
+def _record_popen(event: str, args: tuple) -> None:
+    if event == "subprocess.Popen" and _WATCHING:
+        _WATCHING[-1].append(" ".join(map(str, args[1])))
+
+
+@contextmanager
+def started_commands() -> Iterator[list[str]]:
+    """The command lines of the processes this process starts while the block runs
+    (from the interpreter's audit events: none is missed, however short-lived)."""
+    if not _HOOKED:
+        sys.addaudithook(_record_popen)
+        _HOOKED.append(_record_popen)
+    commands: list[str] = []
+    _WATCHING.append(commands)
+    try:
+        yield commands
+    finally:
+        _WATCHING.remove(commands)

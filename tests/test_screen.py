@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import started_commands
 
 from nexus_dataflow_plugin import SmartDiscovery
 from nexus_dataflow_plugin.screen import _walk, analyze
@@ -411,14 +412,6 @@ def test_control_model_fixtures_are_genuine_and_markers_work(tmp_path):
         assert len(pids) == 1 and pids[0] != os.getpid()
 
 
-_WATCHING: list[list[str]] = []  # command lines of the processes started while watched
-
-
-def _record_process(event: str, args: tuple) -> None:
-    if event == "subprocess.Popen" and _WATCHING:
-        _WATCHING.append(" ".join(map(str, args[1])))
-
-
 def test_screen_alone_handles_a_thousand_files_quickly_without_workers(tmp_path):
     """The static stages on 1,000 candidates: seconds at most, no file imported, and no
     process started but the screen's own (they parse, never import)."""
@@ -427,14 +420,9 @@ def test_screen_alone_handles_a_thousand_files_quickly_without_workers(tmp_path)
     for i in range(1000):
         (tmp_path / "workflows" / f"flow_{i:04}.py").write_bytes(source)
     place(tmp_path, {"workflows/models.py": "models_from_dataflow_import.py"})
-    sys.addaudithook(_record_process)
-    _WATCHING[:] = ["watching"]
     started = time.monotonic()
-    try:
+    with started_commands() as processes:
         decided = SmartDiscovery(tmp_path, cache=False).screen()
-    finally:
-        processes = _WATCHING[1:]
-        _WATCHING.clear()
     elapsed = time.monotonic() - started
     assert [(e.path, e.status) for e in decided] == [("workflows/models.py", "skipped_model")]
     assert elapsed < 10
