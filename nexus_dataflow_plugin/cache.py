@@ -244,16 +244,16 @@ class _PoolProcess:
         self._poll = select.poll()
         self._poll.register(self.process.stdout.fileno(), select.POLLIN)  # type: ignore[union-attr]
 
-    def answer(self, index: int) -> Facts | tuple[str, Facts] | str | None:
-        """The digest and facts of the ``index``-th file, ``stalled`` facts, ``_ALONE``
-        or ``_IN_SERVER`` (see the class)."""
+    def answer(self, index: int) -> Facts | tuple[str, Facts, list[Any]] | str | None:
+        """The digest and facts (also as JSON data) of the ``index``-th file, ``stalled``
+        facts, ``_ALONE`` or ``_IN_SERVER`` (see the class)."""
         while index >= len(self._answers) and not self._gone:
             self._read()
         if index < len(self._answers):
             line, self._answers[index] = self._answers[index], b""
             try:
-                digest, facts = json.loads(line)
-                return str(digest), facts_from_json(facts)
+                digest, facts = json.loads(line.decode())  # str: no encoding to detect
+                return str(digest), facts_from_json(facts), facts
             except (ValueError, TypeError):  # null: the server screens it
                 return _IN_SERVER
         return self._end if index == len(self._answers) else _IN_SERVER
@@ -366,7 +366,9 @@ class ScreenCache:
         """
         cold: list[Path] = []
         for path, info in files:
-            if path in self._memo or path in self._running or path in self._pooled:
+            # Each lookup hashes the path in Python: most scans have none of these to make.
+            if ((self._memo and path in self._memo) or (self._running and path in self._running)
+                    or (self._pooled and path in self._pooled)):
                 continue
             try:
                 stale = info is None or (self._stale and path in self._stale)
@@ -431,14 +433,13 @@ class ScreenCache:
             return Facts(error=MSG_UNREADABLE.format(what=exc.strerror or exc))
 
     def _facts(self, path: Path) -> Facts:
-        # Each lookup hashes the path in Python: a warm scan has none of these to make.
-        if self._running and path in self._running:
+        if self._running and path in self._running:  # (see prefetch)
             stamp, digest, job = self._running.pop(path)
             return self._store(path, stamp, digest, job.result())
         answer = None
-        if self._pooled and path in self._pooled:
-            process, index = self._pooled.pop(path)
-            answer = process.answer(index)
+        pooled = self._pooled.pop(path, None) if self._pooled else None
+        if pooled is not None:
+            answer = pooled[0].answer(pooled[1])
             if isinstance(answer, Facts):  # (a named tuple: asked first)
                 return answer  # stalled: not cached
             if isinstance(answer, tuple):
@@ -456,12 +457,14 @@ class ScreenCache:
             facts = analyze(data)
         return self._store(path, stamp, hashlib.sha256(data).hexdigest(), facts)
 
-    def _store(self, path: Path, stamp: list[int], digest: str, facts: Facts) -> Facts:
-        """Remember the facts and the digest of the bytes they are about. A stalled
-        screen is not cached: the next scan tries again, as it would import again."""
+    def _store(self, path: Path, stamp: list[int], digest: str, facts: Facts,
+               encoded: list[Any] | None = None) -> Facts:
+        """Remember the facts (``encoded``: as JSON data, when the caller has them so)
+        and the digest of the bytes they are about. A stalled screen is not cached: the
+        next scan tries again, as it would import again."""
         if not facts.stalled:
             self._entries[str(path)] = {"stat": stamp, "sha256": digest,
-                                        "facts": facts_to_json(facts)}
+                                        "facts": encoded or facts_to_json(facts)}
             self._dirty = True
         return facts
 

@@ -429,13 +429,14 @@ class _Scanner:
             elif node.__class__ is ast.Import:
                 self._import(node, live=False)  # type: ignore[arg-type]
         for node in nodes:
-            if isinstance(node, (ast.Assign, ast.AnnAssign)):
-                self._assign(node)
-            elif isinstance(node, ast.ClassDef):
-                for deco in node.decorator_list:
-                    self._model_target(deco, node.name, deco.lineno)
-            elif isinstance(node, ast.Call):
-                func = node.func
+            kind = node.__class__
+            if kind is ast.Assign or kind is ast.AnnAssign:
+                self._assign(node)  # type: ignore[arg-type]
+            elif kind is ast.ClassDef:
+                for deco in node.decorator_list:  # type: ignore[attr-defined]
+                    self._model_target(deco, node.name, deco.lineno)  # type: ignore[attr-defined]
+            elif kind is ast.Call:
+                func = node.func  # type: ignore[attr-defined]
                 if isinstance(func, ast.Attribute) and func.attr == "model" and node.args:
                     arg = node.args[0]
                     cls = arg.id if isinstance(arg, ast.Name) else "<expr>"
