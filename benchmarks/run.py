@@ -514,7 +514,9 @@ class Bench:
                 None, f">= {target:,.0f}", rate >= target,
                 f"load {med['load_s'] * 1000:.0f} ms, screen {med['facts_s'] * 1000:.0f} ms, "
                 f"save {med['save_s'] * 1000:.0f} ms; CPU: server {med['cpu_s']:.2f} s, "
-                f"screen processes {med['children_cpu_s']:.2f} s; finding (not in the rate) "
+                f"screen processes {med['children_cpu_s']:.2f} s "
+                f"({tree.files / (med['cpu_s'] + med['children_cpu_s']):,.0f} files per CPU-s); "
+                f"finding (not in the rate) "
                 f"{med['find_s'] * 1000:.0f} ms; range over runs "
                 f"{min(rates):,.0f}-{max(rates):,.0f} files/s",
             ))

@@ -32,11 +32,11 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import __version__
 from .report import MSG_SCREEN_FAILED, MSG_SCREEN_TIMEOUT, MSG_UNREADABLE
-from .screen import Facts, ImportRef, ModelUse, PathRef, analyze
+from .screen import READY, Facts, ImportRef, ModelUse, PathRef, analyze, facts_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,11 @@ MAX_SCREENS = max(2, os.cpu_count() or 1)
 SCREEN_MEMORY_BYTES = 2 * 1024**3
 
 # Uncached small files are screened in pool processes, one per core, once a scan has at
-# least this many per process: below that, starting a process (about 30 ms of CPU for
-# the interpreter and this package) costs more than the files' screens in the server.
-POOL_MIN_FILES = 100
+# least this many per process. A process costs about 20 ms of CPU to start and the
+# server about 15 us per file to take its answers, against 100-170 us per file screened
+# in the server: on idle cores the pool pays from a few hundred files, but on a busy
+# machine (the cores taken by others) it was measured slower up to 1,000-2,000 files.
+POOL_MIN_FILES = 500
 
 # -I ignores PYTHONPATH: the child puts this package's parent on sys.path itself.
 _LIMITS = (
@@ -65,13 +67,14 @@ _LIMITS = (
     "sys.path.insert(0, sys.argv[1])\n"
 )
 _CHILD = _LIMITS + (
-    "from nexus_dataflow_plugin.cache import facts_to_json\n"
-    "from nexus_dataflow_plugin.screen import analyze\n"
+    "from nexus_dataflow_plugin.screen import analyze, facts_to_json\n"
     "sys.stdout.write(json.dumps(facts_to_json(analyze(sys.stdin.buffer.read()))))\n"
 )
+# The screen module alone: the pool's start-up is half that of importing this module.
 _POOL_CHILD = _LIMITS + (
-    "from nexus_dataflow_plugin.cache import screen_listed\n"
-    "screen_listed(json.loads(sys.stdin.buffer.read()), sys.stdout.buffer)\n"
+    "from nexus_dataflow_plugin.screen import screen_listed\n"
+    f"screen_listed(json.loads(sys.stdin.buffer.read()), sys.stdout.buffer, "
+    f"{IN_PROCESS_MAX_BYTES})\n"
 )
 # What a pool process answers for a file: screen it in the server as usual (it is not
 # for the pool), or alone out of process (the pool process ended while screening it).
@@ -80,7 +83,6 @@ _ALONE = "alone"
 # A pool process says it is ready (its imports done) within this, or its files are
 # screened in the server: the per-file timeout does not count the start-up.
 _POOL_START_S = 10.0
-_READY = b"ready"
 
 
 def default_cache_dir() -> Path:
@@ -115,25 +117,6 @@ def _path(data: list[Any]) -> PathRef:
 def _use(data: list[Any]) -> ModelUse:
     name, cls, line, source = data
     return _new(ModelUse, (str(name), str(cls), int(line), _ref(source)))
-
-
-def facts_to_json(facts: Facts) -> list[Any]:
-    """``Facts`` as a JSON list in field order: without a key per field, a cache
-    of 10,000 files parses in two thirds of the time."""
-    return [
-        facts.error,
-        facts.model,
-        [list(i) for i in facts.imports],
-        [[u.name, u.cls, u.line, list(u.source)] for u in facts.external_model_uses],
-        list(facts.factories),
-        list(facts.node_types),
-        facts.may_block,
-        [list(p) for p in facts.path_entries],
-        [list(p) for p in facts.run_paths],
-        list(facts.exports),
-        facts.stalled,
-        list(facts.model_classes),
-    ]
 
 
 def facts_from_json(data: list[Any]) -> Facts:
@@ -195,26 +178,6 @@ class _Screening:
             self._out.close()
 
 
-def screen_listed(paths: list[str], out: IO[bytes]) -> None:
-    """In a pool process: one line per file, in order, as soon as it is screened: the
-    sha256 of the bytes judged and their facts, or ``null`` for a file the server
-    screens itself (unreadable here, or grown past ``IN_PROCESS_MAX_BYTES``). The first
-    line says the process is ready."""
-    out.write(_READY + b"\n")
-    out.flush()
-    for path in paths:
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read(IN_PROCESS_MAX_BYTES + 1)
-        except OSError:
-            data = b""
-        answer = None
-        if 0 < len(data) <= IN_PROCESS_MAX_BYTES:
-            answer = [hashlib.sha256(data).hexdigest(), facts_to_json(analyze(data))]
-        out.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
-        out.flush()
-
-
 class _PoolProcess:
     """A ``python -I -S`` process screening a share of a scan's uncached small files.
 
@@ -271,7 +234,7 @@ class _PoolProcess:
             return
         *complete, self._partial = (self._partial + chunk).split(b"\n")
         if not self._ready and complete:
-            self._ready = complete.pop(0) == _READY
+            self._ready = complete.pop(0) == READY
             if not self._ready:
                 self._close(_IN_SERVER)
                 return

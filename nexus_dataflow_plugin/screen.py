@@ -11,16 +11,19 @@ It answers four questions from the AST alone:
 - does it loop or make a blocking call at import (a hint for scheduling)?
 
 It never raises: whatever bytes it is given, the answer is a ``Facts`` value,
-with ``error`` set when the bytes are not valid Python.
+with ``error`` set when the bytes are not valid Python. It is also all that the
+screen's own processes import (``screen_listed``; see ``cache.py``).
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import re
 import threading
 import warnings
-from typing import NamedTuple
+from typing import IO, Any, NamedTuple
 
 from .report import MSG_DECODE, MSG_NUL, MSG_SYNTAX
 
@@ -702,3 +705,46 @@ def analyze(data: bytes) -> Facts:
         )
     except RecursionError:
         return Facts(error=MSG_SYNTAX.format(what="nesting too deep to analyse", line=1))
+
+
+def facts_to_json(facts: Facts) -> list[Any]:
+    """``Facts`` as a JSON list in field order: without a key per field, a cache
+    of 10,000 files parses in two thirds of the time."""
+    return [
+        facts.error,
+        facts.model,
+        [list(i) for i in facts.imports],
+        [[u.name, u.cls, u.line, list(u.source)] for u in facts.external_model_uses],
+        list(facts.factories),
+        list(facts.node_types),
+        facts.may_block,
+        [list(p) for p in facts.path_entries],
+        [list(p) for p in facts.run_paths],
+        list(facts.exports),
+        facts.stalled,
+        list(facts.model_classes),
+    ]
+
+
+# A pool process's first line (see ``cache.py``): its imports are done.
+READY = b"ready"
+
+
+def screen_listed(paths: list[str], out: IO[bytes], limit: int) -> None:
+    """In a pool process: one line per file, in order, as soon as it is screened: the
+    sha256 of the bytes judged and their facts, or ``null`` for a file the server
+    screens itself (unreadable here, or grown past ``limit`` bytes). The first
+    line says the process is ready."""
+    out.write(READY + b"\n")
+    out.flush()
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(limit + 1)
+        except OSError:
+            data = b""
+        answer = None
+        if 0 < len(data) <= limit:
+            answer = [hashlib.sha256(data).hexdigest(), facts_to_json(analyze(data))]
+        out.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
+        out.flush()
