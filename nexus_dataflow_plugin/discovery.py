@@ -273,10 +273,12 @@ class SmartDiscovery:
         """Screen every candidate; the cache it filled is returned for further questions."""
         entries: dict[str, r.FileResult] = {}
         cache = self._cache()
-        with paused_gc():
-            for _ in self._screen(found.candidates, entries, cache):
-                pass
-        cache.save()
+        try:
+            with paused_gc():
+                for _ in self._screen(found.candidates, entries, cache):
+                    pass
+        finally:
+            cache.save()  # ends the screen's processes, however the screen ended
         return entries, cache
 
     def run(self, *, only: Collection[str] | None = None) -> r.DiscoveryReport:
