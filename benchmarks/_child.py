@@ -13,8 +13,9 @@ measured to OUT.json. Kinds (``spec["kind"]``):
   cold number).
 - ``app``: ``build()`` from the tree's ``app.py``, then ``app.start(blocking=False)``;
   with ``settle``, waiting as above for the plugin's workers between the two.
-- ``screen``: ``ScreenCache(base, cache_dir).facts(path)`` over every file, on one core,
-  with the garbage collector paused as ``SmartDiscovery`` pauses it.
+- ``screen``: ``ScreenCache(base, cache_dir)``, ``prefetch`` with the finder's stats, then
+  ``facts(path)`` over every candidate, on all cores, with the garbage collector paused
+  as ``SmartDiscovery`` pauses it.
 
 Memory: the calling process's peak RSS is the kernel's own high-water mark
 (``VmHWM``), reset just before the timer (``5`` to /proc/self/clear_refs), so
