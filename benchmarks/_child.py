@@ -315,19 +315,18 @@ def _timed(app: object, attr: str, spent: dict[str, float], key: str) -> None:
 def _run_screen(spec: dict) -> dict:
     """The screen as a scan runs it: the finder's stat of each candidate is the cache
     key (finding is timed apart), the uncached files are screened on every core."""
-    from nexus_dataflow_plugin.cache import ScreenCache
-    from nexus_dataflow_plugin.discovery import paused_gc
-    from nexus_dataflow_plugin.finder import find_candidates
+    from nexus_dataflow_plugin.discovery import SmartDiscovery, paused_gc
 
     base = Path(spec["base"])
+    discovery = SmartDiscovery(base, cache_dir=spec["cache_dir"])
     gc.collect()
     with paused_gc():  # as SmartDiscovery runs its screen
         finding = time.perf_counter()
-        found = find_candidates(base)
+        found = discovery.find()
         files = [(c.real, c.info) for c in found.candidates if c.real is not None]
         began = time.perf_counter()
         cpu = time.process_time()
-        cache = ScreenCache(base, Path(spec["cache_dir"]))
+        cache = discovery.screen_cache()
         loaded = time.perf_counter()
         cache.prefetch(files)
         models = sum(1 for path, _ in files if cache.facts(path).model)
