@@ -41,7 +41,7 @@ from .screen import READY, Facts, ImportRef, ModelUse, PathRef, analyze, facts_t
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 7
+CACHE_FORMAT = 6
 
 # Measured on CPython 3.11 (ast.parse, worst case an f-string of `{a}` fields): 50 KB
 # 0.2 s, 100 KB 0.64 s, 200 KB 2.4 s, 600 KB 20 s; plain code parses at about 1 MB/s.
