@@ -514,21 +514,3 @@ def test_plugins_lists_dataflow_compatible_as_loading(env: dict[str, str]) -> No
     assert "nexus_dataflow_plugin.plugin:DataFlowCompatiblePlugin" in line
     assert line.rstrip().endswith("loads")
 
-
-def test_serve_finds_model_classes_not_scripts_that_open_a_database(tmp_path: Path) -> None:
-    """A maintenance script with its own ``DataFlow(...)`` and no model is not the app's
-    models: ``serve`` must not import (run) it."""
-    from nexus_dataflow_plugin.cli import find_model_files
-    from nexus_dataflow_plugin.config import Settings
-
-    (tmp_path / "shop").mkdir()
-    (tmp_path / "shop" / "models.py").write_text(
-        "from dataflow import DataFlow\ndb = DataFlow('sqlite:///:memory:')\n\n"
-        "@db.model\nclass Product:\n    name: str\n"
-    )
-    (tmp_path / "scripts").mkdir()
-    (tmp_path / "scripts" / "reset_db.py").write_text(
-        "from dataflow import DataFlow\nprint('reset')\n"
-        "db = DataFlow('sqlite:////tmp/other.db')\ndb.create_tables()\n"
-    )
-    assert find_model_files(tmp_path, Settings()) == ["shop/models.py"]
