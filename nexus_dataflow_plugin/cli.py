@@ -339,6 +339,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         loaded = serve.load_explicitly(server, base, rel)
         if loaded.refused is not None:
             out.write(f"refused   {loaded.refused}\n")
+        elif loaded.failed is not None:
+            out.write(f"error     {loaded.path}: {loaded.failed}\n")
         else:
             out.write(f"explicit  {loaded.path}: {', '.join(loaded.workflows) or '-'}\n")
     for found in serve.project_dataflows(base, url):

@@ -64,12 +64,14 @@ class ModelModule:
 
 @dataclass(frozen=True)
 class Explicit:
-    """A file that depends on the models, loaded in this process: its workflows, or why
-    it was refused (its chain reaches models that were not loaded; nothing of it ran)."""
+    """A file that depends on the models, loaded in this process: its workflows, why it
+    was refused (its chain reaches models that were not loaded; nothing of it ran), or
+    what it raised (the server goes on without it, as discovery goes on past a file)."""
 
     path: str
     workflows: tuple[str, ...] = ()
     refused: str | None = None
+    failed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,7 @@ def load_model(name: str, base: Path) -> ModelModule:
     """Import a model module once, in this process, under its own name."""
     try:
         module = importlib.import_module(name)
-    except Exception as exc:  # the project's own code: say where, in one line
+    except (Exception, SystemExit) as exc:  # the project's own code: say where, in one line
         raise ServeError(MSG_MODELS_FAILED.format(
             module=name, url=os.environ.get("DATABASE_URL"), error=_one_line(exc)
         )) from exc
@@ -307,11 +309,16 @@ def dependents(static: Sequence[r.FileResult]) -> list[str]:
 def load_explicitly(server: Server, base: Path, rel: str) -> Explicit:
     """Load a dependent file in this process, as the app would with ``load_workflows``."""
     from .plugin import LoadRefused
+    from .probe import MSG_IMPORT_RAISED, describe, where
 
+    path = base / rel
     try:
-        names = server.plugin.load_workflows(base / rel, app=server.app)
+        names = server.plugin.load_workflows(path, app=server.app)
     except LoadRefused as exc:  # its chain reaches models not loaded: nothing ran
         return Explicit(rel, refused=str(exc))
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - one file's failure is its own
+        return Explicit(rel, failed=MSG_IMPORT_RAISED.format(
+            exc=type(exc).__name__, where=where(exc, str(path)), message=describe(exc)))
     return Explicit(rel, tuple(names))
 
 

@@ -151,6 +151,15 @@ def test_a_model_module_that_fails_is_one_line_naming_it_and_the_database(
     )
 
 
+def test_a_model_module_that_exits_at_import_is_one_line_not_a_silent_exit(
+    project: Path,
+) -> None:
+    write(project, {"shop/__init__.py": "", "shop/models.py": "import sys\nsys.exit(3)\n"})
+    with pytest.raises(serve.ServeError, match=r"cannot load the models in shop\.models "
+                       r".*: SystemExit: 3$"):
+        serve.load_model("shop.models", project)
+
+
 def test_a_model_module_that_does_not_exist_is_one_line(project: Path) -> None:
     with pytest.raises(serve.ServeError, match=r"cannot load the models in shop\.nope .*"
                        r"ModuleNotFoundError: No module named 'shop'"):
@@ -240,6 +249,29 @@ def test_a_dependent_file_is_refused_before_it_runs_until_its_models_are_loaded(
     loaded = serve.load_explicitly(server, project, "workflows/intake.py")
     assert loaded == serve.Explicit("workflows/intake.py", ("intake.intake_workflow",))
     assert "intake.intake_workflow" in server.workflow_names()
+
+
+def test_a_dependent_file_that_raises_is_reported_and_the_others_still_load(
+    project: Path, app: Nexus
+) -> None:
+    write(project, {
+        "shop/__init__.py": "", "shop/models.py": MODELS.format(name="ServeBox"),
+        "workflows/intake.py": INTAKE,
+        "workflows/raises_at_import.py": "from shop.models import db\n\nraise KeyError('sku')\n",
+        "workflows/exits_at_import.py": "import sys\nfrom shop.models import db\nsys.exit(4)\n",
+    })
+    serve.load_model("shop.models", project)
+    server = server_of(app)
+    static = serve.screen(project, Settings())
+    assert serve.dependents(static) == [
+        "workflows/exits_at_import.py", "workflows/intake.py", "workflows/raises_at_import.py"]
+    results = {rel: serve.load_explicitly(server, project, rel) for rel in serve.dependents(static)}
+    assert results["workflows/raises_at_import.py"].failed == (
+        "Raised KeyError while importing (line 3): 'sku'")
+    assert results["workflows/exits_at_import.py"].failed == (
+        "Raised SystemExit while importing (line 3): 4")
+    assert results["workflows/intake.py"].workflows == ("intake.intake_workflow",)
+    assert server.workflow_names() == ["intake.intake_workflow"]
 
 
 # --- where it serves --------------------------------------------------------------------------

@@ -290,13 +290,16 @@ workflow.add_node("PythonCodeNode", "hello", {"code": "result = {'greeting': 'hi
 
 
 def write_project(root: Path) -> Path:
-    """Models in shop/ and lab/, and a workflow that imports neither."""
+    """Models in shop/ and lab/, a workflow that imports neither, and one that depends on
+    shop's models and raises at import."""
     for rel, text in {
         "shop/__init__.py": "",
         "shop/models.py": MODELS,
         "lab/__init__.py": "",
         "lab/models.py": LAB_MODELS.format(url=f"sqlite:///{root / 'lab.db'}"),
         "workflows/hello.py": HELLO,
+        "workflows/raises_at_import.py": "from shop.models import Product\n\n"
+                                         "raise RuntimeError('half-written workflow')\n",
     }.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
@@ -325,6 +328,9 @@ def test_serve_loads_the_models_no_discovered_file_imports_on_127_0_0_1_only(
         assert f"database  sqlite:///{project / 'app.db'} (shop.models.db)" in output
         assert f"database  sqlite:///{project / 'lab.db'} (lab.models.db)" in output
         assert "note      lab.models.db chooses its own database" in output
+        # A dependent file that raises is reported; the server serves the rest.
+        assert ("error     workflows/raises_at_import.py: Raised RuntimeError while importing "
+                "(line 3): half-written workflow") in output
         created = server.execute("product_create", {"name": "pen", "price": 1.5})
         assert created["product_create"]["name"] == "pen", created
         assert server.execute("gadget_count", {})["gadget_count"]["count"] == 0
