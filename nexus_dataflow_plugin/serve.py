@@ -172,7 +172,7 @@ def screen(base: Path, settings: Settings) -> list[r.FileResult]:
     depend on one (nothing is run)."""
     from .discovery import SmartDiscovery
 
-    return SmartDiscovery(base, **settings.discovery_options()).screen()
+    return SmartDiscovery(base, settings).screen()
 
 
 def module_name(rel: str) -> str:

@@ -18,19 +18,6 @@ import nexus_dataflow_plugin
 PACKAGE = Path(nexus_dataflow_plugin.__file__).resolve().parent
 NAME = PACKAGE.name
 
-# Uses the lead is removing in the issue-13 restructuring (discovery.py, plugin.py,
-# watch.py); allowed until then, and the test fails once one is gone, so the list
-# cannot outlive them.
-KNOWN = frozenset({
-    ("manifest", "discovery._roots"),
-    ("plugin", "discovery._rel or watch._rel"),
-    ("plugin", "discovery._roots"),
-    ("plugin", "imports._run_target"),
-    ("watch", "discovery._find"),
-    ("watch", "discovery._roots"),
-    ("watch", "plugin._not_registered"),
-})
-
 
 def private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
@@ -135,15 +122,11 @@ def violations() -> set[tuple[str, str]]:
 
 
 def test_no_module_of_the_package_uses_another_modules_underscore_names() -> None:
-    unexpected = violations() - KNOWN
+    unexpected = violations()
     assert not unexpected, "\n".join(
         f"{module}.py uses {use}: give it a public name in its own module"
         for module, use in sorted(unexpected)
     )
-
-
-def test_the_known_exceptions_still_exist_so_the_list_shrinks_as_they_go() -> None:
-    assert KNOWN <= violations(), sorted(KNOWN - violations())
 
 
 def test_no_module_file_of_the_package_starts_with_an_underscore() -> None:
