@@ -96,6 +96,7 @@ class Server:
     restart: list[str] = field(default_factory=list)
 
     def workflow_names(self) -> list[str]:
+        """Every workflow the app holds, registered and discovered: what it will serve."""
         return sorted(self.app._workflows)
 
 
