@@ -16,7 +16,6 @@ import gc
 import itertools
 import logging
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -30,11 +29,9 @@ from . import protocol as proto
 from . import report as r
 from .cache import ScreenCache
 from .config import Settings, with_arguments
-from .dataflow_workflows import OPERATIONS, node_name_for
 from .finder import Candidate, Found, find_candidates, resolve_base
-from .imports import FactsOf, ImportGraph
+from .imports import ImportGraph
 from .isolation import (
-    GENERATED_NODES_MODULE,
     OUTCOME_CRASHED,
     OUTCOME_INVALID,
     OUTCOME_TIMEOUT,
@@ -44,23 +41,13 @@ from .isolation import (
     WorkerPool,
     library_node_modules,
 )
+from .models import ModelIndex, dataflow_node_types
 from .paths import is_environment
 from .probe import workflow_name
 from .screen import Facts
 from .transfer import decode, quiet_rebuilds
 
 logger = logging.getLogger(__name__)
-
-
-def dataflow_node_types() -> frozenset[str]:
-    """Node types DataFlow generated from the app's models, as the server has them now."""
-    from kailash.nodes.base import NodeRegistry
-
-    return frozenset(
-        name
-        for name, cls in list(NodeRegistry._nodes.items())
-        if getattr(cls, "__module__", None) == GENERATED_NODES_MODULE
-    )
 
 
 @contextlib.contextmanager
@@ -78,81 +65,6 @@ def paused_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-# What DataFlow appends to a model's class name for each node it generates.
-MODEL_NODE_SUFFIXES = tuple(node_name_for("", op) for op in OPERATIONS)
-# Directories a project's own models are never in.
-_NOT_PROJECT_DIRS = frozenset({"__pycache__", "node_modules", "site-packages"})
-
-
-class ModelIndex:
-    """Every DataFlow model class the project defines, and the node types DataFlow
-    generates for each, found by the screen (walking the project on first need).
-
-    Also the node types DataFlow generated in this process (the server's models).
-    """
-
-    def __init__(self, base: Path, graph: ImportGraph, facts_of: FactsOf,
-                 max_file_bytes: int) -> None:
-        self.base = base
-        self.graph = graph
-        self.facts_of = facts_of
-        self.max_file_bytes = max_file_bytes
-        self.generated = dataflow_node_types()
-        self._project: dict[str, tuple[str, str]] | None = None
-
-    def standins(self, node_types: Sequence[str]) -> tuple[str, ...]:
-        """The node types of ``node_types`` that DataFlow generates from a model."""
-        if any(t.endswith(MODEL_NODE_SUFFIXES) and t not in self.generated for t in node_types):
-            self._walk()
-        project = self._project or {}
-        return tuple(t for t in node_types if t in self.generated or t in project)
-
-    def model_of(self, node_type: str) -> str:
-        """``Customer (models.py)``: the model a node type comes from, and its file."""
-        self._walk()
-        found = (self._project or {}).get(node_type)
-        if found is not None:
-            return f"{found[0]} ({found[1]})"
-        for suffix in MODEL_NODE_SUFFIXES:
-            if node_type.endswith(suffix):
-                return node_type[: -len(suffix)]
-        return node_type
-
-    def _walk(self) -> None:
-        if self._project is not None:
-            return
-        self._project = {}
-        base = self.base.resolve()
-        for root, dirs, files in os.walk(base):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                             and d not in _NOT_PROJECT_DIRS
-                             and not os.path.exists(os.path.join(root, d, "pyvenv.cfg")))
-            for name in sorted(files):
-                if name.endswith(".py"):
-                    self._add(Path(root, name))
-
-    def _add(self, path: Path) -> None:
-        """Learn ``path``'s model classes. Only a regular file, small enough, is read (a
-        FIFO or ``/dev/zero`` under a ``.py`` name would block or never end), and only
-        one whose bytes hold ``.model`` is screened: most of a project cannot define
-        models, and screening a large file starts a process."""
-        try:
-            info = path.stat()
-            if not stat.S_ISREG(info.st_mode) or info.st_size > self.max_file_bytes:
-                return
-            if b".model" not in path.read_bytes():
-                return
-        except OSError:
-            return
-        facts = self.facts_of(path)
-        if not facts.model_classes or self.graph.own_model(path) is None:
-            return
-        rel = path.relative_to(self.base.resolve()).as_posix()
-        for cls in facts.model_classes:
-            for op in OPERATIONS:
-                self._project.setdefault(node_name_for(cls, op), (cls, rel))  # type: ignore[union-attr]
 
 
 @dataclass
@@ -276,7 +188,7 @@ class SmartDiscovery:
     def static(self, found: Found) -> tuple[dict[str, r.FileResult], ScreenCache]:
         """Screen every candidate: the entries it decides, and the cache it filled (for
         further questions, as ``explain`` asks)."""
-        cache = self._cache()
+        cache = self.screen_cache()
         with paused_gc():
             decided = [item for item in self._screen(found.candidates, cache)
                        if isinstance(item, r.FileResult)]
@@ -299,7 +211,7 @@ class SmartDiscovery:
             keep = set(only)
             found = Found(found.base, tuple(c for c in found.candidates if c.rel in keep),
                           tuple(rel for rel in found.order if rel in keep))
-        cache = self._cache()
+        cache = self.screen_cache()
         made: list[WorkerPool] = []
 
         def pool() -> WorkerPool:
@@ -329,7 +241,7 @@ class SmartDiscovery:
         Yields, as soon as each is known, a file that may be imported, or the final
         entry of one that may not.
         """
-        graph = ImportGraph(self.roots(), cache.facts)
+        graph = self.import_graph(cache)
         self.models = models = ModelIndex(self.base, graph, cache.facts,
                                           self.settings.max_file_bytes)
         cache.prefetch(c.real for c in candidates if c.real is not None and not c.refusal)
@@ -533,9 +445,16 @@ class SmartDiscovery:
         return find_candidates(self.base, exclude=self.settings.exclude,
                                max_file_bytes=self.settings.max_file_bytes)
 
-    def _cache(self) -> ScreenCache:
-        return ScreenCache(self.base, self.cache_dir, persist=self.settings.cache,
+    def screen_cache(self, *, persist: bool | None = None) -> ScreenCache:
+        """The screen's answers for this project (kept between scans when ``persist``,
+        by default the ``cache`` setting)."""
+        keep = self.settings.cache if persist is None else persist
+        return ScreenCache(self.base, self.cache_dir, persist=keep,
                            timeout=self.settings.timeout)
+
+    def import_graph(self, cache: ScreenCache) -> ImportGraph:
+        """The project's imports, resolved as the worker resolves them."""
+        return ImportGraph(self.roots(), cache.facts)
 
     def roots(self) -> list[Path]:
         """Where imports resolve in the worker: the base path, then this process's sys.path

@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 from . import report as r
 from .discovery import SmartDiscovery
 from .finder import WORKFLOW_PATTERNS
-from .imports import ImportGraph
 from .screen import ImportRef
 
 
@@ -129,7 +128,7 @@ def explain(discovery: SmartDiscovery, path: Path) -> Explanation:
     if (here is not None and here.refusal is not None) or not real.is_relative_to(
             base.resolve()) or real.stat().st_size > discovery.settings.max_file_bytes:
         return answer
-    graph = ImportGraph(discovery.roots(), cache.facts)
+    graph = discovery.import_graph(cache)
     facts = cache.facts(real)
 
     def project_files(ref: ImportRef) -> tuple[ProjectFile, ...]:

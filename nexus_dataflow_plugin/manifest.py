@@ -33,11 +33,9 @@ from typing import Any
 from kailash.workflow import Workflow
 
 from . import report as r
-from .cache import ScreenCache
 from .config import Settings
 from .discovery import SmartDiscovery, name_workflows
 from .finder import Candidate, find_candidates
-from .imports import ImportGraph
 from .isolation import WorkerPool
 from .transfer import decode, quiet_rebuilds
 
@@ -162,8 +160,8 @@ def _reason(entry: r.FileResult, discovery: SmartDiscovery) -> str:
 
 def _imports(discovery: SmartDiscovery, candidates: Sequence[Candidate]) -> dict[str, list[str]]:
     """Each readable candidate's project imports, transitively, as relative paths."""
-    cache = ScreenCache(discovery.base, discovery.cache_dir, persist=discovery.settings.cache)
-    graph = ImportGraph(discovery.roots(), cache.facts)
+    cache = discovery.screen_cache()
+    graph = discovery.import_graph(cache)
     root = discovery.base.resolve()
     found: dict[str, list[str]] = {}
     for candidate in candidates:

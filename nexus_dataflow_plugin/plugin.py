@@ -26,10 +26,8 @@ from kailash.workflow import Workflow
 from nexus.plugins import NexusPlugin
 
 from . import report as r
-from .cache import ScreenCache
 from .config import Settings, check_keywords, load_settings
 from .discovery import SmartDiscovery
-from .imports import ImportGraph
 from .isolation import WorkerPool
 from .probe import MSG_IMPORT_RAISED, describe, load_module, probe, where, workflow_name
 from .screen import analyze
@@ -376,7 +374,7 @@ def chain_refusal(path: Path, base: Path) -> str | None:
     such a file by its path re-executes it whatever is loaded: always refused.
     """
     discovery = SmartDiscovery(base, cache=False)
-    graph = ImportGraph(discovery.roots(), ScreenCache(base, persist=False).facts)
+    graph = discovery.import_graph(discovery.screen_cache())
     start = path.resolve()
     seen = {start}
     queue: deque[tuple[Path, tuple[Path, ...]]] = deque([(start, ())])

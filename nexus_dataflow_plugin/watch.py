@@ -30,7 +30,6 @@ import watchfiles
 from kailash.workflow import Workflow
 
 from . import report as r
-from .cache import ScreenCache
 from .config import Settings
 from .discovery import SmartDiscovery
 from .finder import Found
@@ -259,9 +258,8 @@ class Watcher:
         return SmartDiscovery(self.base, self.settings)
 
     def _survey(self, discovery: SmartDiscovery) -> tuple[Found, ImportGraph]:
-        cache = ScreenCache(self.base, discovery.cache_dir, persist=False,
-                            timeout=discovery.settings.timeout)
-        return discovery.find(), ImportGraph(discovery.roots(), cache.facts)
+        cache = discovery.screen_cache(persist=False)
+        return discovery.find(), discovery.import_graph(cache)
 
     def _model_changes(self, changed: Collection[Path], graph: ImportGraph) -> set[Path]:
         """Changed files that define models now, did before, or were imported in-process."""
