@@ -1,19 +1,25 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures and helpers.
 
-The first block provides PostgreSQL; other fixtures go below it.
+The first block provides PostgreSQL; other fixtures go below it: a private screen
+cache for the whole session, and the project a test module scans (``tree``, its
+``report``) with the helpers that build and scan one (``place``, ``scan``, ``runs``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+from nexus_dataflow_plugin import DiscoveryReport, SmartDiscovery
 
 # --- PostgreSQL -------------------------------------------------------------------------------
 # Tests that need a real PostgreSQL use `postgres_url` (server-level, database ndp_test) or
@@ -146,3 +152,51 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ.pop("XDG_CACHE_HOME", None)
         else:
             os.environ["XDG_CACHE_HOME"] = saved
+
+
+# --- a project to scan -------------------------------------------------------------------------
+# Marker fixtures (tests/fixtures/engine/README.md) append their pid to ``<file>.ran`` each
+# time they run; ``runs`` reads that back. A test module that scans one project for all its
+# tests declares ``FIXTURES`` (a directory) and ``LAYOUT`` (destination -> fixture); the
+# ``tree`` fixture builds it once and ``report`` scans it once. A module whose project or
+# scan differs overrides the fixture it needs.
+
+
+def runs(path: Path, suffix: str = ".ran") -> list[int]:
+    """The pids that executed the fixture at ``path``, one per execution."""
+    marker = Path(f"{path}{suffix}")
+    return [int(pid) for pid in marker.read_text().split()] if marker.exists() else []
+
+
+def place(base: Path, layout: Mapping[str, str | Path], fixtures: Path) -> Path:
+    """Copy fixtures into ``base``: destination (relative) -> fixture file or directory
+    (relative to ``fixtures``, or absolute). Returns ``base``."""
+    for dest, src in layout.items():
+        source, target = fixtures / src, base / dest
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    return base
+
+
+def scan(path: Path, **options: Any) -> DiscoveryReport:
+    """One scan of ``path`` as most tests make it: one worker (files run one after another,
+    so a test can tell them apart), no screen cache, 5 s per file; ``options`` change any of
+    it (``workers=None`` is one worker per core, the default)."""
+    settings = {"timeout": 5, "workers": 1, "cache": False, **options}
+    return SmartDiscovery(path, **settings).run()
+
+
+@pytest.fixture(scope="module")
+def tree(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test module's project: its ``LAYOUT`` of ``FIXTURES``, built once per module."""
+    module = request.module
+    return place(tmp_path_factory.mktemp(module.__name__), module.LAYOUT, module.FIXTURES)
+
+
+@pytest.fixture(scope="module")
+def report(tree: Path) -> DiscoveryReport:
+    """One scan of the module's ``tree`` (see ``scan``), shared by its tests."""
+    return scan(tree)
