@@ -13,8 +13,9 @@ recursively: it must be the command ``.ci/run`` runs.
 
 The docs checks: every ``docs/*.md`` link in the README exists, and the
 configuration reference's table is the one generated from ``config.OPTIONS``,
-the ``Settings`` defaults and the constructors' signatures (``config_table()``
-prints it: ``python -c "from tests.e2e.test_readme import config_table as t; print(t())"``).
+the ``Settings`` defaults and the constructors' signatures. ``config_table()``
+prints it; from the repository root:
+``PYTHONPATH=tests python -c "from e2e.test_readme import config_table as t; print(t())"``.
 """
 
 from __future__ import annotations
