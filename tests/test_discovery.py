@@ -315,7 +315,7 @@ def test_a_file_using_the_apps_model_nodes_by_name_is_registered_with_the_apps_n
     (tmp_path / "workflows" / "widget_intake.py").write_text(
         USES_GENERATED_NODE.format(node="WidgetCreateNode")
     )
-    report = SmartDiscovery(tmp_path, timeout=5, cache=False).run()
+    report = scan(tmp_path)
 
     gadget = report.file("workflows/gadget_intake.py")
     assert gadget.status == "registered", gadget.reason

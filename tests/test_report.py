@@ -12,7 +12,7 @@ import pytest
 from conftest import scan
 from kailash.workflow import Workflow
 
-from nexus_dataflow_plugin import DiscoveryReport, FileResult, SmartDiscovery
+from nexus_dataflow_plugin import DiscoveryReport, FileResult
 from nexus_dataflow_plugin.report import STATUSES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engine"
@@ -133,6 +133,6 @@ def test_file_result_to_dict_rounds_the_duration():
 
 
 def test_empty_project_gives_an_empty_report(tmp_path):
-    report = SmartDiscovery(tmp_path, timeout=2, cache=False).run()
+    report = scan(tmp_path, timeout=2)
     assert report.to_dict() == {"workflows": [], "files": []}
     assert "no candidate files" in report.summary()

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import place, runs
+from conftest import place, runs, scan
 
 from nexus_dataflow_plugin import SmartDiscovery
 from nexus_dataflow_plugin.screen import _walk, analyze
@@ -172,7 +172,7 @@ def test_broken_files_are_errors_without_spawning_a_worker(tmp_path):
     place(tmp_path, {f"workflows/{name}": name for name in ERROR_FILES}, FIXTURES)
     cpu_before = _child_cpu_seconds()
     started = time.monotonic()
-    report = SmartDiscovery(tmp_path, timeout=2, cache=False).run()
+    report = scan(tmp_path, timeout=2)
     elapsed = time.monotonic() - started
     assert {e.path: e.status for e in report.files} == {
         f"workflows/{name}": "error" for name in ERROR_FILES
