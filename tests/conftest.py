@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import uuid
@@ -132,6 +133,15 @@ def pg_rows(url: str, sql: str) -> list[tuple]:
 
 
 # --- end of PostgreSQL fixtures ---------------------------------------------------------------
+
+
+def sqlite_rows(path: str | os.PathLike[str], sql: str) -> list[tuple]:
+    """Every row ``sql`` returns from the SQLite file at ``path`` (``pg_rows`` for SQLite)."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
 
 
 # --- a private cache ---------------------------------------------------------------------------
