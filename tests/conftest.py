@@ -15,12 +15,13 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from nexus_dataflow_plugin import DiscoveryReport, SmartDiscovery
+if TYPE_CHECKING:
+    from nexus_dataflow_plugin import DiscoveryReport
 
 # --- PostgreSQL -------------------------------------------------------------------------------
 # Tests that need a real PostgreSQL use `postgres_url` (server-level, database ndp_test) or
@@ -135,6 +136,9 @@ def pg_rows(url: str, sql: str) -> list[tuple]:
 # --- end of PostgreSQL fixtures ---------------------------------------------------------------
 
 
+# --- SQLite ------------------------------------------------------------------------------------
+
+
 def sqlite_rows(path: str | os.PathLike[str], sql: str) -> list[tuple]:
     """Every row ``sql`` returns from the SQLite file at ``path`` (``pg_rows`` for SQLite)."""
     conn = sqlite3.connect(path)
@@ -192,9 +196,14 @@ def place(base: Path, layout: Mapping[str, str | Path], fixtures: Path) -> Path:
 
 
 def scan(path: Path, **options: Any) -> DiscoveryReport:
-    """One scan of ``path`` as most tests make it: one worker (files run one after another,
-    so a test can tell them apart), no screen cache, 5 s per file; ``options`` change any of
-    it (``workers=None`` is one worker per core, the default)."""
+    """One scan of ``path`` as most tests make it: one worker (cheap on a shared machine, and
+    every file goes through the same warm process), no screen cache, 5 s per file;
+    ``options`` change any of it (``workers=None`` is one worker per core, the default)."""
+    # Imported here, not with conftest: the package imports Nexus, whose import calls
+    # logging.basicConfig(level=INFO); before pytest's log capture is in place that takes
+    # effect, and tests that count log records see INFO ones.
+    from nexus_dataflow_plugin import SmartDiscovery
+
     settings = {"timeout": 5, "workers": 1, "cache": False, **options}
     return SmartDiscovery(path, **settings).run()
 
