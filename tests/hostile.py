@@ -118,6 +118,7 @@ HOSTILE_IN_MATRIX = (
     "thread_never_ends", "tampers_signal_handlers", "closes_inherited_fds",
 )
 
+
 # --- processes ----------------------------------------------------------------------------------
 
 
