@@ -3,8 +3,8 @@
 Narrower on purpose: only functions defined in the file itself that the
 screen saw ``return`` a value are called (never imported callables, classes,
 or anything the file calls under ``if __name__ == "__main__":``), each once,
-over a snapshot of the namespace. Imports only the standard library and
-Kailash, so both the worker and the in-process explicit loader use it.
+over a snapshot of the namespace. Both the worker and the in-process explicit
+loader use it.
 """
 
 from __future__ import annotations
