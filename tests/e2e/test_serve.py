@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import pg_rows, sqlite_rows
 from procs import processes_with_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,18 +183,7 @@ def report_rows(output: str) -> dict[str, str]:
 
 def product_rows(backend: str, database: str) -> list[tuple[str, float, int]]:
     query = "SELECT name, price, stock FROM products ORDER BY name"
-    if backend == "sqlite":
-        with sqlite3.connect(database) as conn:
-            return [tuple(row) for row in conn.execute(query)]
-    import psycopg2
-
-    conn = psycopg2.connect(database, connect_timeout=5)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query)
-            return [tuple(row) for row in cur.fetchall()]
-    finally:
-        conn.close()
+    return (sqlite_rows if backend == "sqlite" else pg_rows)(database, query)
 
 
 @pytest.mark.parametrize(
@@ -365,8 +354,7 @@ def test_serve_takes_models_and_host_and_makes_a_relative_sqlite_url_absolute(
         server.execute("product_create", {"name": "pen", "price": 1.5})
         listed = server.execute("product_list", {})
         assert [r["name"] for r in listed["product_list"]["records"]] == ["pen"], listed
-        with sqlite3.connect(database) as conn:
-            assert conn.execute("SELECT name FROM products").fetchall() == [("pen",)]
+        assert sqlite_rows(database, "SELECT name FROM products") == [("pen",)]
         gadget = httpx.post(f"{server.url}/workflows/gadget_count/execute",
                             json={"inputs": {}}, timeout=30)
         assert gadget.status_code == 404  # lab.models was not chosen
