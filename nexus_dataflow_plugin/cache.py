@@ -58,8 +58,10 @@ SCREEN_MEMORY_BYTES = 2 * 1024**3
 # least this many per process. A process costs about 20 ms of CPU to start and the
 # server about 15 us per file to take its answers, against 100-170 us per file screened
 # in the server: on idle cores the pool pays from a few hundred files, but on a busy
-# machine (the cores taken by others) it was measured slower up to 1,000-2,000 files.
-POOL_MIN_FILES = 500
+# machine (the cores taken by others) the screen alone was slower with it up to
+# 1,000-2,000 files, and a full cold scan of 1,000 files (whose workers want the same
+# cores) 1.06-1.28 times slower.
+POOL_MIN_FILES = 2000
 
 # -I ignores PYTHONPATH: the child puts this package's parent on sys.path itself.
 _LIMITS = (
