@@ -146,14 +146,15 @@ def library_node_modules(project_root: Path) -> dict[str, str]:
     from kailash.nodes.base import NodeRegistry
 
     modules: dict[str, str] = {}
+    library: dict[str, bool] = {}  # per module: hundreds of node types share a few dozen
     for node_type, cls in list(NodeRegistry._nodes.items()):
         name = getattr(cls, "__module__", "") or ""
-        origin = getattr(sys.modules.get(name), "__file__", None) or ""
-        if not origin or name in ("__main__", GENERATED_NODES_MODULE):
-            continue
-        if in_project(origin, project_root):
-            continue
-        modules[node_type] = name
+        if name not in library:
+            origin = getattr(sys.modules.get(name), "__file__", None) or ""
+            library[name] = bool(origin) and name not in ("__main__", GENERATED_NODES_MODULE) \
+                and not in_project(origin, project_root)
+        if library[name]:
+            modules[node_type] = name
     return modules
 
 
