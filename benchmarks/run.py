@@ -314,8 +314,8 @@ class Bench:
             self.check(case, "peak RSS growth of the caller (MB), cold: the returned "
                        "workflows' own size vs ours", own / MB, ours_mem,
                        target=targets["memory"],
-                       note="own size: the returned workflows rebuilt from their to_dict() "
-                       "under tracemalloc, after the timed scan")
+                       note="own size: after the timed scan, each returned workflow's "
+                       "to_dict() as JSON, read back and rebuilt under tracemalloc")
         procs = max(r["children_peak_procs"] for r in runs["ours_cold"])
         workers_mb = medians["ours_cold"]["children_peak_kb"] / MB
         self.checks.append(Check(
