@@ -36,9 +36,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import report as r
+
+if TYPE_CHECKING:  # the CLI imports Kailash only for the commands that need it
+    from .explain import Explanation
 
 EXIT_OK = 0
 EXIT_FAIL_ON = 1
@@ -178,7 +181,7 @@ def _seconds(text: str) -> float:
     from .config import OPTIONS
 
     try:
-        return float(OPTIONS["timeout"][1](text))
+        return float(OPTIONS["timeout"].parse(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
 
@@ -206,7 +209,7 @@ def cmd_scan(args: argparse.Namespace, out: TextIO) -> int:
 
     with progress(f"scanning {args.path}"):
         # What the server would do with the project's models loaded (one status per file).
-        report = SmartDiscovery(base, models_loaded=False, **settings.discovery_options()).run()
+        report = SmartDiscovery(base, settings, models_loaded=False).run()
     if args.json:
         json.dump(report.to_dict(), out, indent=2)
         out.write("\n")
@@ -273,36 +276,36 @@ def _explain_target(base: Path, name: str) -> Path:
     raise UsageError(f"{name}: no such file (looked in . and in {base})")
 
 
-def format_explanation(info: dict[str, Any], colour: bool = False) -> str:
+def format_explanation(answer: Explanation, colour: bool = False) -> str:
     """``explain()``'s answer for a person."""
-    status = _paint(info["status"], info["status"], colour)
-    lines = [f"{info['path']}: {status}", f"  {info['reason']}"]
-    if "imports" not in info:
+    lines = [f"{answer.path}: {_paint(answer.status, answer.status, colour)}",
+             f"  {answer.reason}"]
+    s = answer.screened
+    if s is None:
         return "\n".join(lines)
-    if info["parse_error"]:
-        if info["parse_error"] != info["reason"]:
-            lines.append(f"  screen: {info['parse_error']}")
+    if s.parse_error:
+        if s.parse_error != answer.reason:
+            lines.append(f"  screen: {s.parse_error}")
         return "\n".join(lines)
-    lines.append(f"  defines models: {info['models'] or 'no'}")
-    for use in info["model_uses"]:
-        targets = ", ".join(f"{f['path']} ({f['models'] or 'no models'})" for f in use["from"])
-        lines.append(f"    line {use['line']}: {use['class']} via {use['target']}, imported at "
-                     f"line {use['imported_at_line']} from {targets or 'outside the project'}")
-    lines.append("  imports:" if info["imports"] else "  imports: none")
-    for ref in info["imports"]:
-        what = ref["module"] + (f" ({', '.join(ref['names'])})" if ref["names"] else "")
-        files = [f"{f['path']}" + (f" [models: {f['models']}]" if f["models"] else "")
-                 for f in ref["project_files"]]
+    lines.append(f"  defines models: {s.models or 'no'}")
+    for use in s.model_uses:
+        targets = ", ".join(f"{f.path} ({f.models or 'no models'})" for f in use.sources)
+        lines.append(f"    line {use.line}: {use.cls} via {use.target}, imported at "
+                     f"line {use.imported_at_line} from {targets or 'outside the project'}")
+    lines.append("  imports:" if s.imports else "  imports: none")
+    for ref in s.imports:
+        what = ref.module + (f" ({', '.join(ref.names)})" if ref.names else "")
+        files = [f.path + (f" [models: {f.models}]" if f.models else "")
+                 for f in ref.project_files]
         where = ", ".join(files) if files else "not a project module"
-        lines.append(f"    line {ref['line']}: {what} -> {where}")
-    if len(info["chain"]) == 1:
+        lines.append(f"    line {ref.line}: {what} -> {where}")
+    if len(s.chain) == 1:
         lines.append("  chain to a model module: none needed, it defines models itself")
-    elif info["chain"]:
-        chain = " -> ".join(info["chain"])
-        lines.append(f"  chain to a model module: {chain} ({info['chain_detail']})")
+    elif s.chain:
+        lines.append(f"  chain to a model module: {' -> '.join(s.chain)} ({s.chain_detail})")
     else:
         lines.append("  chain to a model module: none")
-    factories = ", ".join(f"{name}()" for name in info["factories"])
+    factories = ", ".join(f"{name}()" for name in s.factories)
     lines.append(f"  factories a worker may call: {factories or 'none'}")
     return "\n".join(lines)
 
@@ -310,11 +313,12 @@ def format_explanation(info: dict[str, Any], colour: bool = False) -> str:
 def cmd_explain(base: Path, args: argparse.Namespace, settings: Any, out: TextIO) -> int:
     targets = [_explain_target(base, name) for name in args.explain]
     from .discovery import SmartDiscovery
+    from .explain import explain
 
-    discovery = SmartDiscovery(base, **settings.discovery_options())
-    answers = [discovery.explain(path) for path in targets]
+    discovery = SmartDiscovery(base, settings)
+    answers = [explain(discovery, path) for path in targets]
     if args.json:
-        json.dump({"explain": answers}, out, indent=2)
+        json.dump({"explain": [a.to_dict() for a in answers]}, out, indent=2)
         out.write("\n")
     else:
         colour = use_colour(out)
@@ -573,7 +577,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     sys.path.insert(0, str(base))
     settings = load_settings(base, {"timeout": args.timeout})
     out.write(f"project   {base}\n")
-    static = SmartDiscovery(base, **settings.discovery_options()).screen()
+    static = SmartDiscovery(base, settings).screen()
     load_models(base, settings, args.models, static, out)  # before Nexus: errors come first
     app = Nexus(api_port=args.port, auto_discovery=True, enable_durability=False)
     plugin = DataFlowCompatiblePlugin(timeout=args.timeout, watch=True if args.reload else None)

@@ -20,7 +20,6 @@ from nexus.discovery import WorkflowDiscovery
 WORKFLOW_PATTERNS: tuple[str, ...] = tuple(WorkflowDiscovery.WORKFLOW_PATTERNS)
 EXCLUDE_FILES: frozenset[str] = frozenset(WorkflowDiscovery.EXCLUDE_FILES)
 
-DEFAULT_MAX_FILE_BYTES = 5 * 1024 * 1024
 
 MSG_OUTSIDE = "Is a symlink to {target}, outside the project ({base}); refused, not followed."
 MSG_TOO_LARGE = (
@@ -105,7 +104,7 @@ def find_candidates(
     *,
     patterns: Sequence[str] = WORKFLOW_PATTERNS,
     exclude: Sequence[str] = (),
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_file_bytes: int,
 ) -> Found:
     """Glob the native patterns under ``base``; each file becomes one candidate."""
     base_real = base.resolve()

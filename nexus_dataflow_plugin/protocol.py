@@ -1,6 +1,6 @@
 """Every message between the server, its workers and each file's process.
 
-Shared by all three sides, so it imports only the standard library. Each
+Shared by all three sides (the worker's import rule: ``tests/test_worker.py``). Each
 message is a frozen dataclass; ``encode`` and ``decode`` are the only way
 onto and off the wire (JSON, never pickles), and ``decode`` checks what it is
 given against the dataclass's field types, so a malformed message is a

@@ -299,14 +299,16 @@ def test_discover_workflows_is_a_drop_in_returning_workflows_by_native_name(
 
 
 def test_default_timeout_is_ten_seconds_per_file(tmp_path):
-    assert SmartDiscovery(tmp_path).timeout == 10
+    assert SmartDiscovery(tmp_path).settings.timeout == 10
 
 
-def test_invalid_settings_are_refused(tmp_path):
+def test_invalid_settings_are_refused_as_the_configuration_refuses_them(tmp_path):
     with pytest.raises(ValueError, match="timeout"):
         SmartDiscovery(tmp_path, timeout=0)
     with pytest.raises(ValueError, match="workers"):
-        SmartDiscovery(tmp_path, workers=0)
+        SmartDiscovery(tmp_path, workers=-1)
+    # 0 workers means one per core, as NEXUS_DATAFLOW_WORKERS=0 does
+    assert SmartDiscovery(tmp_path, workers=0).workers == (os.cpu_count() or 1)
 
 
 USES_GENERATED_NODE = '''

@@ -273,12 +273,13 @@ def _tasks(base: Path, files: dict[str, str]) -> list:
 def test_a_slow_file_does_not_hold_up_the_files_queued_behind_it(tmp_path):
     """One worker: the files queued behind a slow one finish while it is still running,
     each file runs once, and the slow one was asked to yield the CPU."""
+    from nexus_dataflow_plugin.config import Settings
     from nexus_dataflow_plugin.isolation import Limits, WorkerPool
 
     files = {"aa_slow.py": "slow_factory_within_timeout.py"}
     files.update({f"good_{i}.py": "good_pipeline.py" for i in range(6)})
     tasks = _tasks(tmp_path, files)
-    with WorkerPool(tmp_path, workers=1, limits=Limits(timeout_s=20)) as pool:
+    with WorkerPool(tmp_path, workers=1, limits=Limits.of(Settings(timeout=20))) as pool:
         outcomes = list(pool.run(tasks))
     order = [Path(o.task.path).name for o in outcomes]
     assert order[-1] == "aa_slow.py", order
@@ -328,6 +329,7 @@ def test_a_file_beside_a_slow_one_holds_no_descriptor_of_its_siblings(tmp_path):
     """Forked while the slow file's process still runs, the next file's process holds its
     standard streams and its own result channel: nothing of the worker's or the sibling's
     (no pipe, no pidfd, no third socket)."""
+    from nexus_dataflow_plugin.config import Settings
     from nexus_dataflow_plugin.isolation import Limits, WorkerPool
 
     tasks = _tasks(
@@ -335,7 +337,7 @@ def test_a_file_beside_a_slow_one_holds_no_descriptor_of_its_siblings(tmp_path):
         {"aa_slow.py": "slow_factory_within_timeout.py",
          "zz_snoop.py": "snoops_inherited_descriptors.py"},
     )
-    with WorkerPool(tmp_path, workers=1, limits=Limits(timeout_s=20)) as pool:
+    with WorkerPool(tmp_path, workers=1, limits=Limits.of(Settings(timeout=20))) as pool:
         order = [Path(o.task.path).name for o in pool.run(tasks)]
     assert order == ["zz_snoop.py", "aa_slow.py"]  # it really ran beside the slow one
     seen = (tmp_path / "workflows" / "zz_snoop.py.fds").read_text().split("\n")

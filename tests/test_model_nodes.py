@@ -120,6 +120,9 @@ def app_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[callable]:
     yield make
     for app in apps:
         app.stop()
+        plugin = plugin_of(app)
+        if plugin is not None:  # an app never started keeps its pre-started workers
+            plugin.on_shutdown()
     for name, module in list(sys.modules.items()):  # the projects' modules, not libraries
         origin = getattr(module, "__file__", None) or ""
         if any(origin.startswith(str(base)) for base in bases):

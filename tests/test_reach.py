@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from nexus_dataflow_plugin import SmartDiscovery
+from nexus_dataflow_plugin.explain import explain
 from nexus_dataflow_plugin.screen import analyze
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reach"
@@ -271,11 +272,11 @@ def test_installed_distributions_on_the_path_are_not_screened(tmp_path):
 def test_explain_shows_the_places_a_file_adds_and_runs(layout):
     base = layout["base"]
     discovery = SmartDiscovery(base, cache=False)
-    ran = discovery.explain(base / "workflows" / "runs_models_with_run_path.py")
+    ran = explain(discovery, base / "workflows" / "runs_models_with_run_path.py").to_dict()
     assert ran["runs_paths"] == [{"line": 10, "path": "run_path_models.py"}]
     assert ran["chain"] == ["workflows/runs_models_with_run_path.py", "run_path_models.py"]
-    added = discovery.explain(
-        base / "workflows" / "adds_own_dir_to_sys_path_then_imports_sibling.py")
-    assert added["sys_path_entries"] == [{"line": 10, "path": "workflows"}]
-    compiled = discovery.explain(base / "workflows" / "imports_sourceless_compiled_module.py")
-    assert compiled["chain_unscreenable"] is True
+    added = explain(discovery,
+                    base / "workflows" / "adds_own_dir_to_sys_path_then_imports_sibling.py")
+    assert added.to_dict()["sys_path_entries"] == [{"line": 10, "path": "workflows"}]
+    compiled = explain(discovery, base / "workflows" / "imports_sourceless_compiled_module.py")
+    assert compiled.screened is not None and compiled.screened.chain_unscreenable is True

@@ -19,7 +19,6 @@ prints it: ``python -c "from tests.e2e.test_readme import config_table as t; pri
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -400,28 +399,23 @@ def _literal(value: Any) -> str:
 
 
 def config_table() -> str:
-    """The configuration reference's table, from config.OPTIONS, Settings and the signatures."""
-    from nexus_dataflow_plugin import DataFlowCompatiblePlugin, SmartDiscovery
-    from nexus_dataflow_plugin.config import OPTIONS, Settings, env_var, pyproject_key
+    """The configuration reference's table, from config.OPTIONS (Settings' declarations)."""
+    from nexus_dataflow_plugin.config import OPTIONS, env_var, pyproject_key
 
-    defaults = {f.name: f.default for f in fields(Settings)}
-    takers = {
-        "DataFlowCompatiblePlugin": inspect.signature(DataFlowCompatiblePlugin).parameters,
-        "SmartDiscovery": inspect.signature(SmartDiscovery).parameters,
-    }
     rows = [
         "| option | keyword argument | environment variable | `[tool.nexus]` key | default "
         "| valid values |",
         "|---|---|---|---|---|---|",
     ]
-    for option, (_, parser) in OPTIONS.items():
-        expected_parser, valid = VALID_VALUES[option]
-        assert parser.__name__ == expected_parser, (option, parser.__name__)
-        where = [name for name, params in takers.items() if option in params]
-        keyword = f"`{option}=` ({', '.join(where)})" if where else "none: adding the plugin"
+    for name, option in OPTIONS.items():
+        expected_parser, valid = VALID_VALUES[name]
+        assert option.parse.__name__ == expected_parser, (name, option.parse.__name__)
+        where = [taker for taker, takes in (("DataFlowCompatiblePlugin", option.argument),
+                                            ("SmartDiscovery", option.scan)) if takes]
+        keyword = f"`{name}=` ({', '.join(where)})" if where else "none: adding the plugin"
         rows.append(
-            f"| {option} | {keyword} | `{env_var(option)}` | `{pyproject_key(option)}` "
-            f"| `{_literal(defaults[option])}` | {valid} |"
+            f"| {name} | {keyword} | `{env_var(name)}` | `{pyproject_key(name)}` "
+            f"| `{_literal(option.default)}` | {valid} |"
         )
     return "\n".join(rows)
 
