@@ -57,7 +57,9 @@ def resolve_base(base_path: str | os.PathLike[str] | None) -> Path:
     return Path(base_path if base_path is not None else os.getcwd()).absolute()
 
 
-def _excluded(rel: str, name: str, exclude: Sequence[str]) -> bool:
+def excluded(rel: str, name: str, exclude: Sequence[str]) -> bool:
+    """Whether discovery leaves this file out: a name Nexus skips, or an ``exclude`` pattern
+    (``serve`` leaves out the same files when it looks for models)."""
     if name in EXCLUDE_FILES:
         return True
     return any(fnmatch.fnmatch(rel, pattern) for pattern in exclude)
@@ -114,7 +116,7 @@ def find_candidates(
     for pattern in patterns:
         for path in _matches(base, pattern):
             rel = path.relative_to(base).as_posix()
-            if _excluded(rel, path.name, exclude):
+            if excluded(rel, path.name, exclude):
                 continue
             if rel not in candidates:
                 candidate = _check(path, rel, base_real, max_file_bytes, dirs)

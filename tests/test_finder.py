@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import place, scan
 from nexus.discovery import WorkflowDiscovery
 
-from nexus_dataflow_plugin import SmartDiscovery
 from nexus_dataflow_plugin.config import Settings
 from nexus_dataflow_plugin.finder import find_candidates, resolve_base
 
@@ -99,13 +99,17 @@ def test_extra_exclusions(project):
     )
 
 
-def test_symlink_out_of_the_project_is_refused(tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    shutil.copyfile(FIXTURES / "good_pipeline.py", outside / "elsewhere.py")
-    base = tmp_path / "project"
+def _project_linking_outside(root: Path) -> Path:
+    """``root/project`` whose ``workflows/linked.py`` links to a workflow outside it."""
+    outside = place(root / "outside", {"elsewhere.py": "good_pipeline.py"}, FIXTURES)
+    base = root / "project"
     (base / "workflows").mkdir(parents=True)
     (base / "workflows" / "linked.py").symlink_to(outside / "elsewhere.py")
+    return base
+
+
+def test_symlink_out_of_the_project_is_refused(tmp_path):
+    base = _project_linking_outside(tmp_path)
     [candidate] = find_candidates(base, max_file_bytes=MAX_FILE_BYTES).candidates
     assert candidate.refusal is not None and "outside the project" in candidate.refusal
 
@@ -153,21 +157,16 @@ def test_oversized_file_is_refused_unread(tmp_path):
 
 
 def test_refused_files_are_errors_in_the_report_and_never_run(tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    shutil.copyfile(FIXTURES / "good_pipeline.py", outside / "elsewhere.py")
-    base = tmp_path / "project"
-    (base / "workflows").mkdir(parents=True)
-    (base / "workflows" / "linked.py").symlink_to(outside / "elsewhere.py")
+    base = _project_linking_outside(tmp_path)
     (base / "workflows" / "dangling.py").symlink_to(tmp_path / "gone.py")
     started = time.monotonic()
-    report = SmartDiscovery(base, timeout=2, cache=False).run()
+    report = scan(base, timeout=2)
     assert time.monotonic() - started < 1.0  # decided without a worker
     assert {e.path: e.status for e in report.files} == {
         "workflows/linked.py": "error",
         "workflows/dangling.py": "error",
     }
-    assert not (outside / "elsewhere.py.ran").exists()
+    assert not (tmp_path / "outside" / "elsewhere.py.ran").exists()
 
 
 def test_base_defaults_to_the_working_directory(tmp_path, monkeypatch):

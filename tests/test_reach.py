@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import runs, scan
 
 from nexus_dataflow_plugin import SmartDiscovery
 from nexus_dataflow_plugin.explain import explain
@@ -65,11 +66,6 @@ NEVER_RUN = (
 )
 
 
-def runs(path: Path) -> list[int]:
-    marker = Path(f"{path}.ran")
-    return [int(x) for x in marker.read_text().split()] if marker.exists() else []
-
-
 def line_of(path: Path, text: str) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
@@ -94,7 +90,7 @@ def layout(tmp_path_factory) -> dict[str, Path]:
 def report(layout):
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(layout["pythonpath"]))  # the worker inherits sys.path
-        return SmartDiscovery(layout["base"], timeout=10, workers=1, cache=False).run()
+        return scan(layout["base"], timeout=10)
 
 
 @pytest.mark.parametrize("name", sorted(STATIC))
@@ -238,7 +234,7 @@ def test_a_file_using_a_model_node_by_keyword_is_served_with_the_apps_nodes(tmp_
         "workflow.add_node(node_type='CrateCreateNode', node_id='create', config={})\n"
     )
     assert SmartDiscovery(tmp_path, timeout=5, cache=False).screen() == []  # passes the screen
-    report = SmartDiscovery(tmp_path, timeout=5, cache=False, workers=1).run()
+    report = scan(tmp_path)
     entry = report.file("workflows/crate_intake.py")
     assert entry.status == "registered" and "Crate" in entry.reason
     node = report.workflows["crate_intake"]._node_instances["create"]

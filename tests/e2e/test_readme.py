@@ -13,8 +13,9 @@ recursively: it must be the command ``.ci/run`` runs.
 
 The docs checks: every ``docs/*.md`` link in the README exists, and the
 configuration reference's table is the one generated from ``config.OPTIONS``,
-the ``Settings`` defaults and the constructors' signatures (``config_table()``
-prints it: ``python -c "from tests.e2e.test_readme import config_table as t; print(t())"``).
+the ``Settings`` defaults and the constructors' signatures. ``config_table()``
+prints it; from the repository root:
+``PYTHONPATH=tests python -c "from e2e.test_readme import config_table as t; print(t())"``.
 """
 
 from __future__ import annotations
@@ -138,6 +139,17 @@ def example_requests() -> list[tuple[str, dict[str, Any]]]:
     return requests
 
 
+def example_responses(server: ServeProcess) -> dict[str, tuple[int, Any]]:
+    """Once ``server`` serves: workflow -> (status, body) for each of the example's requests."""
+    server.wait_ready(INSTALL_TIMEOUT_S)
+    server.wait_output("Serving on")
+    responses = {}
+    for name, body in example_requests():
+        response = httpx.post(f"{server.url}/workflows/{name}/execute", json=body, timeout=60)
+        responses[name] = (response.status_code, response.json())
+    return responses
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("readme")
@@ -155,12 +167,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     server = ServeProcess(["bash", "-c", command], cwd=checkout, env=env, port=port,
                           log=root / "first-command.err")
     try:
-        server.wait_ready(INSTALL_TIMEOUT_S)
-        server.wait_output("Serving on")
-        responses = {}
-        for name, body in example_requests():
-            response = httpx.post(f"{server.url}/workflows/{name}/execute", json=body, timeout=60)
-            responses[name] = (response.status_code, response.json())
+        responses = example_responses(server)
         output = server.output()
         code, seconds = server.interrupt()
         leftovers = server.leftovers()
@@ -243,12 +250,7 @@ def test_postgresql_needs_the_extra_then_serves_the_example(
     server = ServeProcess(["bash", "-c", line], cwd=served.checkout, env=served.env,
                           port=port, log=tmp_path / "postgres-command.err")
     try:
-        server.wait_ready(INSTALL_TIMEOUT_S)
-        server.wait_output("Serving on")
-        responses = {}
-        for name, body in example_requests():
-            response = httpx.post(f"{server.url}/workflows/{name}/execute", json=body, timeout=60)
-            responses[name] = (response.status_code, response.json())
+        responses = example_responses(server)
         assert f"database  {fresh_pg_database} (shop.models.db)" in server.output()
         status, listed = responses["product_list"]
         assert status == 200, listed
