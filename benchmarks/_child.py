@@ -17,6 +17,9 @@ measured to OUT.json. Kinds (``spec["kind"]``):
   ``facts(path)`` over every candidate, on all cores, with the garbage collector paused
   as ``SmartDiscovery`` pauses it.
 
+With ``own_size``, the returned workflows' own size is measured after the timer
+(``_own_size_kb``).
+
 Memory: the calling process's peak RSS is the kernel's own high-water mark
 (``VmHWM``), reset just before the timer (``5`` to /proc/self/clear_refs), so
 nothing has to sample it; the growth is that peak minus the RSS at the start.
@@ -248,6 +251,8 @@ def _measure(spec: dict, prepare) -> dict:
     after = _status()
     if pool is not None:
         pool.close()
+    if spec.get("own_size"):
+        info["workflows_own_kb"] = _own_size_kb(found)
     peak = sampler.peak_self_kb
     if exact_peak or after.get("VmHWM", 0) > before.get("VmHWM", 0):
         peak = max(peak, after.get("VmHWM", 0))
@@ -263,6 +268,28 @@ def _measure(spec: dict, prepare) -> dict:
         "children_peak_procs": sampler.peak_children_procs,
         "children_seen": len(sampler.seen),
     }
+
+
+def _own_size_kb(workflows: dict) -> float:
+    """What the returned workflows hold by themselves, in KiB, after the timed scan:
+    each one's ``to_dict()`` as JSON text, then, under ``tracemalloc``, read back and
+    rebuilt with ``Workflow.from_dict`` as the server does, the JSON data dropped. What
+    is still traced is what the rebuilt workflows hold, their config strings included.
+    A floor for the caller's growth: the server must hold them."""
+    import json
+    import tracemalloc
+
+    from kailash.workflow import Workflow
+
+    texts = [json.dumps(workflow.to_dict()) for workflow in workflows.values()]
+    gc.collect()
+    tracemalloc.start()
+    rebuilt = [Workflow.from_dict(json.loads(text)) for text in texts]
+    gc.collect()
+    size = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del rebuilt
+    return size / 1024
 
 
 def _run_app(spec: dict) -> dict:

@@ -11,7 +11,9 @@ no distribution scan happens until Nexus's plugin registry is first created.
   group (sorted by name; a broken one is logged with its name and skipped);
 - wraps ``Nexus._auto_discover_workflows`` so the configuration flag
   (``NEXUS_DATAFLOW_COMPATIBLE=1`` or ``[tool.nexus] dataflow_compatible``)
-  switches every Nexus instance in the process to smart discovery.
+  switches every Nexus instance in the process to smart discovery, and
+  ``Nexus.__init__`` so a Nexus without auto-discovery ends the worker the flag
+  started early (``early``).
 """
 
 from __future__ import annotations
@@ -124,6 +126,25 @@ def _wrap_discovery(nexus_class: Any) -> None:
     nexus_class._auto_discover_workflows = _auto_discover_workflows
 
 
+def _wrap_init(nexus_class: Any) -> None:
+    """A Nexus built without auto-discovery will not scan: the worker the flag started
+    as ``import nexus`` began (``early``) is not needed, so it ends now."""
+    original = nexus_class.__init__
+    if getattr(original, _PATCHED, False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if not getattr(self, "_auto_discovery_enabled", False):
+            from .early import release
+
+            release()
+
+    setattr(__init__, _PATCHED, True)
+    nexus_class.__init__ = __init__
+
+
 def discovery_hooked(nexus_class: Any) -> bool:
     """Whether ``install()`` switched this Nexus class's discovery to the flag's (the hook
     fired in this process)."""
@@ -143,3 +164,4 @@ def install() -> None:
 
     _wrap_registry(nexus.plugins)
     _wrap_discovery(nexus.core.Nexus)
+    _wrap_init(nexus.core.Nexus)

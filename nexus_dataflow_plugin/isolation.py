@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import early, schedule
 from . import protocol as proto
 from . import report as r
-from . import schedule
 from .config import Settings
 from .paths import in_project
 from .processes import FileChannels, WorkerProcess, kill_file, new_token, renice, sweep
@@ -151,14 +151,15 @@ def library_node_modules(project_root: Path) -> dict[str, str]:
     from kailash.nodes.base import NodeRegistry
 
     modules: dict[str, str] = {}
+    library: dict[str, bool] = {}  # per module: hundreds of node types share a few dozen
     for node_type, cls in list(NodeRegistry._nodes.items()):
         name = getattr(cls, "__module__", "") or ""
-        origin = getattr(sys.modules.get(name), "__file__", None) or ""
-        if not origin or name in ("__main__", GENERATED_NODES_MODULE):
-            continue
-        if in_project(origin, project_root):
-            continue
-        modules[node_type] = name
+        if name not in library:
+            origin = getattr(sys.modules.get(name), "__file__", None) or ""
+            library[name] = bool(origin) and name not in ("__main__", GENERATED_NODES_MODULE) \
+                and not in_project(origin, project_root)
+        if library[name]:
+            modules[node_type] = name
     return modules
 
 
@@ -204,7 +205,10 @@ class WorkerPool:
             cpu_seconds=limits.cpu_seconds,
             max_result_bytes=limits.max_result_bytes,
         )
-        self.token = new_token()
+        # Workers started as ``import nexus`` began, if they are for this directory:
+        # they carry that start's marker, so the pool takes its token too.
+        early_token, self._early = early.claim(base)
+        self.token = early_token or new_token()
         self._start_failures = 0
         self._broken: str | None = None  # why no worker can start, once that is clear
         self._workers: list[WorkerProcess] = []
@@ -214,7 +218,8 @@ class WorkerPool:
     # -- lifecycle ---------------------------------------------------------
 
     def _spawn(self) -> WorkerProcess:
-        worker = WorkerProcess(self.init, self.token)
+        worker = self._early.pop() if self._early else WorkerProcess(self.init.base, self.token)
+        worker.configure(self.init)
         self._selector.register(worker.control, selectors.EVENT_READ, ("control", worker))
         self._selector.register(worker.stderr, selectors.EVENT_READ, ("wstderr", worker))
         self._workers.append(worker)
@@ -272,6 +277,9 @@ class WorkerPool:
         for flight in list(self._flights.values()):
             kill_file(flight.pid, flight.channels.pidfd)
             self._drop(flight)
+        for worker in self._early:
+            worker.kill()  # started early, never needed: it holds nothing yet
+        self._early.clear()
         for worker in self._workers:
             worker.close_control()
         deadline = time.monotonic() + CLOSE_GRACE_S

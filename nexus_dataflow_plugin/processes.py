@@ -145,9 +145,12 @@ def renice(pid: int, niceness: int) -> None:
 
 
 class WorkerProcess:
-    """One warm worker: ``python -m nexus_dataflow_plugin.worker``, its own session."""
+    """One warm worker: ``python -m nexus_dataflow_plugin.worker``, its own session.
 
-    def __init__(self, init: proto.Init, token: str) -> None:
+    It imports Kailash as soon as it starts and then waits for ``configure``: a
+    worker can start before the server knows its settings (see ``early``)."""
+
+    def __init__(self, base: str, token: str) -> None:
         control, child_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         stderr, child_stderr = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
@@ -155,7 +158,7 @@ class WorkerProcess:
         # The worker imports only libraries: nothing of the project on its own path.
         env["PYTHONPATH"] = os.pathsep.join([package_parent] + [
             p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-            if p and not in_project(p, init.base)
+            if p and not in_project(p, base)
         ])
         env["PYTHONSAFEPATH"] = "1"
         env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -166,7 +169,7 @@ class WorkerProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=child_stderr.fileno(),
-            cwd=init.base,
+            cwd=base,
             env=env,
             start_new_session=True,
         )
@@ -180,7 +183,17 @@ class WorkerProcess:
         self.started_at = time.monotonic()
         self.ready = False
         self.alive = True
-        control.send(proto.encode(init))
+
+    def configure(self, init: proto.Init) -> None:
+        """Send the worker its settings; it reports ``Ready`` once set up (or is gone).
+
+        Its warm-up is timed from here: one started early may have waited for this
+        longer than any warm-up may take."""
+        self.started_at = time.monotonic()
+        try:
+            self.control.send(proto.encode(init))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # gone: its channel's end shows it, and the pool replaces it
 
     @property
     def pid(self) -> int:

@@ -170,9 +170,20 @@ MESSAGES: dict[str, type] = {
 # -- encoding ----------------------------------------------------------------------------
 
 
+def _plain(value: Any) -> Any:
+    """Messages (and tuples of them) as dicts; everything else as it is. Unlike
+    ``dataclasses.asdict`` this copies no dict or list: a workflow's data is already
+    JSON, and copying it cost as much as dumping it."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
 def encode(message: Any) -> bytes:
     """A message as one JSON object, tagged with its type."""
-    body = dataclasses.asdict(message)
+    body = _plain(message)
     body["type"] = type(message).__name__
     return json.dumps(body, separators=(",", ":")).encode()
 

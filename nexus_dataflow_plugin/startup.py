@@ -38,17 +38,27 @@ class _Loader:
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        try:
+            from nexus_dataflow_plugin.early import begin
+
+            begin()  # with the flag on, a worker warms up while Nexus imports
+        except Exception as exc:  # never break `import nexus`
+            _failed(exc)
         self._loader.exec_module(module)
         try:
             from nexus_dataflow_plugin.autoload import install
 
             install()
         except Exception as exc:  # never break `import nexus`
-            import logging
+            _failed(exc)
 
-            logging.getLogger("nexus_dataflow_plugin.autoload").warning(
-                "nexus-dataflow-plugin autoload failed: %s: %s", type(exc).__name__, exc
-            )
+
+def _failed(exc):
+    import logging
+
+    logging.getLogger("nexus_dataflow_plugin.autoload").warning(
+        "nexus-dataflow-plugin autoload failed: %s: %s", type(exc).__name__, exc
+    )
 
 
 class _Finder:

@@ -121,13 +121,14 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
     node_modules: dict[str, str] = {}
     data = workflow.to_dict()
     try:
-        text: str | None = json.dumps(data)  # usually all is JSON: one call, no per-key checks
-    except _JSON_ERRORS:
-        text = None
+        json.dumps(data)  # usually all is JSON: one call, no per-key checks
+        failure: Exception | None = None
+    except _JSON_ERRORS as exc:
+        failure = exc
     for node_id, node in data.get("nodes", {}).items():
         node_type = node.get("node_type", "?")
         config = node.get("config") or {}
-        if text is None:
+        if failure is not None:
             problems += _unjsonable(node_id, node_type, config)
         problems += [
             SECRET.format(node=node_id, type=node_type, key=key)
@@ -149,13 +150,12 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
         if edge.get("cycle"):
             problems.append(CYCLE.format(source=source, target=target))
             break
+    if failure is not None and not problems:
+        problems.append(LOSSY.format(what=f"{type(failure).__name__}: {failure}"))
     if not problems:
-        try:
-            data = json.loads(text if text is not None else json.dumps(data))
-        except _JSON_ERRORS as exc:
-            problems.append(LOSSY.format(what=f"{type(exc).__name__}: {exc}"))
-        else:
-            problems += _lost_connections(workflow, data)
+        # The data as it is: it survived ``json.dumps`` above, and the frame that carries
+        # it is JSON, so the server reads what a round trip here would have made of it.
+        problems += _lost_connections(workflow, data)
     return Encoded(None if problems else data, node_modules, tuple(problems))
 
 

@@ -391,17 +391,20 @@ def main(argv: list[str]) -> int:
     control = socket.socket(fileno=int(argv[0]))
     _become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.dont_write_bytecode = True  # nothing of a scan is written into the project
+    # All of the warm-up that needs no settings, before waiting for them: a worker
+    # started early (``early``) is then warm by the time the server knows them.
+    _rehearse(os.getcwd())
+    gc.collect()
+    gc.freeze()  # forked children then share these pages instead of copying them
     data = control.recv(proto.MAX_CONTROL_BYTES)
     if not data:
         return 0
     init = proto.decode(data, proto.Init)
     sys.path[:] = list(init.library_path)
     os.chdir(init.base)
-    sys.dont_write_bytecode = True  # nothing of a scan is written into the project
     _lazy_node_library(init.node_modules)
-    _rehearse(init.base)
-    gc.collect()
-    gc.freeze()  # forked children then share these pages instead of copying them
+    gc.freeze()
     control.send(proto.encode(proto.Ready(os.getpid())))
     _serve(control, init, _state())
     # No interpreter teardown: nothing is buffered, and freeing Kailash's heap takes

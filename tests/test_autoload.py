@@ -436,3 +436,196 @@ def test_the_pth_line_and_the_start_file_call_the_same_callable() -> None:
     module, func = start_line.split(":")
     assert pth_line.startswith("import ")  # the only kind of line site executes
     assert pth_line == f"import {module}; {module}.{func}()"
+
+
+# -- the flag starts a worker as `import nexus` begins ------------------------------------
+
+# Counts the workers this interpreter starts (the audit event of every subprocess.Popen)
+# and lists the ones alive (its children running the worker module).
+WORKERS_SEEN = """
+    import json, os, sys
+
+    popened = []
+    sys.addaudithook(lambda event, args: popened.append(1) if event == "subprocess.Popen"
+                     and "nexus_dataflow_plugin.worker" in list(args[1]) else None)
+
+    def alive():
+        me, found = os.getpid(), []
+        for tid in os.listdir(f"/proc/{me}/task"):
+            with open(f"/proc/{me}/task/{tid}/children") as handle:
+                for pid in handle.read().split():
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as cmd:
+                            if b"nexus_dataflow_plugin.worker" in cmd.read():
+                                found.append(int(pid))
+                    except OSError:
+                        pass
+        return sorted(found)
+"""
+
+FEATURE_WORKFLOW = """\
+import os
+
+from kailash.workflow.builder import WorkflowBuilder
+
+if os.environ.get("NDP_FEATURE") == "on":  # set by the app after `import nexus`
+    builder = WorkflowBuilder()
+    builder.add_node("PythonCodeNode", "run", {"code": "result = {'on': True}"})
+    feature = builder.build()
+"""
+
+
+def small_project(root: Path) -> Path:
+    """A project with one workflow file (one file warrants one worker) and a model file."""
+    (root / "workflows").mkdir(parents=True)
+    (root / "workflows" / "hello.py").write_text(textwrap.dedent("""\
+        from kailash.workflow.builder import WorkflowBuilder
+
+        builder = WorkflowBuilder()
+        builder.add_node("PythonCodeNode", "say", {"code": "result = {'text': 'hello'}"})
+        hello = builder.build()
+    """))
+    (root / "workflows" / "models.py").write_text(textwrap.dedent(f"""\
+        from dataflow import DataFlow
+
+        db = DataFlow("sqlite:///{root / 'app.db'}")
+
+        @db.model
+        class Note:
+            text: str
+    """))
+    (root / "workflows" / "feature.py").write_text(FEATURE_WORKFLOW)
+    return root
+
+
+def flag_env(**extra: str) -> dict[str, str]:
+    return clean_env(NEXUS_DATAFLOW_COMPATIBLE="1", **extra)
+
+
+def test_with_the_flag_a_worker_starts_as_nexus_is_imported_and_the_scan_uses_it(
+    tmp_path: Path,
+) -> None:
+    project = small_project(tmp_path / "app")
+    code = WORKERS_SEEN + """
+    import nexus
+    early = alive()
+    from nexus import Nexus
+
+    app = Nexus(enable_durability=False, auto_discovery=True)
+    app._auto_discover_workflows()  # what start() runs
+    print(json.dumps({"early": early, "popened": len(popened), "after": alive(),
+                      "workflows": sorted(app._workflows)}))
+    """
+    out = run_python(code, project, flag_env(XDG_CACHE_HOME=str(tmp_path / "xdg")))
+    assert len(out["early"]) == 1  # started by `import nexus`, before any Nexus existed
+    assert out["popened"] == 1  # the scan started none of its own
+    assert out["after"] == []  # and ended it with the scan
+    assert "hello" in " ".join(out["workflows"])
+    assert not any("feature" in name for name in out["workflows"])
+
+
+def test_the_plugin_installed_by_hand_takes_the_worker_the_flag_started(tmp_path: Path) -> None:
+    project = small_project(tmp_path / "app")
+    code = WORKERS_SEEN + """
+    from nexus import Nexus
+    from nexus_dataflow_plugin import DataFlowCompatiblePlugin
+
+    app = Nexus(enable_durability=False, auto_discovery=True)
+    app.add_plugin(DataFlowCompatiblePlugin())
+    app._auto_discover_workflows()
+    print(json.dumps({"popened": len(popened), "workflows": sorted(app._workflows)}))
+    """
+    out = run_python(code, project, flag_env(XDG_CACHE_HOME=str(tmp_path / "xdg")))
+    assert out["popened"] == 1
+    assert "hello" in " ".join(out["workflows"])
+
+
+def test_without_the_flag_importing_nexus_starts_no_worker(tmp_path: Path) -> None:
+    project = small_project(tmp_path / "app")
+    code = WORKERS_SEEN + """
+    from nexus import Nexus
+
+    app = Nexus(enable_durability=False, auto_discovery=False)
+    print(json.dumps({"popened": len(popened), "alive": alive()}))
+    """
+    env = clean_env(XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    assert run_python(code, project, env) == {"popened": 0, "alive": []}
+    off = clean_env(NEXUS_DATAFLOW_COMPATIBLE="0", XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    assert run_python(code, project, off) == {"popened": 0, "alive": []}
+
+
+def test_a_nexus_without_auto_discovery_ends_the_early_worker(tmp_path: Path) -> None:
+    project = small_project(tmp_path / "app")
+    code = WORKERS_SEEN + """
+    import nexus
+    early = alive()
+    app = nexus.Nexus(enable_durability=False, auto_discovery=False)
+    print(json.dumps({"early": len(early), "after": alive()}))
+    """
+    out = run_python(code, project, flag_env(XDG_CACHE_HOME=str(tmp_path / "xdg")))
+    assert out == {"early": 1, "after": []}
+
+
+def test_a_file_sees_the_environment_the_app_set_after_importing_nexus(tmp_path: Path) -> None:
+    """The early worker started with the environment of `import nexus`; a file must see
+    the one of the scan (as native discovery would), so that worker is not used."""
+    project = small_project(tmp_path / "app")
+    code = WORKERS_SEEN + """
+    import os
+    import nexus
+    os.environ["NDP_FEATURE"] = "on"  # e.g. load_dotenv() after the imports
+    app = nexus.Nexus(enable_durability=False, auto_discovery=True)
+    app._auto_discover_workflows()
+    print(json.dumps({"popened": len(popened), "workflows": sorted(app._workflows)}))
+    """
+    out = run_python(code, project, flag_env(XDG_CACHE_HOME=str(tmp_path / "xdg")))
+    assert any("feature" in name for name in out["workflows"])
+    assert out["popened"] == 2  # the early one, killed; one started with the new environment
+
+
+def test_an_early_worker_for_another_directory_is_not_used(tmp_path: Path) -> None:
+    project = small_project(tmp_path / "app")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = WORKERS_SEEN + f"""
+    import os
+    import nexus
+    os.chdir({str(project)!r})  # the project is not where `import nexus` ran
+    app = nexus.Nexus(enable_durability=False, auto_discovery=True)
+    app._auto_discover_workflows()
+    print(json.dumps({{"popened": len(popened), "alive": alive(),
+                      "workflows": sorted(app._workflows)}}))
+    """
+    out = run_python(code, elsewhere, flag_env(XDG_CACHE_HOME=str(tmp_path / "xdg")))
+    assert out["popened"] == 2
+    assert out["alive"] == []
+    assert "hello" in " ".join(out["workflows"])
+
+
+def test_a_workflow_file_that_imports_nexus_starts_no_workers_in_its_process(
+    tmp_path: Path,
+) -> None:
+    project = small_project(tmp_path / "app")
+    (project / "workflows" / "imports_nexus_workflow.py").write_text(textwrap.dedent("""\
+        import os
+
+        import nexus  # noqa: F401 - the flag is inherited: no worker may start here
+        from kailash.workflow.builder import WorkflowBuilder
+
+        me = os.getpid()
+        children = [pid for tid in os.listdir(f"/proc/{me}/task")
+                    for pid in open(f"/proc/{me}/task/{tid}/children").read().split()]
+        if not children:
+            builder = WorkflowBuilder()
+            builder.add_node("PythonCodeNode", "alone", {"code": "result = {}"})
+            alone = builder.build()
+    """))
+    code = WORKERS_SEEN + """
+    import nexus
+    app = nexus.Nexus(enable_durability=False, auto_discovery=True)
+    app._auto_discover_workflows()
+    print(json.dumps({"popened": len(popened), "workflows": sorted(app._workflows)}))
+    """
+    out = run_python(code, project, flag_env(XDG_CACHE_HOME=str(tmp_path / "xdg")))
+    assert any("alone" in name for name in out["workflows"]), out
+    assert out["popened"] == 1

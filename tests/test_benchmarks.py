@@ -32,7 +32,7 @@ def quick() -> dict:
 
 def test_quick_mode_covers_the_cases(quick: dict) -> None:
     assert quick["quick"] is True
-    assert set(quick["cases"]) == {*BENIGN, "manifest-40", "screen-500", "autoload"}
+    assert set(quick["cases"]) == {*BENIGN, "small", "manifest-40", "screen-500", "autoload"}
     metrics = {(c["case"], c["metric"]) for c in quick["checks"]}
     assert any(case == "autoload" for case, _ in metrics)
     assert any(case == "screen-500" for case, _ in metrics)
@@ -55,6 +55,22 @@ def test_seed_app_registers_the_same_workflows_with_the_plugin(quick: dict) -> N
     for variant in ("plugin_auto", "plugin_auto_settled"):
         for run in seed["app"][variant]["runs"]:
             assert run["names"] == seed["app_expected_names"]
+
+
+def test_the_small_app_registers_the_same_workflows_stock_with_the_plugin_and_by_the_flag(
+    quick: dict,
+) -> None:
+    small = quick["cases"]["small"]
+    assert set(small["variants"]) == {"stock", "plugin", "flag"}
+    assert small["same_names"] is True
+    workflows = {v: m["workflows"] for v, m in small["variants"].items()}
+    assert workflows == dict.fromkeys(workflows, small["expected_workflows"])
+
+
+def test_the_memory_row_compares_the_caller_with_the_workflows_it_returns(quick: dict) -> None:
+    own = quick["cases"]["mixed-40"]["variants"]["ours_cold"]["workflows_own_kb"]
+    assert own > 0
+    assert any(c["case"] == "mixed-40" and "own size" in c["metric"] for c in quick["checks"])
 
 
 def test_starting_from_a_manifest_registers_what_native_and_the_scan_register(
