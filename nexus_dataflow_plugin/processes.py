@@ -150,6 +150,9 @@ class WorkerProcess:
     def __init__(self, init: proto.Init, token: str) -> None:
         control, child_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         stderr, child_stderr = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Queued before the worker exists: a worker killed as soon as it runs (a
+        # candidate can) then cannot make this send fail in the server.
+        control.send(proto.encode(init))
         env = dict(os.environ)
         package_parent = str(Path(__file__).resolve().parent.parent)
         # The worker imports only libraries: nothing of the project on its own path.
@@ -180,7 +183,6 @@ class WorkerProcess:
         self.started_at = time.monotonic()
         self.ready = False
         self.alive = True
-        control.send(proto.encode(init))
 
     @property
     def pid(self) -> int:
