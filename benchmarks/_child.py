@@ -158,10 +158,12 @@ def _wait_ready(pool: object, limit_s: float = 180.0) -> None:
 def _wait_settled(pool: object, quiet_s: float = 0.5, limit_s: float = 60.0) -> None:
     """Wait for READY, then until the workers stop using CPU for ``quiet_s``.
 
-    A worker may keep warming up after READY (importing node libraries while
-    idle); an app whose own start-up outlasts that finds it finished. This
-    waits for exactly that, whatever the engine does, by watching the CPU
-    time of this process's descendants.
+    A worker now finishes its warm-up (Kailash's core, one rehearsal build) before
+    READY and is idle after it: node libraries are imported when a file names them,
+    before its fork or in its own process. The quiet wait keeps the number that of
+    an app whose start-up outlasts the warm-up whatever a worker does after READY,
+    so ``--ref`` stays fair to older commits whose workers imported node libraries
+    while idle. It watches the CPU time of this process's descendants.
     """
     _wait_ready(pool)
     deadline = time.monotonic() + limit_s

@@ -1,11 +1,12 @@
 """Print the bad-input matrix's results as a markdown table (for docs/containment.md).
 
-Builds the same tree as ``tests/test_containment.py`` (every hostile fixture of
-``tests/fixtures/hostile/`` next to well-behaved workflows, plus symlinks out of
-the project, a symlink loop, a huge file and two files deleted mid-scan), scans
-it once with the same settings (``timeout=3``, two workers, ``memory_limit_mb=512``)
-and prints one row per file: behaviour, status, time, reason. After the table it
-reports the wall time and whether any process of the scan was still alive.
+The matrix is ``tests/hostile.py``'s, the one ``tests/test_containment.py`` tests
+(every hostile fixture of ``tests/fixtures/hostile/`` next to well-behaved
+workflows, plus symlinks out of the project, a symlink loop, a huge file and two
+files deleted mid-scan): built and scanned once with its settings (``timeout=3``,
+two workers, ``memory_limit_mb=512``), one row per file: behaviour, status, time,
+reason. After the table it reports the wall time and whether any process of the
+scan was still alive.
 
     python benchmarks/containment_table.py
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
-import test_containment as matrix_module  # noqa: E402
+import hostile as matrix_module  # noqa: E402 - tests/hostile.py, not a test module
 
 
 def _machine() -> str:

@@ -124,6 +124,12 @@ def _wrap_discovery(nexus_class: Any) -> None:
     nexus_class._auto_discover_workflows = _auto_discover_workflows
 
 
+def discovery_hooked(nexus_class: Any) -> bool:
+    """Whether ``install()`` switched this Nexus class's discovery to the flag's (the hook
+    fired in this process)."""
+    return getattr(getattr(nexus_class, "_auto_discover_workflows", None), _PATCHED, False)
+
+
 def install() -> None:
     """Hook entry-point plugins and the configuration flag into an imported Nexus.
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import Settings
 from .report import MSG_SCREEN_FAILED, MSG_SCREEN_TIMEOUT, MSG_UNREADABLE
 from .screen import Facts, ImportRef, ModelUse, PathRef, analyze
 
@@ -172,7 +173,7 @@ class ScreenCache:
     """
 
     def __init__(self, base: Path, directory: Path | None = None, persist: bool = True,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = Settings.timeout) -> None:
         digest = hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:16]
         self.path = (directory or default_cache_dir()) / f"screen-{digest}.json"
         self.persist = persist

@@ -11,57 +11,46 @@ second goes to stderr, only when stderr is a terminal.
 ``scan --explain FILE`` shows the static screen's reasoning for one file,
 assembled from the engine's own answers. ``freeze`` writes the manifest a
 server starts from without scanning; ``freeze --check`` exits 1 when it is stale.
-``serve --reload`` serves in watch mode from a child process and starts a new
-one when models change.
+``serve`` builds its server with the steps of ``serve.py`` and prints what each
+step did; ``serve --reload`` serves in watch mode from a child process and
+starts a new one when models change.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.metadata
-import importlib.util
-import ipaddress
 import json
 import logging
 import os
-import re
-import signal
 import site
-import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import report as r
+
+if TYPE_CHECKING:  # the CLI imports Kailash only for the commands that need it
+    from .explain import Explanation
 
 EXIT_OK = 0
 EXIT_FAIL_ON = 1
 EXIT_USAGE = 2
-EXIT_RESTART = 3  # a serve --reload child asking its supervisor for a fresh process
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head` reports: the reader left early
-
-# Directories of a project that are not the app: never searched for model modules.
-NOT_APP_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "dist-packages",
-                          "build", "dist", "tests", "test"})
 
 MSG_FAIL_ON = "--fail-on {status}: {path}"
 MSG_NO_MODELS = ("models    none: no project file defines a DataFlow model "
                  "(name the module with --models)")
-MSG_MODELS_FAILED = "cannot load the models in {module} (database {url}): {error}"
-MSG_TABLES_FAILED = "cannot create the tables of {label} on {url}: {error}"
 MSG_OWN_URL = ("note      {label} chooses its own database, not the one serve gave it "
                "({given}); read DATABASE_URL in your models to follow --database-url")
-MSG_NO_DRIVER = ('PostgreSQL needs DataFlow\'s driver, which is not installed: '
-                 'pip install "nexus-dataflow-plugin[postgres]"')
 MSG_EXPOSED = ("note      {url} is reachable from other machines and Nexus authentication "
                "is off")
+MSG_RESTARTING = "reload    {paths} changed: restarting the server\n"
 MSG_AUTOLOAD_ON = "armed at start-up by {file}"
 MSG_AUTOLOAD_DISABLED = "{var}={value} is set"
 MSG_AUTOLOAD_NO_SITE = "Python runs without site (-S or -I), so no start-up file runs"
@@ -178,7 +167,7 @@ def _seconds(text: str) -> float:
     from .config import OPTIONS
 
     try:
-        return float(OPTIONS["timeout"][1](text))
+        return float(OPTIONS["timeout"].parse(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
 
@@ -206,7 +195,7 @@ def cmd_scan(args: argparse.Namespace, out: TextIO) -> int:
 
     with progress(f"scanning {args.path}"):
         # What the server would do with the project's models loaded (one status per file).
-        report = SmartDiscovery(base, models_loaded=False, **settings.discovery_options()).run()
+        report = SmartDiscovery(base, settings, models_loaded=False).run()
     if args.json:
         json.dump(report.to_dict(), out, indent=2)
         out.write("\n")
@@ -273,36 +262,36 @@ def _explain_target(base: Path, name: str) -> Path:
     raise UsageError(f"{name}: no such file (looked in . and in {base})")
 
 
-def format_explanation(info: dict[str, Any], colour: bool = False) -> str:
+def format_explanation(answer: Explanation, colour: bool = False) -> str:
     """``explain()``'s answer for a person."""
-    status = _paint(info["status"], info["status"], colour)
-    lines = [f"{info['path']}: {status}", f"  {info['reason']}"]
-    if "imports" not in info:
+    lines = [f"{answer.path}: {_paint(answer.status, answer.status, colour)}",
+             f"  {answer.reason}"]
+    s = answer.screened
+    if s is None:
         return "\n".join(lines)
-    if info["parse_error"]:
-        if info["parse_error"] != info["reason"]:
-            lines.append(f"  screen: {info['parse_error']}")
+    if s.parse_error:
+        if s.parse_error != answer.reason:
+            lines.append(f"  screen: {s.parse_error}")
         return "\n".join(lines)
-    lines.append(f"  defines models: {info['models'] or 'no'}")
-    for use in info["model_uses"]:
-        targets = ", ".join(f"{f['path']} ({f['models'] or 'no models'})" for f in use["from"])
-        lines.append(f"    line {use['line']}: {use['class']} via {use['target']}, imported at "
-                     f"line {use['imported_at_line']} from {targets or 'outside the project'}")
-    lines.append("  imports:" if info["imports"] else "  imports: none")
-    for ref in info["imports"]:
-        what = ref["module"] + (f" ({', '.join(ref['names'])})" if ref["names"] else "")
-        files = [f"{f['path']}" + (f" [models: {f['models']}]" if f["models"] else "")
-                 for f in ref["project_files"]]
+    lines.append(f"  defines models: {s.models or 'no'}")
+    for use in s.model_uses:
+        targets = ", ".join(f"{f.path} ({f.models or 'no models'})" for f in use.sources)
+        lines.append(f"    line {use.line}: {use.cls} via {use.target}, imported at "
+                     f"line {use.imported_at_line} from {targets or 'outside the project'}")
+    lines.append("  imports:" if s.imports else "  imports: none")
+    for ref in s.imports:
+        what = ref.module + (f" ({', '.join(ref.names)})" if ref.names else "")
+        files = [f.path + (f" [models: {f.models}]" if f.models else "")
+                 for f in ref.project_files]
         where = ", ".join(files) if files else "not a project module"
-        lines.append(f"    line {ref['line']}: {what} -> {where}")
-    if len(info["chain"]) == 1:
+        lines.append(f"    line {ref.line}: {what} -> {where}")
+    if len(s.chain) == 1:
         lines.append("  chain to a model module: none needed, it defines models itself")
-    elif info["chain"]:
-        chain = " -> ".join(info["chain"])
-        lines.append(f"  chain to a model module: {chain} ({info['chain_detail']})")
+    elif s.chain:
+        lines.append(f"  chain to a model module: {' -> '.join(s.chain)} ({s.chain_detail})")
     else:
         lines.append("  chain to a model module: none")
-    factories = ", ".join(f"{name}()" for name in info["factories"])
+    factories = ", ".join(f"{name}()" for name in s.factories)
     lines.append(f"  factories a worker may call: {factories or 'none'}")
     return "\n".join(lines)
 
@@ -310,11 +299,12 @@ def format_explanation(info: dict[str, Any], colour: bool = False) -> str:
 def cmd_explain(base: Path, args: argparse.Namespace, settings: Any, out: TextIO) -> int:
     targets = [_explain_target(base, name) for name in args.explain]
     from .discovery import SmartDiscovery
+    from .explain import explain
 
-    discovery = SmartDiscovery(base, **settings.discovery_options())
-    answers = [discovery.explain(path) for path in targets]
+    discovery = SmartDiscovery(base, settings)
+    answers = [explain(discovery, path) for path in targets]
     if args.json:
-        json.dump({"explain": answers}, out, indent=2)
+        json.dump({"explain": [a.to_dict() for a in answers]}, out, indent=2)
         out.write("\n")
     else:
         colour = use_colour(out)
@@ -322,290 +312,63 @@ def cmd_explain(base: Path, args: argparse.Namespace, settings: Any, out: TextIO
     return EXIT_OK
 
 
-def module_name(rel: str) -> str:
-    """``workflows/models.py`` -> ``workflows.models``: the name the app's own imports use."""
-    return rel[: -len(".py")].replace("/", ".")
-
-
-def find_model_files(base: Path, settings: Any) -> list[str]:
-    """Project files that define DataFlow model classes, by the static screen (nothing is
-    run).
-
-    The whole project is read, not only discovery's candidates: the models of an app
-    usually live outside ``workflows/``. Environments, tests and build output are
-    not the app, so they are left out, as are files ``exclude`` names.
-    """
-    from .finder import _excluded
-    from .screen import analyze
-
-    found: list[str] = []
-    for root, dirs, files in os.walk(base):
-        here = Path(root)
-        dirs[:] = sorted(
-            d for d in dirs
-            if not d.startswith(".") and d not in NOT_APP_DIRS
-            and not (here / d / "pyvenv.cfg").exists()
-        )
-        for name in sorted(files):
-            if not name.endswith(".py") or name.startswith("test_") or name == "conftest.py":
-                continue
-            path = here / name
-            rel = path.relative_to(base).as_posix()
-            try:
-                if _excluded(rel, name, settings.exclude) or (
-                    path.stat().st_size > settings.max_file_bytes
-                ):
-                    continue
-                data = path.read_bytes()
-            except OSError:
-                continue
-            facts = analyze(data)
-            # Model classes, not a bare DataFlow(...): a maintenance script that opens
-            # its own database is not the app's models and must not run here.
-            if facts.model and facts.model_classes:
-                found.append(rel)
-    return found
-
-
-def module_file(name: str, base: Path) -> str:
-    """Where an imported module lives, relative to the project when it is inside."""
-    origin = getattr(sys.modules.get(name), "__file__", None) or "?"
-    try:
-        return Path(origin).resolve().relative_to(base).as_posix()
-    except ValueError:
-        return origin
-
-
-def load_models(
-    base: Path, settings: Any, chosen: Sequence[str] | None, static: Sequence[r.FileResult],
-    out: TextIO,
-) -> None:
-    """Import the app's model modules once, in this process, under their own names.
-
-    Chosen with ``--models``, else every project file that defines a model: those
-    the file-by-file screen sees, and the candidates the full screen found to be
-    model files (``static``, which follows ``db`` to the module it comes from).
-    A workflow's ``from shop.models import ...`` then reuses them.
-    """
-    if chosen:
-        names = list(chosen)
-    else:
-        files = find_model_files(base, settings)
-        files += [e.path for e in static if e.status == r.SKIPPED_MODEL and e.path not in files]
-        names = [module_name(rel) for rel in files]
-    if not names:
-        out.write(MSG_NO_MODELS + "\n")
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # the project's own code: say where, in one line
-            raise UsageError(MSG_MODELS_FAILED.format(
-                module=name, url=os.environ.get("DATABASE_URL"), error=_one_line(exc)
-            )) from exc
-        out.write(f"models    {name} ({module_file(name, base)})\n")
-
-
-def project_dataflows(base: Path) -> list[tuple[str, Any]]:
-    """(``module.attribute``, instance) of each DataFlow held by an imported project module."""
-    from dataflow import DataFlow
-
-    from .paths import in_project
-
-    found: dict[int, tuple[str, Any]] = {}
-    for name, module in list(sys.modules.items()):
-        origin = getattr(module, "__file__", None)
-        if not origin or not in_project(origin, base):
-            continue
-        for attr, value in list(vars(module).items()):
-            if isinstance(value, DataFlow):
-                found.setdefault(id(value), (f"{name}.{attr}", value))
-    return list(found.values())
-
-
-def prepare_app(
-    app: Any, plugin: Any, base: Path, static: Sequence[r.FileResult], out: TextIO
-) -> None:
-    """Register what uses the models (already loaded by ``load_models``), as the app would.
-
-    Files that depend on the models are loaded explicitly; every DataFlow
-    instance gets its tables and CRUD workflows, and the database line says
-    which URL each really uses.
-    """
-    from .dataflow_workflows import register_dataflow_workflows
-    from .plugin import LoadRefused
-
-    for entry in static:
-        if entry.status == r.SKIPPED_DEPENDENT:
-            try:
-                names = plugin.load_workflows(base / entry.path, app=app)
-            except LoadRefused as exc:  # its chain reaches models not loaded: nothing ran
-                out.write(f"refused   {exc}\n")
-                continue
-            out.write(f"explicit  {entry.path}: {', '.join(names) or '-'}\n")
-    for label, db in project_dataflows(base):
-        url = db.config.database.url
-        out.write(f"database  {url} ({label})\n")
-        if url != os.environ["DATABASE_URL"]:
-            out.write(MSG_OWN_URL.format(label=label, given=os.environ["DATABASE_URL"]) + "\n")
-        try:
-            db.create_tables()
-        except Exception as exc:  # the database or the driver: one line, not a traceback
-            raise UsageError(MSG_TABLES_FAILED.format(label=label, url=url,
-                                                      error=_one_line(exc))) from exc
-        names = register_dataflow_workflows(app, db)
-        out.write(f"dataflow  {len(names)} CRUD workflows: {', '.join(names)}\n")
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as one plain line (no colour codes, no newlines), for an error message."""
-    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
-
-
-def database_url(given: str | None, cwd: Path, base: Path) -> str:
-    """The URL the models get: ``given`` (a relative SQLite path made absolute against the
-    directory the command ran in), else SQLite ``app.db`` in the project."""
-    from .dataflow_workflows import absolute_sqlite_url
-
-    if not given:
-        return f"sqlite:///{base / 'app.db'}"
-    if given.startswith("postgres") and importlib.util.find_spec("psycopg2") is None:
-        raise UsageError(MSG_NO_DRIVER)
-    return absolute_sqlite_url(given, cwd) or given
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The server's socket, bound now: a taken port fails before anything loads, and the
-    address printed is the one bound."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as exc:
-        raise UsageError(f"--host {host}: {exc.strerror or exc}") from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"port {port} is not available on {host}: {exc.strerror or exc}") from None
-    return sock
-
-
-def bound_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _loopback(sock: socket.socket) -> bool:
-    try:
-        return ipaddress.ip_address(sock.getsockname()[0].split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def serve_on(app: Any, sock: socket.socket) -> None:
-    """Serve the app on ``sock``: Nexus's ``start()`` always asks for 0.0.0.0."""
-    transport = app._http_transport
-
-    def run_blocking(host: str = "") -> None:
-        import uvicorn
-
-        uvicorn.Server(uvicorn.Config(transport._gateway.app)).run(sockets=[sock])
-
-    transport.run_blocking = run_blocking
-
-
-# Set by serve --reload in the environment of the child process that serves.
-RELOAD_CHILD_ENV = "NEXUS_DATAFLOW_SERVE_RELOAD_CHILD"
-STOP_CHILD_S = 10.0
-MSG_RESTARTING = "reload    {paths} changed: restarting the server\n"
-
-
-def supervise(argv: Sequence[str], out: TextIO) -> int:
-    """``serve --reload``: run the server in a child (the same command line) and start
-    it again each time it exits asking for a restart, as uvicorn's reloader does."""
-    env = {**os.environ, RELOAD_CHILD_ENV: "1"}
-    command = [sys.executable, "-m", __name__, *argv]
-    while True:
-        out.flush()
-        child = subprocess.Popen(command, env=env)
-        try:
-            code = child.wait()
-        except KeyboardInterrupt:
-            _stop_child(child)
-            raise
-        if code != EXIT_RESTART:
-            return code
-
-
-def _stop_child(child: subprocess.Popen[bytes]) -> None:
-    """Ctrl+C reached the supervisor: a terminal sends it to the child as well; a signal
-    sent to the supervisor alone is passed on."""
-    for step in (lambda: None, lambda: child.send_signal(signal.SIGINT), child.kill):
-        step()
-        try:
-            child.wait(STOP_CHILD_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    """Build the server step by step (``serve.py``), printing each step's answer."""
+    from . import serve
+    from .config import load_settings
+
     base = Path(args.path).resolve()
     if not base.is_dir():
         raise UsageError(f"{args.path}: not a directory")
-    url = database_url(args.database_url or os.environ.get("DATABASE_URL"), Path.cwd(), base)
-    sock = bind(args.host, args.port)
-    if args.reload and not os.environ.get(RELOAD_CHILD_ENV):
+    url = serve.database_url(args.database_url or os.environ.get("DATABASE_URL"), Path.cwd(),
+                             base)
+    sock = serve.bind(args.host, args.port)
+    if args.reload and not os.environ.get(serve.RELOAD_CHILD_ENV):
         sock.close()  # free, as checked; each server process the supervisor starts binds it
-        return supervise(args.argv, out)
+        out.flush()
+        return serve.supervise([sys.executable, "-m", __spec__.name, *args.argv])
 
-    from nexus import Nexus
-
-    from .config import load_settings
-    from .discovery import SmartDiscovery
-    from .plugin import DataFlowCompatiblePlugin
-
-    os.environ["DATABASE_URL"] = url
-    os.chdir(base)  # Nexus discovers from the working directory
-    sys.path.insert(0, str(base))
+    serve.enter_project(base, url)
     settings = load_settings(base, {"timeout": args.timeout})
     out.write(f"project   {base}\n")
-    static = SmartDiscovery(base, **settings.discovery_options()).screen()
-    load_models(base, settings, args.models, static, out)  # before Nexus: errors come first
-    app = Nexus(api_port=args.port, auto_discovery=True, enable_durability=False)
-    plugin = DataFlowCompatiblePlugin(timeout=args.timeout, watch=True if args.reload else None)
-    restart: list[str] = []
-    if args.reload:
-        def models_changed(paths: list[str]) -> None:
-            """Stop serving as Ctrl+C does; the supervisor starts a fresh process."""
-            if not restart:
-                restart.extend(paths)
-                os.kill(os.getpid(), signal.SIGINT)
-
-        plugin.on_models_changed = models_changed
-    app.add_plugin(plugin)
-    prepare_app(app, plugin, base, static, out)
-    serve_on(app, sock)
-    served = bound_url(sock)
-    if not _loopback(sock) and not getattr(app, "_enable_auth", False):
-        out.write(MSG_EXPOSED.format(url=served) + "\n")
+    static = serve.screen(base, settings)
+    names = serve.model_modules(base, settings, args.models, static)
+    if not names:
+        out.write(MSG_NO_MODELS + "\n")
+    for name in names:  # before Nexus: errors come first
+        model = serve.load_model(name, base)
+        out.write(f"models    {model.name} ({model.file})\n")
+    server = serve.build(sock, args.timeout, args.reload)
+    for rel in serve.dependents(static):
+        loaded = serve.load_explicitly(server, base, rel)
+        if loaded.refused is not None:
+            out.write(f"refused   {loaded.refused}\n")
+        elif loaded.failed is not None:
+            out.write(f"error     {loaded.path}: {loaded.failed}\n")
+        else:
+            out.write(f"explicit  {loaded.path}: {', '.join(loaded.workflows) or '-'}\n")
+    for found in serve.project_dataflows(base, url):
+        out.write(f"database  {found.url} ({found.label})\n")
+        if found.own_database:
+            out.write(MSG_OWN_URL.format(label=found.label, given=url) + "\n")
+        crud = serve.set_up_dataflow(server, found)
+        out.write(f"dataflow  {len(crud)} CRUD workflows: {', '.join(crud)}\n")
+    if server.exposed:
+        out.write(MSG_EXPOSED.format(url=server.url) + "\n")
 
     def announce() -> None:
-        if plugin.report is not None:
-            out.write(format_table(plugin.report, colour=use_colour(out)) + "\n")
-        for name in sorted(app._workflows):
-            out.write(f"POST {served}/workflows/{name}/execute\n")
-        out.write(f"Serving on {served} (Ctrl+C to stop)\n")
+        if server.plugin.report is not None:
+            out.write(format_table(server.plugin.report, colour=use_colour(out)) + "\n")
+        for name in server.workflow_names():
+            out.write(f"POST {server.url}/workflows/{name}/execute\n")
+        out.write(f"Serving on {server.url} (Ctrl+C to stop)\n")
         out.flush()
 
-    app.add_startup_handler(announce)
-    app.start()
-    if restart:
-        out.write(MSG_RESTARTING.format(paths=", ".join(restart)))
-        return EXIT_RESTART
+    server.app.add_startup_handler(announce)
+    server.app.start()
+    if server.restart:
+        out.write(MSG_RESTARTING.format(paths=", ".join(server.restart)))
+        return serve.EXIT_RESTART
     return EXIT_OK
 
 
@@ -614,8 +377,8 @@ def autoload_state() -> tuple[bool, str]:
 
     Asked before anything imports Nexus (the armed hook removes itself then).
     """
-    from .autoload import _PATCHED
-    from .startup import DISABLE_ENV, PTH_FILE, START_FILE, _Finder, disabled
+    from .autoload import discovery_hooked
+    from .startup import DISABLE_ENV, PTH_FILE, START_FILE, armed, disabled
 
     if disabled():
         return False, MSG_AUTOLOAD_DISABLED.format(var=DISABLE_ENV, value=os.environ[DISABLE_ENV])
@@ -626,9 +389,8 @@ def autoload_state() -> tuple[bool, str]:
     shipped = [Path(d) / wanted for d in dirs if (Path(d) / wanted).is_file()]
     if not shipped:
         return False, MSG_AUTOLOAD_MISSING.format(file=wanted, dirs=", ".join(dirs))
-    nexus_class = getattr(sys.modules.get("nexus.core"), "Nexus", None)
-    fired = hasattr(getattr(nexus_class, "_auto_discover_workflows", None), _PATCHED)
-    if not fired and not any(isinstance(f, _Finder) for f in sys.meta_path):
+    fired = discovery_hooked(getattr(sys.modules.get("nexus.core"), "Nexus", None))
+    if not fired and not armed():
         return False, MSG_AUTOLOAD_NOT_RUN.format(file=shipped[0])
     return True, MSG_AUTOLOAD_ON.format(file=shipped[0])
 
@@ -732,6 +494,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     from .config import ConfigError
+    from .serve import ServeError
 
     try:
         return int(args.func(args, out))
@@ -739,7 +502,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         # The reader (`| head`) left: nothing more to say, and nothing to say it to.
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
         return EXIT_BROKEN_PIPE
-    except (UsageError, ConfigError) as exc:
+    except (UsageError, ConfigError, ServeError) as exc:
         sys.stderr.write(f"nexus-dataflow: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:

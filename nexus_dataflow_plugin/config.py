@@ -15,9 +15,9 @@ import logging
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,10 @@ PYPROJECT_TABLE = ("tool", "nexus")
 
 MSG_INVALID = "Invalid setting {key} = {value!r} (from {source}): {problem}"
 MSG_PYPROJECT = "Cannot read {path}: {problem}"
+MSG_NOT_SCAN = (
+    "Not an option of a scan: {options} (they choose how the plugin starts discovery; "
+    "pass them to DataFlowCompatiblePlugin)"
+)
 MSG_UNKNOWN_KEY = "Unknown setting {key} in {source}, ignored{hint}"
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -121,57 +125,58 @@ def _patterns(value: Any) -> tuple[str, ...]:
     raise ValueError("expected glob patterns (a list, or a comma-separated string)")
 
 
+def _option(default: Any, parse: Callable[[Any], Any], *, key: str | None = None,
+            scan: bool = True, argument: bool = True) -> Any:
+    """Declare one option: its default, its parser, its key suffix (``dataflow_<key>`` /
+    ``NEXUS_DATAFLOW_<KEY>``; the field's name unless given), whether it shapes a scan
+    (``SmartDiscovery`` takes it) or how discovery starts (the plugin alone), and
+    whether it is a keyword argument at all (the switch is not: adding the plugin is)."""
+    return field(default=default,
+                 metadata={"parse": parse, "key": key, "scan": scan, "argument": argument})
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Resolved options for smart discovery."""
+    """Every option, declared once: the keyword arguments, the environment variables, the
+    ``[tool.nexus]`` keys, their defaults and the configuration reference come from here."""
 
-    enabled: bool = False
-    timeout: float = 10.0
-    workers: int | None = None
-    exclude: tuple[str, ...] = ()
-    max_file_bytes: int = 5 * 1024 * 1024
-    memory_limit_mb: int | None = 4096
-    cpu_limit_s: int | None = 60
-    cache: bool = True
-    max_result_bytes: int = 16 * 1024 * 1024
-    max_result_nodes: int = 2_000
-    load_dependents: bool = False
-    manifest: str | None = None
-    manifest_strict: bool = False
-    watch: bool = False
-
-    def discovery_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``SmartDiscovery``."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in NOT_DISCOVERY_OPTIONS}
+    enabled: bool = _option(False, _boolean, key="compatible", scan=False, argument=False)
+    timeout: float = _option(10.0, _positive_float)  # per file: import and factory calls
+    workers: int | None = _option(None, _workers)
+    exclude: tuple[str, ...] = _option((), _patterns)
+    max_file_bytes: int = _option(5 * 1024 * 1024, _positive_int)
+    memory_limit_mb: int | None = _option(4096, _limit)
+    cpu_limit_s: int | None = _option(60, _limit)
+    cache: bool = _option(True, _boolean)
+    max_result_bytes: int = _option(16 * 1024 * 1024, _positive_int)
+    # nodes + connections: Workflow.from_dict is quadratic in a node pair's connections
+    max_result_nodes: int = _option(2_000, _positive_int)
+    load_dependents: bool = _option(False, _boolean, scan=False)
+    manifest: str | None = _option(None, _optional_path, scan=False)
+    manifest_strict: bool = _option(False, _boolean, scan=False)
+    watch: bool = _option(False, _boolean, scan=False)
 
 
-# Settings that choose how discovery starts (or keeps watching), not how a scan runs.
-NOT_DISCOVERY_OPTIONS = frozenset({"enabled", "manifest", "manifest_strict",
-                                   "load_dependents", "watch"})
+class Option(NamedTuple):
+    """One option as ``Settings`` declares it."""
+
+    name: str
+    key: str  # dataflow_<key> in [tool.nexus], NEXUS_DATAFLOW_<KEY> in the environment
+    parse: Callable[[Any], Any]
+    default: Any
+    scan: bool  # SmartDiscovery takes it
+    argument: bool  # DataFlowCompatiblePlugin takes it
 
 
-# option name -> (key suffix, parser); the key is dataflow_<suffix> / NEXUS_DATAFLOW_<SUFFIX>
-OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "enabled": ("compatible", _boolean),
-    "timeout": ("timeout", _positive_float),
-    "workers": ("workers", _workers),
-    "exclude": ("exclude", _patterns),
-    "max_file_bytes": ("max_file_bytes", _positive_int),
-    "memory_limit_mb": ("memory_limit_mb", _limit),
-    "cpu_limit_s": ("cpu_limit_s", _limit),
-    "cache": ("cache", _boolean),
-    "max_result_bytes": ("max_result_bytes", _positive_int),
-    "max_result_nodes": ("max_result_nodes", _positive_int),
-    "load_dependents": ("load_dependents", _boolean),
-    "manifest": ("manifest", _optional_path),
-    "manifest_strict": ("manifest_strict", _boolean),
-    "watch": ("watch", _boolean),
+OPTIONS: dict[str, Option] = {
+    f.name: Option(f.name, f.metadata["key"] or f.name, f.metadata["parse"], f.default,
+                   f.metadata["scan"], f.metadata["argument"])
+    for f in fields(Settings)
 }
 
 
 def pyproject_key(option: str) -> str:
-    return f"dataflow_{OPTIONS[option][0]}"
+    return f"dataflow_{OPTIONS[option].key}"
 
 
 def env_var(option: str) -> str:
@@ -216,7 +221,7 @@ def _warn_unknown_keys(keys: Iterable[str], prefix: str, known: list[str], sourc
 
 def _parse(option: str, raw: Any, key: str, source: str) -> Any:
     try:
-        return OPTIONS[option][1](raw)
+        return OPTIONS[option].parse(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             MSG_INVALID.format(key=key, value=raw, source=source, problem=exc)
@@ -230,6 +235,22 @@ def check_arguments(overrides: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"Unknown option(s): {', '.join(sorted(unknown))}")
     return {k: _parse(k, v, k, "argument") for k, v in given.items()}
+
+
+def check_keywords(arguments: Mapping[str, Any], *, scan: bool = False) -> dict[str, Any]:
+    """``check_arguments`` for a constructor's keywords: the switch is no keyword, and with
+    ``scan`` only the options that shape a scan are."""
+    parsed = check_arguments(arguments)
+    if not_keywords := sorted(k for k in parsed if not OPTIONS[k].argument):
+        raise ConfigError(f"Unknown option(s): {', '.join(not_keywords)}")
+    if scan and (others := sorted(k for k in parsed if not OPTIONS[k].scan)):
+        raise ConfigError(MSG_NOT_SCAN.format(options=", ".join(others)))
+    return parsed
+
+
+def with_arguments(settings: Settings | None, arguments: Mapping[str, Any]) -> Settings:
+    """``settings`` (default: every default) with a scan's keyword options over it."""
+    return replace(settings or Settings(), **check_keywords(arguments, scan=True))
 
 
 def load_settings(

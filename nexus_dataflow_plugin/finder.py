@@ -20,7 +20,6 @@ from nexus.discovery import WorkflowDiscovery
 WORKFLOW_PATTERNS: tuple[str, ...] = tuple(WorkflowDiscovery.WORKFLOW_PATTERNS)
 EXCLUDE_FILES: frozenset[str] = frozenset(WorkflowDiscovery.EXCLUDE_FILES)
 
-DEFAULT_MAX_FILE_BYTES = 5 * 1024 * 1024
 
 MSG_OUTSIDE = "Is a symlink to {target}, outside the project ({base}); refused, not followed."
 MSG_TOO_LARGE = (
@@ -58,7 +57,9 @@ def resolve_base(base_path: str | os.PathLike[str] | None) -> Path:
     return Path(base_path if base_path is not None else os.getcwd()).absolute()
 
 
-def _excluded(rel: str, name: str, exclude: Sequence[str]) -> bool:
+def excluded(rel: str, name: str, exclude: Sequence[str]) -> bool:
+    """Whether discovery leaves this file out: a name Nexus skips, or an ``exclude`` pattern
+    (``serve`` leaves out the same files when it looks for models)."""
     if name in EXCLUDE_FILES:
         return True
     return any(fnmatch.fnmatch(rel, pattern) for pattern in exclude)
@@ -105,7 +106,7 @@ def find_candidates(
     *,
     patterns: Sequence[str] = WORKFLOW_PATTERNS,
     exclude: Sequence[str] = (),
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_file_bytes: int,
 ) -> Found:
     """Glob the native patterns under ``base``; each file becomes one candidate."""
     base_real = base.resolve()
@@ -115,7 +116,7 @@ def find_candidates(
     for pattern in patterns:
         for path in _matches(base, pattern):
             rel = path.relative_to(base).as_posix()
-            if _excluded(rel, path.name, exclude):
+            if excluded(rel, path.name, exclude):
                 continue
             if rel not in candidates:
                 candidate = _check(path, rel, base_real, max_file_bytes, dirs)

@@ -14,7 +14,7 @@ process. If ``on_stop`` returns, ``GuardStop`` (a ``BaseException``, so
 this and every later attempt, and ``verdict()`` remembers the first one.
 
 DataFlow's library modules still import: only construction and registration
-are stopped. Standard library only at import; DataFlow is patched when its
+are stopped. DataFlow is patched when its
 engine module is imported (a ``sys.meta_path`` hook wraps that module's loader)
 or at once if it already was.
 

@@ -194,13 +194,13 @@ class ImportGraph:
             for ref in facts.imports:
                 targets.update(dict.fromkeys(self.resolve(path, ref, inherited)))
             for run in facts.run_paths:
-                target = self._run_target(self.place(path, run))
+                target = self.run_target(self.place(path, run))
                 if target is not None:
                     targets[target] = None
             self._edges[key] = [t for t in targets if t != path]
         return self._edges[key]
 
-    def _run_target(self, place: Path) -> Path | None:
+    def run_target(self, place: Path) -> Path | None:
         """The screened file ``runpy.run_path(place)`` runs (a directory runs its
         ``__main__.py``), if any."""
         target = self._real(place)

@@ -28,18 +28,11 @@ from typing import Any
 from . import protocol as proto
 from . import report as r
 from . import schedule
+from .config import Settings
 from .paths import in_project
 from .processes import FileChannels, WorkerProcess, kill_file, new_token, renice, sweep
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TIMEOUT_S = 10.0
-DEFAULT_MEMORY_MB = 4096
-DEFAULT_CPU_S = 60
-DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
-# Nodes and connections per result: 2,000 rebuild in about half a second at worst
-# (2,000 connections between one pair of nodes; real workflows have tens).
-DEFAULT_MAX_RESULT_NODES = 2_000
 
 # How long a worker may take to import Kailash before it counts as failed to start.
 WARMUP_TIMEOUT_S = 120.0
@@ -97,11 +90,23 @@ class Task:
 class Limits:
     """Per-file limits: applied in each file's process, and to what it sends back."""
 
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    memory_bytes: int | None = DEFAULT_MEMORY_MB * 1024 * 1024
-    cpu_seconds: int | None = DEFAULT_CPU_S
-    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
-    max_result_nodes: int = DEFAULT_MAX_RESULT_NODES
+    timeout_s: float
+    memory_bytes: int | None
+    cpu_seconds: int | None
+    max_result_bytes: int
+    # Nodes and connections per result: 2,000 rebuild in about half a second at worst
+    # (2,000 connections between one pair of nodes; real workflows have tens).
+    max_result_nodes: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        """The limits ``settings`` set (their defaults are declared there alone)."""
+        memory = settings.memory_limit_mb
+        return cls(timeout_s=settings.timeout,
+                   memory_bytes=memory * 1024 * 1024 if memory else None,
+                   cpu_seconds=settings.cpu_limit_s,
+                   max_result_bytes=settings.max_result_bytes,
+                   max_result_nodes=settings.max_result_nodes)
 
 
 @dataclass

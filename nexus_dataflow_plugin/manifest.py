@@ -33,11 +33,9 @@ from typing import Any
 from kailash.workflow import Workflow
 
 from . import report as r
-from .cache import ScreenCache
 from .config import Settings
-from .discovery import SmartDiscovery
+from .discovery import SmartDiscovery, name_workflows
 from .finder import Candidate, find_candidates
-from .imports import ImportGraph
 from .isolation import WorkerPool
 from .transfer import decode, quiet_rebuilds
 
@@ -156,14 +154,14 @@ def _relative_text(text: str, base: Path) -> str:
 def _reason(entry: r.FileResult, discovery: SmartDiscovery) -> str:
     """The entry's reason, minus what differs between two scans of the same tree."""
     if entry.status == r.TIMEOUT:  # how long it ran before it was stopped varies
-        return r.MSG_TIMEOUT.format(timeout=discovery.timeout)
+        return r.MSG_TIMEOUT.format(timeout=discovery.settings.timeout)
     return _relative_text(entry.reason, discovery.base)
 
 
 def _imports(discovery: SmartDiscovery, candidates: Sequence[Candidate]) -> dict[str, list[str]]:
     """Each readable candidate's project imports, transitively, as relative paths."""
-    cache = ScreenCache(discovery.base, discovery.cache_dir, persist=discovery.cache)
-    graph = ImportGraph(discovery._roots(), cache.facts)
+    cache = discovery.screen_cache()
+    graph = discovery.import_graph(cache)
     root = discovery.base.resolve()
     found: dict[str, list[str]] = {}
     for candidate in candidates:
@@ -184,8 +182,7 @@ def _imports(discovery: SmartDiscovery, candidates: Sequence[Candidate]) -> dict
 
 def build_manifest(discovery: SmartDiscovery, report: r.DiscoveryReport) -> dict[str, Any]:
     """The manifest of ``report``, a full scan made by ``discovery``."""
-    found = find_candidates(discovery.base, exclude=discovery.exclude,
-                            max_file_bytes=discovery.max_file_bytes)
+    found = discovery.find()
     imports = _imports(discovery, found.candidates)
     root = discovery.base.resolve()
     entries = {entry.path: entry for entry in report.files}
@@ -221,7 +218,7 @@ def build_manifest(discovery: SmartDiscovery, report: r.DiscoveryReport) -> dict
 def freeze(base: str | os.PathLike[str] | None, settings: Settings) -> dict[str, Any]:
     """Scan ``base`` (isolated, as always) and return its manifest; as ``scan``, it records
     what a server with the project's models loaded would register."""
-    discovery = SmartDiscovery(base, models_loaded=False, **settings.discovery_options())
+    discovery = SmartDiscovery(base, settings, models_loaded=False)
     return build_manifest(discovery, discovery.run())
 
 
@@ -412,14 +409,13 @@ def start_from_manifest(
     if settings.manifest is None:
         raise ValueError("start_from_manifest needs the manifest setting")
     path = manifest_path(base, settings.manifest)
-    options = settings.discovery_options()
     try:
         manifest = load_manifest(path)
     except ManifestError as exc:
         if settings.manifest_strict:
             raise
         logger.error(MSG_FALLBACK.format(error=exc))
-        return SmartDiscovery(base, pool=pool, **options).run()
+        return SmartDiscovery(base, settings, pool=pool).run()
     began = time.monotonic()
     started = r.DiscoveryReport(base_path=str(base))
     found = find_candidates(base, exclude=settings.exclude, max_file_bytes=settings.max_file_bytes)
@@ -434,7 +430,7 @@ def start_from_manifest(
         logger.warning(MSG_PARTIAL.format(path=path, count=len(differ), files=_listing(differ)))
         rescan = [rel for rel in differ if differ[rel] != REMOVED]
         if rescan:
-            scanned = SmartDiscovery(base, pool=pool, **options).run(only=rescan)
+            scanned = SmartDiscovery(base, settings, pool=pool).run(only=rescan)
     entries: dict[str, r.FileResult] = {e.path: e for e in scanned.files}
     workflows: dict[str, dict[str, Workflow]] = {
         e.path: {n: scanned.workflows[n] for n in e.workflows} for e in scanned.files}
@@ -445,24 +441,16 @@ def start_from_manifest(
         entries[rel] = r.FileResult(rel, record["status"], record["reason"],
                                     list(record["workflows"]))
         workflows[rel] = rebuilt[rel]
-    _name(found.order, workflows, entries, started)
+    owner = name_workflows(found.order, workflows)
+    for name, rel in owner.items():
+        started.workflows[name] = workflows[rel][name]
+    for rel, named in workflows.items():
+        for name in named:
+            if owner[name] != rel and name in entries[rel].workflows:
+                entries[rel] = r.noted(entries[rel], r.MSG_NAME_TAKEN.format(
+                    name=name, owner=owner[name]), drop=name)
     started.files = [entries[c.rel] for c in found.candidates if c.rel in entries]
     started.duration_s = time.monotonic() - began
     logger.info(MSG_STARTED.format(path=path, kept=len(unchanged) - len(failed),
                                    scanned=len(scanned.files)))
     return started
-
-
-def _name(order: Sequence[str], workflows: Mapping[str, Mapping[str, Workflow]],
-          entries: Mapping[str, r.FileResult], report: r.DiscoveryReport) -> None:
-    """Native naming across manifest and rescanned files: a later file wins a shared name."""
-    owner: dict[str, str] = {}
-    for rel in order:
-        for name, workflow in workflows.get(rel, {}).items():
-            report.workflows[name] = workflow
-            owner[name] = rel
-    for rel, named in workflows.items():
-        for name in named:
-            if owner[name] != rel and name in entries[rel].workflows:
-                entries[rel].workflows.remove(name)
-                entries[rel].reason += r.MSG_NAME_TAKEN.format(name=name, owner=owner[name])

@@ -2,8 +2,7 @@
 
 A virtualenv inside the project (``.venv/``, the default of venv, uv and
 poetry) holds installed libraries, not project code: their modules may be
-imported by the server, and the import graph must not crawl them. Standard
-library only, so the worker may use it.
+imported by the server, and the import graph must not crawl them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ server process.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import sys
@@ -27,12 +26,10 @@ from kailash.workflow import Workflow
 from nexus.plugins import NexusPlugin
 
 from . import report as r
-from .cache import ScreenCache
-from .config import Settings, check_arguments, load_settings
+from .config import Settings, check_keywords, load_settings
 from .discovery import SmartDiscovery
-from .imports import ImportGraph
 from .isolation import WorkerPool
-from .probe import MSG_IMPORT_RAISED, describe, probe, where, workflow_name
+from .probe import MSG_IMPORT_RAISED, describe, load_module, probe, where, workflow_name
 from .screen import analyze
 
 if TYPE_CHECKING:
@@ -101,44 +98,23 @@ def check_compatible(app: Any) -> None:
         )
 
 
-def log_report(report: r.DiscoveryReport) -> None:
-    """One INFO summary, then each file that needs a look at WARNING, skips at INFO."""
-    logger.info("dataflow_compatible discovery: %s", report.summary())
-    for entry in report.files:
-        if entry.status in r.PROBLEM_STATUSES:
-            logger.warning("  %s [%s] %s", entry.path, entry.status, entry.reason)
-        elif entry.status in (r.SKIPPED_MODEL, r.SKIPPED_DEPENDENT):
-            logger.info("  %s [%s] %s", entry.path, entry.status, entry.reason)
-        else:
-            logger.debug("  %s [%s] %s", entry.path, entry.status, entry.reason)
-
-
-def _not_registered(entry: r.FileResult | None, name: str, message: str, status: str) -> None:
-    """Say in the file's entry why ``name`` was not registered; with none left, re-status it."""
-    if entry is None:
-        return
-    entry.workflows.remove(name)
-    entry.reason += " " + message
-    if not entry.workflows and entry.status == r.REGISTERED:
-        entry.status = status
-
-
 def register_discovered(app: Any, report: r.DiscoveryReport) -> list[str]:
-    """Register the report's workflows as Nexus does: explicit names win, bad names skip."""
+    """Register the report's workflows as Nexus does: explicit names win, bad names skip;
+    each one not registered says why in its file's entry."""
     registered: list[str] = []
-    owners = {name: entry for entry in report.files for name in entry.workflows}
+    owners = {name: entry.path for entry in report.files for name in entry.workflows}
     for name, workflow in report.workflows.items():
         if name in app._workflows:
             message = MSG_EXPLICIT_WINS.format(name=name)
             logger.info(message)
-            _not_registered(owners.get(name), name, message, r.NO_WORKFLOWS)
+            report.note(owners.get(name, ""), message, drop=name, status=r.NO_WORKFLOWS)
             continue
         try:
             app.register(name, workflow)
         except ValueError as exc:
             message = MSG_REJECTED.format(name=name, error=exc)
             logger.warning(message)
-            _not_registered(owners.get(name), name, message, r.ERROR)
+            report.note(owners.get(name, ""), message, drop=name, status=r.ERROR)
             continue
         registered.append(name)
     return registered
@@ -157,9 +133,9 @@ def smart_auto_discover(
 
         report = start_from_manifest(Path.cwd(), settings, pool)
     else:
-        report = SmartDiscovery(os.getcwd(), pool=pool, **settings.discovery_options()).run()
+        report = SmartDiscovery(os.getcwd(), settings, pool=pool).run()
     register_discovered(app, report)
-    log_report(report)
+    report.log(logger, "dataflow_compatible discovery")
     setattr(app, REPORT_ATTR, report)
     return report
 
@@ -167,56 +143,21 @@ def smart_auto_discover(
 class DataFlowCompatiblePlugin(NexusPlugin):
     """Smart, isolated workflow discovery that is safe next to DataFlow models.
 
-    Options (all optional; unset ones come from the environment, then
-    ``[tool.nexus]`` in the project's pyproject.toml, then defaults):
-    ``timeout`` per file in seconds, ``workers``, ``exclude`` glob patterns,
-    ``max_file_bytes``, ``memory_limit_mb``, ``cpu_limit_s``, ``cache``,
-    ``max_result_bytes`` and ``max_result_nodes`` (what one file's result may hold),
-    ``manifest`` (start from the file ``nexus-dataflow freeze`` wrote),
-    ``manifest_strict`` (refuse to start when it does not match the project) and
-    ``load_dependents`` (load ``skipped_dependent`` files at the end of discovery).
-    ``watch`` (rescan and swap in what changes while the app runs).
+    ``options``: any of ``config.Settings``' options but the switch (``timeout=5``,
+    ``watch=True``; docs/configuration.md lists them), all optional: unset ones come
+    from the environment, then ``[tool.nexus]`` in the project's pyproject.toml, then
+    their defaults.
 
     ``on_models_changed``, when set, is called with the paths of model modules a
     watched save changed (``serve --reload`` restarts on it); the app keeps serving.
     """
 
-    def __init__(
-        self,
-        *,
-        timeout: float | None = None,
-        workers: int | None = None,
-        exclude: Sequence[str] | None = None,
-        max_file_bytes: int | None = None,
-        memory_limit_mb: int | None = None,
-        cpu_limit_s: int | None = None,
-        cache: bool | None = None,
-        max_result_bytes: int | None = None,
-        max_result_nodes: int | None = None,
-        load_dependents: bool | None = None,
-        manifest: str | os.PathLike[str] | None = None,
-        manifest_strict: bool | None = None,
-        watch: bool | None = None,
-    ) -> None:
-        self.options: dict[str, Any] = {
-            "timeout": timeout,
-            "workers": workers,
-            "exclude": exclude,
-            "max_file_bytes": max_file_bytes,
-            "memory_limit_mb": memory_limit_mb,
-            "cpu_limit_s": cpu_limit_s,
-            "cache": cache,
-            "max_result_bytes": max_result_bytes,
-            "max_result_nodes": max_result_nodes,
-            "load_dependents": load_dependents,
-            "manifest": manifest,
-            "manifest_strict": manifest_strict,
-            "watch": watch,
-        }
+    def __init__(self, **options: Any) -> None:
         # A bad argument is an error here; the environment and pyproject.toml are read
         # (and their errors raised) when the plugin installs and when discovery runs.
-        parsed = check_arguments(self.options)
-        if exclude is not None:  # kept as parsed: a tuple the caller's list cannot change
+        parsed = check_keywords(options)
+        self.options: dict[str, Any] = dict(options)
+        if "exclude" in parsed:  # kept as parsed: a tuple the caller's list cannot change
             self.options["exclude"] = parsed["exclude"]
         self.report: r.DiscoveryReport | None = None
         self._last_app: weakref.ReferenceType[Any] | None = None
@@ -279,8 +220,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
 
     def _prestart(self, base: Path, settings: Settings) -> None:
         self._close_pool()
-        discovery = SmartDiscovery(base, **settings.discovery_options())
-        self._pool = (base, settings, discovery.prestart())
+        self._pool = (base, settings, SmartDiscovery(base, settings).prestart())
 
     def _take_pool(self, base: Path, settings: Settings) -> WorkerPool | None:
         """The pre-started pool, if it was made for this directory and these settings."""
@@ -390,7 +330,7 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         loaded = Loaded()
         for entry in report.by_status(r.SKIPPED_DEPENDENT):
             if entry.path not in report.loaded:  # once per discovery; a refused file may retry
-                _load_dependent(app, Path(report.base_path), entry, loaded, report.loaded)
+                _load_dependent(app, report, entry.path, loaded)
         return loaded
 
     def register_dataflow_workflows(self, db: Any, **kwargs: Any) -> dict[str, Workflow]:
@@ -434,7 +374,7 @@ def chain_refusal(path: Path, base: Path) -> str | None:
     such a file by its path re-executes it whatever is loaded: always refused.
     """
     discovery = SmartDiscovery(base, cache=False)
-    graph = ImportGraph(discovery._roots(), ScreenCache(base, persist=False).facts)
+    graph = discovery.import_graph(discovery.screen_cache())
     start = path.resolve()
     seen = {start}
     queue: deque[tuple[Path, tuple[Path, ...]]] = deque([(start, ())])
@@ -444,7 +384,7 @@ def chain_refusal(path: Path, base: Path) -> str | None:
         here = graph.added(importer, inherited)
         reached: list[tuple[Path, list[str] | None]] = []
         for run in facts.run_paths:
-            target = graph._run_target(graph.place(importer, run))
+            target = graph.run_target(graph.place(importer, run))
             if target is not None:
                 reached.append((target, None))
         for ref in facts.imports:
@@ -458,12 +398,12 @@ def chain_refusal(path: Path, base: Path) -> str | None:
                     queue.append((target, here))
                 continue
             if names is None:
-                return MSG_LOAD_REFUSED_RUN.format(file=discovery._rel(target))
+                return MSG_LOAD_REFUSED_RUN.format(file=discovery.rel(target))
             module = _module_name(target, (*graph.roots, *here), names)
             found = _loaded_file(module)
             if found != str(target):
                 return MSG_LOAD_REFUSED.format(
-                    file=discovery._rel(target), module=module,
+                    file=discovery.rel(target), module=module,
                     found=f"[{module!r}] is {found}" if found else f" has no {module!r}")
     return None
 
@@ -482,27 +422,27 @@ def _module_name(target: Path, roots: Sequence[Path], imported: Sequence[str]) -
     return next((n for n in names if n in prefixes), names[0] if names else target.stem)
 
 
-def _load_dependent(app: Any, base: Path, entry: r.FileResult, loaded: Loaded,
-                    done: list[str]) -> None:
+def _load_dependent(app: Any, report: r.DiscoveryReport, rel: str, loaded: Loaded) -> None:
     """Check one dependent file's chain, then load it; the outcome goes into its entry."""
-    path = base / entry.path
+    base = Path(report.base_path)
+    path = base / rel
     problem = chain_refusal(path, base)
     if problem is None:
         try:
-            workflows = _load_file(app, path, entry.path, keep_existing=True)
+            workflows = _load_file(app, path, rel, keep_existing=True)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - one file's failure is its own
             problem = MSG_IMPORT_RAISED.format(exc=type(exc).__name__,
                                                where=where(exc, str(path)),
                                                message=describe(exc))
     if problem is not None:
-        logger.warning("%s: %s", entry.path, problem)
-        loaded.refused[entry.path] = problem
-        entry.reason += " " + problem
+        logger.warning("%s: %s", rel, problem)
+        loaded.refused[rel] = problem
+        report.note(rel, problem)
         return
-    done.append(entry.path)
+    report.loaded.append(rel)
     loaded.workflows.update(workflows)
-    entry.workflows = list(workflows)
-    entry.reason += " " + MSG_LOADED_DEPENDENT.format(names=", ".join(workflows) or "none")
+    report.note(rel, MSG_LOADED_DEPENDENT.format(names=", ".join(workflows) or "none"),
+                workflows=list(workflows))
 
 
 def _load_file(app: Any, path: Path, label: str, keep_existing: bool = False
@@ -510,13 +450,9 @@ def _load_file(app: Any, path: Path, label: str, keep_existing: bool = False
     """Execute one file in this process, as native discovery does, and register its
     workflows; with ``keep_existing``, a name the app has already is left to it, as
     discovery leaves explicit registrations."""
-    facts = analyze(path.read_bytes())
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"Cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    probed = probe(vars(module), str(path), facts.factories)
+    source = path.read_bytes()
+    module = load_module(str(path), path.stem, source)
+    probed = probe(vars(module), str(path), analyze(source).factories)
     for failure in probed.failures:
         logger.warning("%s: %s", path, failure)
     registered: dict[str, Workflow] = {}

@@ -3,12 +3,13 @@
 Narrower on purpose: only functions defined in the file itself that the
 screen saw ``return`` a value are called (never imported callables, classes,
 or anything the file calls under ``if __name__ == "__main__":``), each once,
-over a snapshot of the namespace. Imports only the standard library and
-Kailash, so both the worker and the in-process explicit loader use it.
+over a snapshot of the namespace. Both the worker and the in-process explicit
+loader use it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import re
@@ -38,6 +39,18 @@ class Probed:
 
     workflows: dict[str, Workflow] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+
+
+def load_module(path: str, name: str, source: bytes) -> types.ModuleType:
+    """Execute ``source`` as module ``name`` from ``path``, as native discovery loads a
+    file (not put in ``sys.modules``); compiled here, so no bytecode is written beside it."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:
+        raise ImportError(f"no loader for {path}")
+    module = importlib.util.module_from_spec(spec)
+    code = compile(source, path, "exec", dont_inherit=True)
+    exec(code, module.__dict__)  # noqa: S102 - the caller chose to run this file
+    return module
 
 
 def workflow_name(path: str, attr: str) -> str:

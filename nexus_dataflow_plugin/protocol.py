@@ -1,21 +1,26 @@
 """Every message between the server, its workers and each file's process.
 
-Shared by all three sides, so it imports only the standard library. Each
+Shared by all three sides (the worker's import rule: ``tests/test_worker.py``). Each
 message is a frozen dataclass; ``encode`` and ``decode`` are the only way
 onto and off the wire (JSON, never pickles), and ``decode`` checks what it is
 given against the dataclass's field types, so a malformed message is a
 ``ProtocolError``, never a ``TypeError`` somewhere later.
 
-Channels:
+Channels (``processes`` makes them, ``worker`` hands them on):
 
-- control (server <-> worker, a ``SOCK_SEQPACKET`` socket pair): ``Init`` and
-  ``RunFile`` one way (a ``RunFile`` carries the two descriptors of the file's
-  own channels), ``Ready`` and ``Exited`` the other;
-- one result channel per file (a ``SOCK_STREAM`` socket pair whose child end
-  only that file's process inherits): ``Started`` then ``Result``, each a frame
-  (kind byte, 4-byte length, JSON body);
-- one stderr channel per file (another socket pair), kept as a tail for reasons.
+- per worker, control (server <-> worker, a ``SOCK_SEQPACKET`` socket pair, one
+  message a packet): ``Init`` and ``RunFile`` one way, ``Ready`` and ``Exited``
+  the other. A ``RunFile`` carries the child ends of the file's two channels
+  (``SCM_RIGHTS``); the worker closes its copies as soon as it has forked the
+  file's process, so only that process holds them;
+- per file, a result channel (a ``SOCK_STREAM`` socket pair), which the file's
+  process moves above every descriptor number it can name: ``Started`` then
+  ``Result``, each a frame (kind byte, 4-byte length, JSON body), read by the
+  server straight from the file's process, never through the worker;
+- per file a stderr channel (the process's descriptor 2), and per worker one for
+  its own stderr: bytes, not messages, kept as a bounded tail for reasons.
 
+A file's process has ``/dev/null`` as stdin and stdout: nothing it prints is read.
 Sockets, not pipes: a pipe can be reopened through ``/proc/<pid>/fd`` by any
 process of the same user, a socket cannot, so no other file's process can
 write into a channel or read from it.

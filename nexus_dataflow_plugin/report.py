@@ -7,8 +7,9 @@ so the CLI, the logs and the docs all say the same thing.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the out-of-process screen imports this without Kailash
@@ -34,8 +35,14 @@ STATUSES = (
     NOT_TRANSFERABLE,
 )
 
+# What ``scan --explain`` says of a file no scan status covers yet.
+PASSES_SCREEN = "passes_screen"
+NOT_A_CANDIDATE = "not_a_candidate"
+
 # Statuses that mean "this file needs the user's attention".
 PROBLEM_STATUSES = frozenset({TIMEOUT, CRASHED, ERROR, NOT_TRANSFERABLE})
+# Files discovery left to the app on purpose: worth a line, not a warning.
+SKIPPED_STATUSES = frozenset({SKIPPED_MODEL, SKIPPED_DEPENDENT})
 
 # --- user-facing messages -------------------------------------------------
 
@@ -70,6 +77,14 @@ MSG_TIMEOUT_STOPPED = (
 MSG_CRASHED = (
     "Its process died while importing this file ({how}); the rest of the scan "
     "went on. Check for os._exit, native crashes or resource exhaustion at import."
+)
+MSG_PASSES_SCREEN = (
+    "Neither defines nor imports DataFlow models: a scan imports it in an isolated worker "
+    "(run `nexus-dataflow scan` for the outcome)."
+)
+MSG_NOT_A_CANDIDATE = (
+    "Discovery does not look at this file: it matches none of the patterns {patterns}, or "
+    "it is excluded."
 )
 MSG_SYNTAX = "Cannot be parsed: {what} at line {line}. Fix the syntax error."
 MSG_DECODE = (
@@ -126,7 +141,7 @@ MSG_MODEL_MISSING = (
     "start()."
 )
 MSG_NAME_TAKEN = (
-    " The name {name!r} is also produced by {owner}, which wins (as in native discovery)."
+    "The name {name!r} is also produced by {owner}, which wins (as in native discovery)."
 )
 MSG_KEPT_LAST_GOOD = (
     "The last good version keeps serving ({names}) until the file is fixed or removed."
@@ -138,9 +153,10 @@ MSG_MODELS_CHANGED = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class FileResult:
-    """What happened to one candidate file."""
+    """What happened to one candidate file; made once. What happens to it after the scan
+    (a name Nexus refused, a file loaded later) is a new entry from ``noted``."""
 
     path: str
     status: str
@@ -152,6 +168,28 @@ class FileResult:
         data = asdict(self)
         data["duration_s"] = round(self.duration_s, 4)
         return data
+
+
+def noted(entry: FileResult, note: str, *, drop: str | None = None, status: str | None = None,
+          workflows: list[str] | None = None) -> FileResult:
+    """``entry`` with ``note`` added to its reason: ``drop`` takes a name off its workflows
+    (one it had registered and left with none takes ``status``), ``workflows`` replaces
+    them (a file loaded after the scan)."""
+    names = list(entry.workflows if workflows is None else workflows)
+    if drop is not None and drop in names:
+        names.remove(drop)
+    new_status = entry.status
+    if status is not None and not names and entry.status == REGISTERED:
+        new_status = status
+    reason = f"{entry.reason} {note}" if note else entry.reason
+    return replace(entry, status=new_status, reason=reason, workflows=names)
+
+
+def log_level(status: str) -> int:
+    """Problems at WARNING, files left to the app at INFO, the rest at DEBUG."""
+    if status in PROBLEM_STATUSES:
+        return logging.WARNING
+    return logging.INFO if status in SKIPPED_STATUSES else logging.DEBUG
 
 
 @dataclass
@@ -183,6 +221,22 @@ class DiscoveryReport:
             if entry.path == path:
                 return entry
         return None
+
+    def note(self, path: str, note: str, *, drop: str | None = None,
+             status: str | None = None, workflows: list[str] | None = None) -> None:
+        """Replace ``path``'s entry with ``noted(entry, ...)``: the one way the plugin
+        changes a report after the scan. A path the report lacks is left alone."""
+        for i, entry in enumerate(self.files):
+            if entry.path == path:
+                self.files[i] = noted(entry, note, drop=drop, status=status,
+                                      workflows=workflows)
+
+    def log(self, log: logging.Logger, title: str) -> None:
+        """One INFO summary under ``title``, then each file at its status's level."""
+        log.info("%s: %s", title, self.summary())
+        for entry in self.files:
+            log.log(log_level(entry.status), "  %s [%s] %s", entry.path, entry.status,
+                    entry.reason)
 
     def summary(self) -> str:
         """One line: counts by status and total time, for logs and the CLI."""

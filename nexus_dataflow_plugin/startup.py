@@ -68,6 +68,12 @@ class _Finder:
         return None
 
 
+def armed():
+    """Whether the hook waits for ``import nexus`` in this interpreter (it is gone once
+    Nexus is imported)."""
+    return any(isinstance(f, _Finder) for f in sys.meta_path)
+
+
 def install():
     """Arm the autoload, unless ``NEXUS_DISABLE_PLUGIN_AUTOLOAD`` is set."""
     if disabled():
@@ -76,5 +82,5 @@ def install():
         from nexus_dataflow_plugin.autoload import install as now
 
         now()
-    elif not any(isinstance(f, _Finder) for f in sys.meta_path):
+    elif not armed():
         sys.meta_path.insert(0, _Finder())

@@ -5,8 +5,6 @@ what cannot make the trip and why (functions in node config, cycles, node
 classes defined in the scanned project, secrets that ``to_dict`` redacts).
 ``decode`` runs in the server: ``Workflow.from_dict()``, after importing the
 *library* modules that define the node classes, never a project file.
-
-Imports only the standard library, Kailash and ``paths``, so the worker may use it.
 """
 
 from __future__ import annotations

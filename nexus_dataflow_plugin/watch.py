@@ -30,13 +30,12 @@ import watchfiles
 from kailash.workflow import Workflow
 
 from . import report as r
-from .cache import ScreenCache
 from .config import Settings
 from .discovery import SmartDiscovery
 from .finder import Found
 from .imports import ImportGraph
 from .isolation import WorkerPool
-from .plugin import MSG_EXPLICIT_WINS, MSG_REJECTED, _not_registered
+from .plugin import MSG_EXPLICIT_WINS, MSG_REJECTED
 
 logger = logging.getLogger(__name__)
 
@@ -233,8 +232,7 @@ class Watcher:
             self._files.pop(rel, None)
         for entry in fresh.files:
             if entry.path in mine:
-                self._swap(entry, fresh)
-                self._files[entry.path] = entry
+                self._files[entry.path] = self._swap(entry, fresh)
         for rel in mine:
             del self._latest[rel]
         found, _ = self._survey(discovery)
@@ -257,12 +255,11 @@ class Watcher:
                     self._pool = discovery.make_pool().start(files=1)
 
     def _discovery(self) -> SmartDiscovery:
-        return SmartDiscovery(self.base, **self.settings.discovery_options())
+        return SmartDiscovery(self.base, self.settings)
 
     def _survey(self, discovery: SmartDiscovery) -> tuple[Found, ImportGraph]:
-        cache = ScreenCache(self.base, discovery.cache_dir, persist=False,
-                            timeout=discovery.timeout)
-        return discovery._find(), ImportGraph(discovery._roots(), cache.facts)
+        cache = discovery.screen_cache(persist=False)
+        return discovery.find(), discovery.import_graph(cache)
 
     def _model_changes(self, changed: Collection[Path], graph: ImportGraph) -> set[Path]:
         """Changed files that define models now, did before, or were imported in-process."""
@@ -284,8 +281,8 @@ class Watcher:
         if self.on_models_changed is not None:
             self.on_models_changed(paths)
 
-    def _swap(self, entry: r.FileResult, fresh: r.DiscoveryReport) -> None:
-        """Register, replace or deregister one rescanned file's workflows.
+    def _swap(self, entry: r.FileResult, fresh: r.DiscoveryReport) -> r.FileResult:
+        """Register, replace or deregister one rescanned file's workflows: its entry now.
 
         ``fresh`` named its files together, so a name another of them held before
         changes hands here.
@@ -294,10 +291,10 @@ class Watcher:
         old = self._owned.get(rel, {})
         if entry.status in r.PROBLEM_STATUSES:
             if old:
-                entry.workflows = list(old)
-                entry.reason += " " + r.MSG_KEPT_LAST_GOOD.format(names=", ".join(old))
+                entry = r.noted(entry, r.MSG_KEPT_LAST_GOOD.format(names=", ".join(old)),
+                                workflows=list(old))
             logger.warning("%s [%s] %s", rel, entry.status, entry.reason)
-            return
+            return entry
         new = {name: fresh.workflows[name] for name in entry.workflows}
         for name in old.keys() - new.keys():
             self._drop(name)
@@ -308,23 +305,24 @@ class Watcher:
             if name in self.app._workflows and name not in old and owner is None:
                 message = MSG_EXPLICIT_WINS.format(name=name)
                 logger.info(message)
-                _not_registered(entry, name, message, r.NO_WORKFLOWS)
+                entry = r.noted(entry, message, drop=name, status=r.NO_WORKFLOWS)
                 continue
             try:
                 self._put(name, workflow, replace=name in old or owner is not None)
             except ValueError as exc:
                 message = MSG_REJECTED.format(name=name, error=exc)
                 logger.warning(message)
-                _not_registered(entry, name, message, r.ERROR)
+                entry = r.noted(entry, message, drop=name, status=r.ERROR)
                 continue
             if owner is not None:
                 self._owned[owner].pop(name)
-                self._files[owner].workflows.remove(name)
+                self._files[owner] = r.noted(self._files[owner], "", drop=name)
             kept[name] = workflow
         if kept:
             self._owned[rel] = kept
         else:
             self._owned.pop(rel, None)
+        return entry
 
     def _put(self, name: str, workflow: Workflow, *, replace: bool) -> None:
         if replace:

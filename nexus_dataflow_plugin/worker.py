@@ -23,7 +23,6 @@ import dataclasses
 import gc
 import hashlib
 import importlib
-import importlib.util
 import os
 import resource
 import select
@@ -40,6 +39,7 @@ from nexus_dataflow_plugin.probe import (
     MSG_IMPORT_MEMORY,
     MSG_IMPORT_RAISED,
     describe,
+    load_module,
     probe,
     where,
 )
@@ -120,13 +120,7 @@ def _load(run: proto.RunFile) -> types.ModuleType:
         source = handle.read()
     if run.digest is not None and hashlib.sha256(source).hexdigest() != run.digest:
         raise _Changed()
-    spec = importlib.util.spec_from_file_location(run.module, run.path)
-    if spec is None:
-        raise ImportError(f"no loader for {run.path}")
-    module = importlib.util.module_from_spec(spec)
-    code = compile(source, run.path, "exec", dont_inherit=True)
-    exec(code, module.__dict__)  # noqa: S102 - the whole point, in a process of its own
-    return module
+    return load_module(run.path, run.module, source)  # in a process of its own
 
 
 class _Changed(Exception):

@@ -1,19 +1,27 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures and helpers.
 
-The first block provides PostgreSQL; other fixtures go below it.
+The first block provides PostgreSQL; other fixtures go below it: a private screen
+cache for the whole session, and the project a test module scans (``tree``, its
+``report``) with the helpers that build and scan one (``place``, ``scan``, ``runs``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+if TYPE_CHECKING:
+    from nexus_dataflow_plugin import DiscoveryReport
 
 # --- PostgreSQL -------------------------------------------------------------------------------
 # Tests that need a real PostgreSQL use `postgres_url` (server-level, database ndp_test) or
@@ -128,6 +136,18 @@ def pg_rows(url: str, sql: str) -> list[tuple]:
 # --- end of PostgreSQL fixtures ---------------------------------------------------------------
 
 
+# --- SQLite ------------------------------------------------------------------------------------
+
+
+def sqlite_rows(path: str | os.PathLike[str], sql: str) -> list[tuple]:
+    """Every row ``sql`` returns from the SQLite file at ``path`` (``pg_rows`` for SQLite)."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
 # --- a private cache ---------------------------------------------------------------------------
 
 
@@ -146,3 +166,56 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ.pop("XDG_CACHE_HOME", None)
         else:
             os.environ["XDG_CACHE_HOME"] = saved
+
+
+# --- a project to scan -------------------------------------------------------------------------
+# Marker fixtures (tests/fixtures/engine/README.md) append their pid to ``<file>.ran`` each
+# time they run; ``runs`` reads that back. A test module that scans one project for all its
+# tests declares ``FIXTURES`` (a directory) and ``LAYOUT`` (destination -> fixture); the
+# ``tree`` fixture builds it once and ``report`` scans it once. A module whose project or
+# scan differs overrides the fixture it needs.
+
+
+def runs(path: Path, suffix: str = ".ran") -> list[int]:
+    """The pids that executed the fixture at ``path``, one per execution."""
+    marker = Path(f"{path}{suffix}")
+    return [int(pid) for pid in marker.read_text().split()] if marker.exists() else []
+
+
+def place(base: Path, layout: Mapping[str, str | Path], fixtures: Path) -> Path:
+    """Copy fixtures into ``base``: destination (relative) -> fixture file or directory
+    (relative to ``fixtures``, or absolute). Returns ``base``."""
+    for dest, src in layout.items():
+        source, target = fixtures / src, base / dest
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    return base
+
+
+def scan(path: Path, **options: Any) -> DiscoveryReport:
+    """One scan of ``path`` as most tests make it: one worker (cheap on a shared machine, and
+    every file goes through the same warm process), no screen cache, 5 s per file;
+    ``options`` change any of it (``workers=None`` is one worker per core, the default)."""
+    # Imported here, not with conftest: the package imports Nexus, whose import calls
+    # logging.basicConfig(level=INFO); before pytest's log capture is in place that takes
+    # effect, and tests that count log records see INFO ones.
+    from nexus_dataflow_plugin import SmartDiscovery
+
+    settings = {"timeout": 5, "workers": 1, "cache": False, **options}
+    return SmartDiscovery(path, **settings).run()
+
+
+@pytest.fixture(scope="module")
+def tree(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test module's project: its ``LAYOUT`` of ``FIXTURES``, built once per module."""
+    module = request.module
+    return place(tmp_path_factory.mktemp(module.__name__), module.LAYOUT, module.FIXTURES)
+
+
+@pytest.fixture(scope="module")
+def report(tree: Path) -> DiscoveryReport:
+    """One scan of the module's ``tree`` (see ``scan``), shared by its tests."""
+    return scan(tree)

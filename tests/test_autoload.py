@@ -250,7 +250,7 @@ def test_process_that_never_imports_nexus_pays_nothing(tmp_path: Path) -> None:
     code = """
         import json, sys
         import decimal, email.message, sqlite3  # ordinary work, no nexus
-        from nexus_dataflow_plugin.startup import _Finder
+        from nexus_dataflow_plugin.startup import armed
 
         print(json.dumps({
             "loaded": sorted(
@@ -258,7 +258,7 @@ def test_process_that_never_imports_nexus_pays_nothing(tmp_path: Path) -> None:
                 if m.split(".")[0] in {"nexus", "nexus_dataflow_plugin", "importlib_metadata",
                                        "kailash", "dataflow"}
             ),
-            "finder_armed": any(isinstance(f, _Finder) for f in sys.meta_path),
+            "finder_armed": armed(),
         }))
     """
     out = run_python(code, tmp_path, clean_env())
@@ -273,7 +273,7 @@ def test_importing_nexus_installs_the_autoload_once(tmp_path: Path) -> None:
         import json, sys
         before = "nexus_dataflow_plugin.autoload" in sys.modules
         import nexus.core  # a submodule first: the package import still triggers the hook
-        from nexus_dataflow_plugin.startup import _Finder
+        from nexus_dataflow_plugin.startup import armed
         import nexus.plugins
 
         print(json.dumps({
@@ -285,7 +285,7 @@ def test_importing_nexus_installs_the_autoload_once(tmp_path: Path) -> None:
             "discovery_wrapped": hasattr(
                 nexus.core.Nexus._auto_discover_workflows, "__nexus_dataflow_patched__"
             ),
-            "finder_left": any(isinstance(f, _Finder) for f in sys.meta_path),
+            "finder_left": armed(),
         }))
     """
     out = run_python(code, tmp_path, clean_env())

@@ -69,11 +69,23 @@ def _project(root: Path) -> Path:
     return root
 
 
-def _same_stat_no_models(path: Path) -> None:
-    """Rewrite ``path`` as comments, keeping its size and mtime: only a cache misses that."""
-    stat = path.stat()
-    path.write_text(("# no models here\n" * stat.st_size)[: stat.st_size - 1] + "\n")
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+def _screened(tmp_path: Path) -> tuple[Path, Path, ScreenCache]:
+    """The project under ``tmp_path/app``, its model file screened and the cache saved in
+    ``tmp_path/cache``: the project, the model file, the cache."""
+    root = _project(tmp_path / "app")
+    models = (root / "workflows" / "models.py").resolve()
+    first = ScreenCache(root, tmp_path / "cache")
+    assert first.facts(models).model
+    first.save()
+    return root, models, first
+
+
+def _same_stat_no_models(path: Path, into: Path | None = None) -> None:
+    """Rewrite ``path`` as comments (or write them ``into`` another file), keeping its size
+    and mtime: only a cache misses that."""
+    stat, into = path.stat(), into or path
+    into.write_text(("# no models here\n" * stat.st_size)[: stat.st_size - 1] + "\n")
+    os.utime(into, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_facts_survive_the_round_trip_through_json():
@@ -84,11 +96,7 @@ def test_facts_survive_the_round_trip_through_json():
 
 
 def test_a_warm_scan_answers_from_the_cache_while_the_file_is_untouched(tmp_path):
-    root = _project(tmp_path / "app")
-    models = (root / "workflows" / "models.py").resolve()
-    first = ScreenCache(root, tmp_path / "cache")
-    assert first.facts(models).model
-    first.save()
+    root, models, first = _screened(tmp_path)
     # Mark the stored answer: a warm cache that returns it did not read the file.
     document = json.loads(first.path.read_text())
     document["files"][str(models)]["facts"][1] = "answered from the cache"
@@ -97,12 +105,7 @@ def test_a_warm_scan_answers_from_the_cache_while_the_file_is_untouched(tmp_path
 
 
 def test_a_rewrite_with_size_and_mtime_set_back_is_screened_again(tmp_path):
-    root = _project(tmp_path / "app")
-    models = (root / "workflows" / "models.py").resolve()
-    first = ScreenCache(root, tmp_path / "cache")
-    assert first.facts(models).model
-    first.save()
-
+    root, models, _ = _screened(tmp_path)
     # Same size and mtime, no longer a model file: the ctime moved, so it is read again.
     _same_stat_no_models(models)
     warm = ScreenCache(root, tmp_path / "cache")
@@ -111,15 +114,9 @@ def test_a_rewrite_with_size_and_mtime_set_back_is_screened_again(tmp_path):
 
 
 def test_a_file_replaced_by_another_inode_is_screened_again(tmp_path):
-    root = _project(tmp_path / "app")
-    models = (root / "workflows" / "models.py").resolve()
-    first = ScreenCache(root, tmp_path / "cache")
-    assert first.facts(models).model
-    first.save()
-    stat = models.stat()
+    root, models, _ = _screened(tmp_path)
     replacement = models.with_name("replacement.tmp")
-    replacement.write_text(("# no models here\n" * stat.st_size)[: stat.st_size - 1] + "\n")
-    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    _same_stat_no_models(models, into=replacement)
     os.replace(replacement, models)
     assert ScreenCache(root, tmp_path / "cache").facts(models).model is None
 

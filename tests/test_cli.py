@@ -371,6 +371,11 @@ BAD_INVOCATIONS = {
         ["serve", "{shop}", "--port", "{port}", "--models", "shop.nope"], {},
         "cannot load the models in shop.nope",
     ),
+    "serve models that exit at import": (
+        ["serve", "{shop}", "--port", "{port2}", "--models", "workflows.exits_at_import"], {},
+        "cannot load the models in workflows.exits_at_import (database sqlite:///{shop}/app.db): "
+        "SystemExit: this file exits at import",
+    ),
     "serve on a port that is taken": (
         ["serve", "{shop}", "--port", "{taken}"], {}, "port {taken} is not available on 127.0.0.1",
     ),
@@ -415,12 +420,13 @@ def bad_runs(
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
-    with socket.socket() as probe:
+    with socket.socket() as probe, socket.socket() as second:
         probe.bind(("127.0.0.1", 0))
-        free = probe.getsockname()[1]
+        second.bind(("127.0.0.1", 0))
+        free, free2 = probe.getsockname()[1], second.getsockname()[1]
     fill = {"shop": str(project), "missing": str(root / "nowhere"),
             "configured": str(configured), "taken": str(taken.getsockname()[1]),
-            "port": str(free)}
+            "port": str(free), "port2": str(free2)}
     started = {}
     for case, (argv, extra, _) in BAD_INVOCATIONS.items():
         args = [a.format(**fill) for a in argv]
@@ -514,21 +520,3 @@ def test_plugins_lists_dataflow_compatible_as_loading(env: dict[str, str]) -> No
     assert "nexus_dataflow_plugin.plugin:DataFlowCompatiblePlugin" in line
     assert line.rstrip().endswith("loads")
 
-
-def test_serve_finds_model_classes_not_scripts_that_open_a_database(tmp_path: Path) -> None:
-    """A maintenance script with its own ``DataFlow(...)`` and no model is not the app's
-    models: ``serve`` must not import (run) it."""
-    from nexus_dataflow_plugin.cli import find_model_files
-    from nexus_dataflow_plugin.config import Settings
-
-    (tmp_path / "shop").mkdir()
-    (tmp_path / "shop" / "models.py").write_text(
-        "from dataflow import DataFlow\ndb = DataFlow('sqlite:///:memory:')\n\n"
-        "@db.model\nclass Product:\n    name: str\n"
-    )
-    (tmp_path / "scripts").mkdir()
-    (tmp_path / "scripts" / "reset_db.py").write_text(
-        "from dataflow import DataFlow\nprint('reset')\n"
-        "db = DataFlow('sqlite:////tmp/other.db')\ndb.create_tables()\n"
-    )
-    assert find_model_files(tmp_path, Settings()) == ["shop/models.py"]

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from nexus_dataflow_plugin import DataFlowCompatiblePlugin
+from nexus_dataflow_plugin import DataFlowCompatiblePlugin, SmartDiscovery
 from nexus_dataflow_plugin.config import (
-    NOT_DISCOVERY_OPTIONS,
+    OPTIONS,
     ConfigError,
     Settings,
     env_var,
@@ -41,7 +41,7 @@ class Option:
     default: Any
 
 
-OPTIONS = [
+CASES = [
     Option(
         "enabled", "NEXUS_DATAFLOW_COMPATIBLE", "dataflow_compatible",
         True, "0", "true", True, False, True, False,
@@ -100,7 +100,7 @@ OPTIONS = [
         True, "off", "true", True, False, True, False,
     ),
 ]  # fmt: skip
-BY_NAME = {o.name: o for o in OPTIONS}
+BY_NAME = {o.name: o for o in CASES}
 
 
 def write_pyproject(base: Path, body: str) -> Path:
@@ -110,19 +110,19 @@ def write_pyproject(base: Path, body: str) -> Path:
 
 
 def test_every_option_is_covered_and_named_three_ways() -> None:
-    assert {o.name for o in OPTIONS} == {
+    assert {o.name for o in CASES} == {
         "enabled", "timeout", "workers", "exclude",
         "max_file_bytes", "memory_limit_mb", "cpu_limit_s", "cache", "max_result_bytes",
         "max_result_nodes", "load_dependents", "manifest", "manifest_strict", "watch",
     }  # fmt: skip
     assert set(Settings.__dataclass_fields__) == set(BY_NAME)
-    for option in OPTIONS:
+    for option in CASES:
         assert env_var(option.name) == option.env
         assert pyproject_key(option.name) == option.key
         assert getattr(Settings(), option.name) == option.default
 
 
-@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.name)
+@pytest.mark.parametrize("option", CASES, ids=lambda o: o.name)
 def test_precedence(tmp_path: Path, option: Option) -> None:
     name = option.name
     write_pyproject(tmp_path, f"{option.key} = {option.toml}\n")
@@ -135,7 +135,7 @@ def test_precedence(tmp_path: Path, option: Option) -> None:
     assert getattr(load_settings(tmp_path, {name: None}, {}), name) == option.from_pyproject
     assert getattr(load_settings(tmp_path / "nowhere", {}, {}), name) == option.default
     # only the option itself changes
-    for other in OPTIONS:
+    for other in CASES:
         if other.name != name:
             assert getattr(everything, other.name) == other.default
 
@@ -149,13 +149,25 @@ def test_all_levels_at_once(tmp_path: Path) -> None:
         {"NEXUS_DATAFLOW_WORKERS": "3", "NEXUS_DATAFLOW_EXCLUDE": "x.py"},
     )
     assert settings == Settings(enabled=True, timeout=1.5, workers=3, exclude=("x.py",))
-    options = settings.discovery_options()
-    assert "enabled" not in options  # the switch is not a discovery option
-    assert "load_dependents" not in options  # the plugin does that after the scan
-    assert "manifest" not in options  # nor is where discovery starts from
-    assert "watch" not in options  # nor is the plugin's watch mode
-    assert options == {o.name: getattr(settings, o.name) for o in OPTIONS
-                       if o.name not in NOT_DISCOVERY_OPTIONS}
+
+
+def test_a_scan_takes_settings_whole_and_its_own_options_as_keywords(tmp_path: Path) -> None:
+    settings = Settings(timeout=1.5, memory_limit_mb=None, watch=True)
+    discovery = SmartDiscovery(tmp_path, settings, workers=2)
+    assert discovery.settings == Settings(timeout=1.5, memory_limit_mb=None, watch=True,
+                                          workers=2)
+    assert discovery.limits.memory_bytes is None  # "no limit" survives: nothing re-parsed
+    assert discovery.limits.timeout_s == 1.5
+    # What chooses how discovery starts is the plugin's, not a scan's; the switch is nobody's.
+    starting = sorted(name for name, o in OPTIONS.items() if not o.scan)
+    assert starting == ["enabled", "load_dependents", "manifest", "manifest_strict", "watch"]
+    for name in starting:
+        with pytest.raises(ConfigError, match=name):
+            SmartDiscovery(tmp_path, **{name: True})
+    with pytest.raises(ConfigError, match="enabled"):
+        DataFlowCompatiblePlugin(enabled=True)
+    with pytest.raises(ConfigError, match="timeout"):
+        SmartDiscovery(tmp_path, timeout=0)
 
 
 def test_process_environment_is_the_default_source(

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import sqlite_rows
 from dataflow import DataFlow
 from kailash.nodes.base import NodeRegistry
 from kailash.runtime.async_local import AsyncLocalRuntime
@@ -202,11 +203,8 @@ def test_workflows_stay_bound_to_their_dataflow(app: Nexus, db: DataFlow, tmp_pa
             )
         )
         assert results["product_create"]["name"] == "kept"
-        import sqlite3
-
         def names(path: Path) -> list[str]:
-            with sqlite3.connect(path) as conn:
-                return [row[0] for row in conn.execute("SELECT name FROM products")]
+            return [row[0] for row in sqlite_rows(path, "SELECT name FROM products")]
 
         assert names(tmp_path / "shop.db") == ["kept"]
         assert names(tmp_path / "other.db") == []

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import place, runs, scan
 from kailash.workflow import Workflow
 
 from nexus_dataflow_plugin import SmartDiscovery, discover_workflows
@@ -21,7 +22,8 @@ from nexus_dataflow_plugin import SmartDiscovery, discover_workflows
 FIXTURES = Path(__file__).parent / "fixtures" / "engine"
 IMPORT_TREE = FIXTURES / "import_tree"
 
-LAYOUT = {
+# destination -> fixture in FIXTURES
+ENGINE_LAYOUT = {
     "workflows/factory_shapes.py": "factory_shapes.py",
     "workflows/factory_with_alias.py": "factory_with_alias.py",
     "workflows/mutates_globals_factory.py": "mutates_globals_factory.py",
@@ -44,10 +46,11 @@ LAYOUT = {
     "workflows/models_on_db_from_local_module.py": "models_on_db_from_local_module.py",
     "dataflow_db_module.py": "dataflow_db_module.py",
 }
-FROM_IMPORT_TREE = {
-    "app_models.py": "app_models.py",
-    "workflows/direct_import_of_models.py": "workflows/direct_import_of_models.py",
+IMPORT_TREE_LAYOUT = {
+    "app_models.py": "import_tree/app_models.py",
+    "workflows/direct_import_of_models.py": "import_tree/workflows/direct_import_of_models.py",
 }
+LAYOUT = ENGINE_LAYOUT | IMPORT_TREE_LAYOUT  # the project conftest's ``tree`` builds
 NEVER_RUN = (
     "workflows/models_from_dataflow_import.py",
     "workflows/models_on_self_db_in_method.py",
@@ -79,31 +82,6 @@ EXPECTED_NAMES = {
     "reports.workflow",
     "orders",
 }
-
-
-def runs(path: Path, suffix: str = ".ran") -> list[int]:
-    marker = Path(f"{path}{suffix}")
-    return [int(x) for x in marker.read_text().split()] if marker.exists() else []
-
-
-def build_tree(base: Path) -> Path:
-    for dest, src in LAYOUT.items():
-        (base / dest).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(FIXTURES / src, base / dest)
-    for dest, src in FROM_IMPORT_TREE.items():
-        (base / dest).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(IMPORT_TREE / src, base / dest)
-    return base
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    return build_tree(tmp_path_factory.mktemp("mixed"))
-
-
-@pytest.fixture(scope="module")
-def report(tree):
-    return SmartDiscovery(tree, timeout=5, workers=1, cache=False).run()
 
 
 # --- names ---------------------------------------------------------------------------------
@@ -215,7 +193,7 @@ def test_a_file_matching_two_patterns_is_imported_once(report, tree):
 
 
 def test_every_candidate_ran_once_and_never_in_this_process(report, tree):
-    for rel in LAYOUT:
+    for rel in ENGINE_LAYOUT:
         if rel in NEVER_RUN or not rel.endswith(".py") or rel == "helper_with_marker.py":
             continue
         pids = runs(tree / rel)
@@ -236,7 +214,7 @@ def test_model_files_and_their_dependents_never_run_anywhere(report, tree):
 
 
 def test_candidate_modules_are_not_left_in_this_process(report):
-    stems = {Path(rel).stem for rel in LAYOUT}
+    stems = {Path(rel).stem for rel in ENGINE_LAYOUT}
     assert stems.isdisjoint(sys.modules)
 
 
@@ -277,15 +255,12 @@ def test_discover_workflows_is_a_drop_in_returning_workflows_by_native_name(
     tmp_path, monkeypatch
 ):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    base = tmp_path / "project"
-    (base / "workflows").mkdir(parents=True)
-    for dest, src in {
+    base = place(tmp_path / "project", {
         "workflows/names_generic_and_specific.py": "names_generic_and_specific.py",
         "workflows/billing.py": "generic_name_builder.py",
         "workflows/invoices.py": "builder_and_the_workflow_it_built.py",
         "workflows/models_from_dataflow_import.py": "models_from_dataflow_import.py",
-    }.items():
-        shutil.copyfile(FIXTURES / src, base / dest)
+    }, FIXTURES)
     found = discover_workflows(str(base))
     assert isinstance(found, dict)
     assert set(found) == {name for name in EXPECTED_NAMES if name.startswith("names_")} | {
@@ -299,14 +274,16 @@ def test_discover_workflows_is_a_drop_in_returning_workflows_by_native_name(
 
 
 def test_default_timeout_is_ten_seconds_per_file(tmp_path):
-    assert SmartDiscovery(tmp_path).timeout == 10
+    assert SmartDiscovery(tmp_path).settings.timeout == 10
 
 
-def test_invalid_settings_are_refused(tmp_path):
+def test_invalid_settings_are_refused_as_the_configuration_refuses_them(tmp_path):
     with pytest.raises(ValueError, match="timeout"):
         SmartDiscovery(tmp_path, timeout=0)
     with pytest.raises(ValueError, match="workers"):
-        SmartDiscovery(tmp_path, workers=0)
+        SmartDiscovery(tmp_path, workers=-1)
+    # 0 workers means one per core, as NEXUS_DATAFLOW_WORKERS=0 does
+    assert SmartDiscovery(tmp_path, workers=0).workers == (os.cpu_count() or 1)
 
 
 USES_GENERATED_NODE = '''
@@ -340,7 +317,7 @@ def test_a_file_using_the_apps_model_nodes_by_name_is_registered_with_the_apps_n
     (tmp_path / "workflows" / "widget_intake.py").write_text(
         USES_GENERATED_NODE.format(node="WidgetCreateNode")
     )
-    report = SmartDiscovery(tmp_path, timeout=5, cache=False).run()
+    report = scan(tmp_path)
 
     gadget = report.file("workflows/gadget_intake.py")
     assert gadget.status == "registered", gadget.reason
@@ -439,7 +416,7 @@ def test_a_file_rewritten_after_its_screen_is_screened_again_before_anything_of_
         return judged
 
     monkeypatch.setattr(ScreenCache, "digest", digest_then_rewrite)
-    report = SmartDiscovery(tmp_path, timeout=10, workers=1, cache=False).run()
+    report = scan(tmp_path, timeout=10)
     assert report.file("workflows/rewritten.py").status == "skipped_model"
     assert report.file("workflows/steady.py").status == "registered"
     assert not marker.exists()
@@ -452,6 +429,5 @@ def test_a_file_that_keeps_changing_under_the_scan_is_an_error_saying_so(tmp_pat
     (tmp_path / "workflows").mkdir()
     (tmp_path / "workflows" / "churning.py").write_text("x = 1\n")
     monkeypatch.setattr(ScreenCache, "digest", lambda self, path: "0" * 64)
-    entry = SmartDiscovery(tmp_path, timeout=10, workers=1, cache=False).run().file(
-        "workflows/churning.py")
+    entry = scan(tmp_path, timeout=10).file("workflows/churning.py")
     assert (entry.status, entry.reason) == (r.ERROR, r.MSG_CHANGED)

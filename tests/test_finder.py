@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import place, scan
 from nexus.discovery import WorkflowDiscovery
 
-from nexus_dataflow_plugin import SmartDiscovery
+from nexus_dataflow_plugin.config import Settings
 from nexus_dataflow_plugin.finder import find_candidates, resolve_base
+
+MAX_FILE_BYTES = Settings().max_file_bytes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engine"
 
@@ -63,7 +66,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def test_candidates_are_exactly_the_files_native_discovery_would_import(project):
-    found = find_candidates(project)
+    found = find_candidates(project, max_file_bytes=MAX_FILE_BYTES)
     assert sorted(c.rel for c in found.candidates) == sorted(MATCHING)
     native = _NativeRecorder(str(project))
     native.discover()
@@ -73,13 +76,13 @@ def test_candidates_are_exactly_the_files_native_discovery_would_import(project)
 
 
 def test_a_file_matching_two_patterns_is_one_candidate(project):
-    found = find_candidates(project)
+    found = find_candidates(project, max_file_bytes=MAX_FILE_BYTES)
     assert [c.rel for c in found.candidates].count("workflow_orders_workflow.py") == 1
     assert found.order.count("workflow_orders_workflow.py") == 2
 
 
 def test_order_follows_the_native_pattern_order(project):
-    found = find_candidates(project)
+    found = find_candidates(project, max_file_bytes=MAX_FILE_BYTES)
     first = {rel: found.order.index(rel) for rel in found.order[::-1]}
     patterns_in_order = [
         "workflows/a.py", "b.workflow.py", "workflow_c.py", "d_workflow.py",
@@ -89,20 +92,25 @@ def test_order_follows_the_native_pattern_order(project):
 
 
 def test_extra_exclusions(project):
-    found = find_candidates(project, exclude=["workflows/*", "*_workflow.py"])
+    found = find_candidates(project, exclude=["workflows/*", "*_workflow.py"],
+                            max_file_bytes=MAX_FILE_BYTES)
     assert sorted(c.rel for c in found.candidates) == sorted(
         ["b.workflow.py", "workflow_c.py", "src/workflows/e.py", "app/workflows/f.py"]
     )
 
 
-def test_symlink_out_of_the_project_is_refused(tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    shutil.copyfile(FIXTURES / "good_pipeline.py", outside / "elsewhere.py")
-    base = tmp_path / "project"
+def _project_linking_outside(root: Path) -> Path:
+    """``root/project`` whose ``workflows/linked.py`` links to a workflow outside it."""
+    outside = place(root / "outside", {"elsewhere.py": "good_pipeline.py"}, FIXTURES)
+    base = root / "project"
     (base / "workflows").mkdir(parents=True)
     (base / "workflows" / "linked.py").symlink_to(outside / "elsewhere.py")
-    [candidate] = find_candidates(base).candidates
+    return base
+
+
+def test_symlink_out_of_the_project_is_refused(tmp_path):
+    base = _project_linking_outside(tmp_path)
+    [candidate] = find_candidates(base, max_file_bytes=MAX_FILE_BYTES).candidates
     assert candidate.refusal is not None and "outside the project" in candidate.refusal
 
 
@@ -113,7 +121,7 @@ def test_symlinked_directory_out_of_the_project_is_refused(tmp_path):
     base = tmp_path / "project"
     base.mkdir()
     (base / "workflows").symlink_to(outside, target_is_directory=True)
-    [candidate] = find_candidates(base).candidates
+    [candidate] = find_candidates(base, max_file_bytes=MAX_FILE_BYTES).candidates
     assert candidate.rel == "workflows/shared.py"
     assert "outside the project" in candidate.refusal
 
@@ -123,7 +131,7 @@ def test_symlink_inside_the_project_is_followed(tmp_path):
     shutil.copyfile(FIXTURES / "good_pipeline.py", tmp_path / "impl" / "pipeline.py")
     (tmp_path / "workflows").mkdir()
     (tmp_path / "workflows" / "pipeline.py").symlink_to(tmp_path / "impl" / "pipeline.py")
-    [candidate] = find_candidates(tmp_path).candidates
+    [candidate] = find_candidates(tmp_path, max_file_bytes=MAX_FILE_BYTES).candidates
     assert candidate.refusal is None
     assert candidate.rel == "workflows/pipeline.py"
 
@@ -132,7 +140,8 @@ def test_broken_and_looping_symlinks_are_refused(tmp_path):
     (tmp_path / "workflows").mkdir()
     (tmp_path / "workflows" / "dangling.py").symlink_to(tmp_path / "gone.py")
     (tmp_path / "workflows" / "loop.py").symlink_to(tmp_path / "workflows" / "loop.py")
-    found = {c.rel: c.refusal for c in find_candidates(tmp_path).candidates}
+    found = {c.rel: c.refusal
+             for c in find_candidates(tmp_path, max_file_bytes=MAX_FILE_BYTES).candidates}
     assert set(found) == {"workflows/dangling.py", "workflows/loop.py"}
     assert all(refusal and "symlink" in refusal for refusal in found.values())
 
@@ -148,21 +157,16 @@ def test_oversized_file_is_refused_unread(tmp_path):
 
 
 def test_refused_files_are_errors_in_the_report_and_never_run(tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    shutil.copyfile(FIXTURES / "good_pipeline.py", outside / "elsewhere.py")
-    base = tmp_path / "project"
-    (base / "workflows").mkdir(parents=True)
-    (base / "workflows" / "linked.py").symlink_to(outside / "elsewhere.py")
+    base = _project_linking_outside(tmp_path)
     (base / "workflows" / "dangling.py").symlink_to(tmp_path / "gone.py")
     started = time.monotonic()
-    report = SmartDiscovery(base, timeout=2, cache=False).run()
+    report = scan(base, timeout=2)
     assert time.monotonic() - started < 1.0  # decided without a worker
     assert {e.path: e.status for e in report.files} == {
         "workflows/linked.py": "error",
         "workflows/dangling.py": "error",
     }
-    assert not (outside / "elsewhere.py.ran").exists()
+    assert not (tmp_path / "outside" / "elsewhere.py.ran").exists()
 
 
 def test_base_defaults_to_the_working_directory(tmp_path, monkeypatch):

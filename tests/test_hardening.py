@@ -9,7 +9,7 @@
   child or grandchild running;
 - the static screen never raises, whatever bytes it is given (hypothesis).
 
-Fixtures and process helpers are shared with ``test_containment.py``.
+Fixtures and process helpers are ``hostile.py``'s, shared with ``test_containment.py``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from test_containment import (
+from conftest import scan
+from hostile import (
     HOSTILE,
     MARKER_ENV,
     Proc,
@@ -39,6 +38,8 @@ from test_containment import (
     recorded,
     survivors,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nexus_dataflow_plugin import SmartDiscovery
 from nexus_dataflow_plugin import report as r
@@ -76,7 +77,7 @@ def test_cpu_limit_is_reported_and_the_scan_goes_on(tmp_path: Path, monkeypatch)
     )
     monkeypatch.setenv(MARKER_ENV, str(marks))
     # The timeout is far away: only the 1 s CPU limit can stop the loop this early.
-    report = SmartDiscovery(tree, timeout=30, cpu_limit_s=1, workers=1, cache=False).run()
+    report = scan(tree, timeout=30, cpu_limit_s=1)
     busy = report.file("workflows/busy_loop_cpu.py")
     assert busy is not None
     assert busy.status in (r.CRASHED, r.ERROR), busy.reason

@@ -10,16 +10,16 @@ which modules ran (only clean ones, only in workers).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+from conftest import runs
 
-from nexus_dataflow_plugin import SmartDiscovery
 from nexus_dataflow_plugin.imports import ImportGraph
 from nexus_dataflow_plugin.screen import ImportRef, analyze
 
-TREE = Path(__file__).parent / "fixtures" / "engine" / "import_tree"
+FIXTURES = Path(__file__).parent / "fixtures" / "engine"
+LAYOUT = {".": "import_tree"}  # the whole tree is the project (conftest's ``tree``)
 
 # candidate -> the chain its reason must contain
 DEPENDENT = {
@@ -74,23 +74,6 @@ MODEL_MODULES = (
 # Clean on their own, but they import models: they must not run either.
 TAINTED_HELPERS = ("services.py", "repository.py", "cycle_c.py", "cycle_d.py", "app/services.py",
                    "reporting/formats.py")
-
-
-def runs(path: Path) -> list[int]:
-    marker = Path(f"{path}.ran")
-    return [int(x) for x in marker.read_text().split()] if marker.exists() else []
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("imports") / "project"
-    shutil.copytree(TREE, base)
-    return base
-
-
-@pytest.fixture(scope="module")
-def report(tree):
-    return SmartDiscovery(tree, timeout=5, workers=1, cache=False).run()
 
 
 @pytest.mark.parametrize("rel", sorted(DEPENDENT))

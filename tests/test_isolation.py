@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import place, runs, scan
 
-from nexus_dataflow_plugin import SmartDiscovery
+from nexus_dataflow_plugin import DiscoveryReport, SmartDiscovery
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engine"
 TIMEOUT = 2
@@ -65,11 +66,6 @@ EXPECTED_STATUS = {
 }
 
 
-def runs(path: Path) -> list[int]:
-    marker = Path(f"{path}.ran")
-    return [int(x) for x in marker.read_text().split()] if marker.exists() else []
-
-
 def _alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:
@@ -100,23 +96,23 @@ def _workers_of_this_process() -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def scan(tmp_path_factory):
-    base = tmp_path_factory.mktemp("hostile")
-    for dest, src in LAYOUT.items():
-        (base / dest).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(FIXTURES / src, base / dest)
-    (base / "settings.json").write_text('{"region": "eu-west"}')
-    report = SmartDiscovery(base, timeout=TIMEOUT, cache=False).run()
-    return base, report, report.duration_s
+def tree(tree: Path) -> Path:
+    """The ``LAYOUT`` (conftest's ``tree``) and the file one fixture reads from its cwd."""
+    (tree / "settings.json").write_text('{"region": "eu-west"}')
+    return tree
 
 
-def test_every_file_gets_the_status_it_deserves(scan):
-    _, report, _ = scan
+@pytest.fixture(scope="module")
+def report(tree: Path) -> DiscoveryReport:
+    """One scan of the hostile tree, one worker per core: they share the hangs."""
+    return scan(tree, timeout=TIMEOUT, workers=None)
+
+
+def test_every_file_gets_the_status_it_deserves(report):
     assert {e.path: e.status for e in report.files} == EXPECTED_STATUS
 
 
-def test_every_good_file_is_still_discovered(scan):
-    _, report, _ = scan
+def test_every_good_file_is_still_discovered(report):
     for name in ("aa_good_workflow", "good_pipeline", "zz_good_last", "good_in_src",
                  "prints_massive_noise", "reads_stdin_at_import", "slow_a", "slow_b",
                  "factory_raises_keyboard_interrupt"):
@@ -133,35 +129,30 @@ def test_every_good_file_is_still_discovered(scan):
         "workflows/hanging_factory.py",
     ],
 )
-def test_hangs_time_out_after_the_per_file_timeout(scan, rel):
-    _, report, _ = scan
+def test_hangs_time_out_after_the_per_file_timeout(report, rel):
     entry = report.file(rel)
     assert f"{TIMEOUT}s" in entry.reason
     assert 0.5 * TIMEOUT <= entry.duration_s <= TIMEOUT + 3
 
 
-def test_hang_reason_points_at_the_line_when_it_can(scan):
-    _, report, _ = scan
+def test_hang_reason_points_at_the_line_when_it_can(report):
     assert "line 10" in report.file("workflows/hang_at_import.py").reason
     assert "line 14" in report.file("workflows/hanging_factory.py").reason
 
 
-def test_each_file_has_its_own_timeout(scan):
+def test_each_file_has_its_own_timeout(report):
     """Two 0.9 s files next to each other both fit a 2 s timeout."""
-    _, report, _ = scan
     for rel in ("workflows/slow_a.py", "workflows/slow_b.py"):
         entry = report.file(rel)
         assert entry.status == "registered"
         assert entry.duration_s >= 0.8
 
 
-def test_os_exit_is_crashed_with_the_exit_status(scan):
-    _, report, _ = scan
+def test_os_exit_is_crashed_with_the_exit_status(report):
     assert "7" in report.file("workflows/calls_os_exit.py").reason
 
 
-def test_segfault_is_crashed_naming_the_signal(scan):
-    _, report, _ = scan
+def test_segfault_is_crashed_naming_the_signal(report):
     assert "SIGSEGV" in report.file("workflows/segfaults_via_ctypes.py").reason
 
 
@@ -172,22 +163,19 @@ def test_segfault_is_crashed_naming_the_signal(scan):
         ("workflows/raises_system_exit.py", "configuration missing, bailing out"),
     ],
 )
-def test_system_exit_is_caught_in_the_worker_as_error(scan, rel, detail):
-    _, report, _ = scan
+def test_system_exit_is_caught_in_the_worker_as_error(report, rel, detail):
     entry = report.file(rel)
     assert detail in entry.reason
     assert "line" in entry.reason
 
 
-def test_base_exception_in_a_factory_is_reported_and_the_rest_kept(scan):
-    _, report, _ = scan
+def test_base_exception_in_a_factory_is_reported_and_the_rest_kept(report):
     entry = report.file("workflows/factory_raises_keyboard_interrupt.py")
     assert entry.workflows == ["factory_raises_keyboard_interrupt"]
     assert "make_interrupted" in entry.reason and "KeyboardInterrupt" in entry.reason
 
 
-def test_massive_output_neither_blocks_nor_forges_results(scan):
-    _, report, _ = scan
+def test_massive_output_neither_blocks_nor_forges_results(report):
     entry = report.file("workflows/prints_massive_noise.py")
     assert entry.workflows == ["prints_massive_noise"]
     assert entry.duration_s < TIMEOUT
@@ -195,36 +183,31 @@ def test_massive_output_neither_blocks_nor_forges_results(scan):
     assert not any("forged" in name for name in report.workflows)
 
 
-def test_stdin_is_empty_not_inherited(scan):
-    _, report, _ = scan
+def test_stdin_is_empty_not_inherited(report):
     workflow = report.workflows["reads_stdin_at_import"]
     assert workflow.nodes["echo"].config["code"] == "result = {'stdin_bytes': 0}"
 
 
-def test_worker_cwd_is_the_base_path(scan):
-    _, report, _ = scan
+def test_worker_cwd_is_the_base_path(report):
     workflow = report.workflows["reads_config_relative_to_cwd"]
     assert workflow.nodes["configured"].config["code"] == "result = {'region': 'eu-west'}"
 
 
-def test_nothing_ran_in_the_test_process(scan):
-    base, _, _ = scan
+def test_nothing_ran_in_the_test_process(report, tree):
     for rel in LAYOUT:
-        pids = runs(base / rel)
+        pids = runs(tree / rel)
         assert os.getpid() not in pids, rel
     module_names = {Path(rel).stem for rel in LAYOUT}
     assert module_names.isdisjoint(sys.modules)
 
 
-def test_each_file_ran_exactly_once(scan):
-    base, _, _ = scan
-    counts = {rel: len(runs(base / rel)) for rel in LAYOUT}
+def test_each_file_ran_exactly_once(report, tree):
+    counts = {rel: len(runs(tree / rel)) for rel in LAYOUT}
     assert counts == {rel: 1 for rel in LAYOUT}
 
 
-def test_a_killed_files_subprocesses_are_killed_too(scan):
-    base, _, _ = scan
-    marker = base / "workflows" / "hang_after_spawning_grandchild.py.grandchild"
+def test_a_killed_files_subprocesses_are_killed_too(report, tree):
+    marker = tree / "workflows" / "hang_after_spawning_grandchild.py.grandchild"
     grandchild = int(marker.read_text())
     deadline = time.monotonic() + 5
     while _alive(grandchild) and time.monotonic() < deadline:
@@ -232,7 +215,7 @@ def test_a_killed_files_subprocesses_are_killed_too(scan):
     assert not _alive(grandchild)
 
 
-def test_no_worker_outlives_the_scan(scan):
+def test_no_worker_outlives_the_scan(report):
     assert _workers_of_this_process() == []
 
 
@@ -240,13 +223,11 @@ def test_no_worker_outlives_the_scan(scan):
 
 
 def test_a_cpu_heavy_file_does_not_crash_the_next_file(tmp_path):
-    (tmp_path / "workflows").mkdir()
-    shutil.copyfile(FIXTURES / "cpu_heavy_import.py", tmp_path / "workflows" / "aa_cpu_heavy.py")
-    for i in range(7):
-        shutil.copyfile(FIXTURES / "good_pipeline.py", tmp_path / "workflows" / f"good_{i}.py")
+    place(tmp_path, {"workflows/aa_cpu_heavy.py": "cpu_heavy_import.py"} | {
+        f"workflows/good_{i}.py": "good_pipeline.py" for i in range(7)}, FIXTURES)
     # 1.1 s of CPU can take several seconds of wall time on a busy machine: a generous
     # timeout keeps this about CPU accounting, not about timeouts.
-    report = SmartDiscovery(tmp_path, timeout=30, workers=1, cache=False).run()
+    report = scan(tmp_path, timeout=30)
     assert {e.status for e in report.files} == {"registered"}, [
         (e.path, e.status, e.reason) for e in report.files if e.status != "registered"
     ]
@@ -273,12 +254,13 @@ def _tasks(base: Path, files: dict[str, str]) -> list:
 def test_a_slow_file_does_not_hold_up_the_files_queued_behind_it(tmp_path):
     """One worker: the files queued behind a slow one finish while it is still running,
     each file runs once, and the slow one was asked to yield the CPU."""
+    from nexus_dataflow_plugin.config import Settings
     from nexus_dataflow_plugin.isolation import Limits, WorkerPool
 
     files = {"aa_slow.py": "slow_factory_within_timeout.py"}
     files.update({f"good_{i}.py": "good_pipeline.py" for i in range(6)})
     tasks = _tasks(tmp_path, files)
-    with WorkerPool(tmp_path, workers=1, limits=Limits(timeout_s=20)) as pool:
+    with WorkerPool(tmp_path, workers=1, limits=Limits.of(Settings(timeout=20))) as pool:
         outcomes = list(pool.run(tasks))
     order = [Path(o.task.path).name for o in outcomes]
     assert order[-1] == "aa_slow.py", order
@@ -296,7 +278,7 @@ def test_hangs_the_screen_cannot_foresee_overlap_instead_of_queueing(tmp_path):
     files = {f"hang_{i}.py": "hangs_in_factory_noting_start.py" for i in range(3)}
     files["good.py"] = "good_pipeline.py"
     _tasks(tmp_path, files)
-    report = SmartDiscovery(tmp_path, timeout=timeout, workers=1, cache=False).run()
+    report = scan(tmp_path, timeout=timeout)
     hangs = [f"workflows/hang_{i}.py" for i in range(3)]
     assert [report.file(rel).status for rel in hangs] == ["timeout"] * 3
     assert report.file("workflows/good.py").status == "registered"
@@ -328,6 +310,7 @@ def test_a_file_beside_a_slow_one_holds_no_descriptor_of_its_siblings(tmp_path):
     """Forked while the slow file's process still runs, the next file's process holds its
     standard streams and its own result channel: nothing of the worker's or the sibling's
     (no pipe, no pidfd, no third socket)."""
+    from nexus_dataflow_plugin.config import Settings
     from nexus_dataflow_plugin.isolation import Limits, WorkerPool
 
     tasks = _tasks(
@@ -335,7 +318,7 @@ def test_a_file_beside_a_slow_one_holds_no_descriptor_of_its_siblings(tmp_path):
         {"aa_slow.py": "slow_factory_within_timeout.py",
          "zz_snoop.py": "snoops_inherited_descriptors.py"},
     )
-    with WorkerPool(tmp_path, workers=1, limits=Limits(timeout_s=20)) as pool:
+    with WorkerPool(tmp_path, workers=1, limits=Limits.of(Settings(timeout=20))) as pool:
         order = [Path(o.task.path).name for o in pool.run(tasks)]
     assert order == ["zz_snoop.py", "aa_slow.py"]  # it really ran beside the slow one
     seen = (tmp_path / "workflows" / "zz_snoop.py.fds").read_text().split("\n")
@@ -356,6 +339,6 @@ def test_nothing_of_a_scan_is_written_into_the_project(tmp_path):
         "workflow.add_node('PythonCodeNode', 'step', STEP)\n"
     )
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    report = SmartDiscovery(tmp_path, timeout=10, workers=1, cache=False).run()
+    report = scan(tmp_path, timeout=10)
     assert report.file("workflows/uses_helper.py").status == "registered"
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -30,7 +30,7 @@ from procs import processes_seen_with_env
 
 from nexus_dataflow_plugin import DataFlowCompatiblePlugin
 from nexus_dataflow_plugin import manifest as m
-from nexus_dataflow_plugin.config import load_settings
+from nexus_dataflow_plugin.config import OPTIONS, load_settings
 
 CLI = str(Path(sys.executable).with_name("nexus-dataflow"))
 MARK = "NDP_MANIFEST_MARK"
@@ -258,7 +258,7 @@ def test_the_manifest_setting_comes_from_the_environment_and_pyproject(
     monkeypatch.setenv("NEXUS_DATAFLOW_MANIFEST_STRICT", "0")
     settings = load_settings(project)
     assert (settings.manifest, settings.manifest_strict) == ("other.json", False)
-    assert "manifest" not in settings.discovery_options()
+    assert not OPTIONS["manifest"].scan  # where discovery starts from, not how a scan runs
 
 
 def test_the_environment_switch_alone_starts_a_plain_nexus_from_the_manifest(

@@ -17,13 +17,13 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import scan
 from kailash.nodes.base import NodeRegistry
 from nexus import Nexus
 
 from nexus_dataflow_plugin import (
     DataFlowCompatiblePlugin,
     LoadRefused,
-    SmartDiscovery,
     plugin_of,
 )
 from nexus_dataflow_plugin.dataflow_workflows import OPERATIONS, node_name_for
@@ -120,6 +120,9 @@ def app_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[callable]:
     yield make
     for app in apps:
         app.stop()
+        plugin = plugin_of(app)
+        if plugin is not None:  # an app never started keeps its pre-started workers
+            plugin.on_shutdown()
     for name, module in list(sys.modules.items()):  # the projects' modules, not libraries
         origin = getattr(module, "__file__", None) or ""
         if any(origin.startswith(str(base)) for base in bases):
@@ -181,7 +184,7 @@ def test_a_scan_without_the_models_reports_what_the_server_would_and_the_models_
 ) -> None:
     base = project(tmp_path, "Voucher")
     (base / "workflows" / "typo.py").write_text(NAMES_POSITIONALLY.format(model="Vocher"))
-    report = SmartDiscovery(base, cache=False, workers=1, models_loaded=False).run()
+    report = scan(base, models_loaded=False)
 
     statuses = {e.path: e.status for e in report.files}
     assert statuses == {

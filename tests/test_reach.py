@@ -19,8 +19,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import runs, scan
 
 from nexus_dataflow_plugin import SmartDiscovery
+from nexus_dataflow_plugin.explain import explain
 from nexus_dataflow_plugin.screen import analyze
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reach"
@@ -64,11 +66,6 @@ NEVER_RUN = (
 )
 
 
-def runs(path: Path) -> list[int]:
-    marker = Path(f"{path}.ran")
-    return [int(x) for x in marker.read_text().split()] if marker.exists() else []
-
-
 def line_of(path: Path, text: str) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
@@ -93,7 +90,7 @@ def layout(tmp_path_factory) -> dict[str, Path]:
 def report(layout):
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(layout["pythonpath"]))  # the worker inherits sys.path
-        return SmartDiscovery(layout["base"], timeout=10, workers=1, cache=False).run()
+        return scan(layout["base"], timeout=10)
 
 
 @pytest.mark.parametrize("name", sorted(STATIC))
@@ -237,7 +234,7 @@ def test_a_file_using_a_model_node_by_keyword_is_served_with_the_apps_nodes(tmp_
         "workflow.add_node(node_type='CrateCreateNode', node_id='create', config={})\n"
     )
     assert SmartDiscovery(tmp_path, timeout=5, cache=False).screen() == []  # passes the screen
-    report = SmartDiscovery(tmp_path, timeout=5, cache=False, workers=1).run()
+    report = scan(tmp_path)
     entry = report.file("workflows/crate_intake.py")
     assert entry.status == "registered" and "Crate" in entry.reason
     node = report.workflows["crate_intake"]._node_instances["create"]
@@ -271,11 +268,11 @@ def test_installed_distributions_on_the_path_are_not_screened(tmp_path):
 def test_explain_shows_the_places_a_file_adds_and_runs(layout):
     base = layout["base"]
     discovery = SmartDiscovery(base, cache=False)
-    ran = discovery.explain(base / "workflows" / "runs_models_with_run_path.py")
+    ran = explain(discovery, base / "workflows" / "runs_models_with_run_path.py").to_dict()
     assert ran["runs_paths"] == [{"line": 10, "path": "run_path_models.py"}]
     assert ran["chain"] == ["workflows/runs_models_with_run_path.py", "run_path_models.py"]
-    added = discovery.explain(
-        base / "workflows" / "adds_own_dir_to_sys_path_then_imports_sibling.py")
-    assert added["sys_path_entries"] == [{"line": 10, "path": "workflows"}]
-    compiled = discovery.explain(base / "workflows" / "imports_sourceless_compiled_module.py")
-    assert compiled["chain_unscreenable"] is True
+    added = explain(discovery,
+                    base / "workflows" / "adds_own_dir_to_sys_path_then_imports_sibling.py")
+    assert added.to_dict()["sys_path_entries"] == [{"line": 10, "path": "workflows"}]
+    compiled = explain(discovery, base / "workflows" / "imports_sourceless_compiled_module.py")
+    assert compiled.screened is not None and compiled.screened.chain_unscreenable is True

@@ -6,13 +6,13 @@ is the JSON shape the CLI prints.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path, PurePosixPath
 
 import pytest
+from conftest import scan
 from kailash.workflow import Workflow
 
-from nexus_dataflow_plugin import DiscoveryReport, FileResult, SmartDiscovery
+from nexus_dataflow_plugin import DiscoveryReport, FileResult
 from nexus_dataflow_plugin.report import STATUSES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engine"
@@ -45,12 +45,9 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> DiscoveryReport:
-    base = tmp_path_factory.mktemp("report")
-    for dest, src in LAYOUT.items():
-        (base / dest).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, base / dest)
-    return SmartDiscovery(base, timeout=2, cache=False).run()
+def report(tree: Path) -> DiscoveryReport:
+    """One scan of the ``LAYOUT`` (conftest's ``tree``), one worker per core."""
+    return scan(tree, timeout=2, workers=None)
 
 
 def test_statuses_are_exactly_the_eight_of_the_spec():
@@ -136,6 +133,6 @@ def test_file_result_to_dict_rounds_the_duration():
 
 
 def test_empty_project_gives_an_empty_report(tmp_path):
-    report = SmartDiscovery(tmp_path, timeout=2, cache=False).run()
+    report = scan(tmp_path, timeout=2)
     assert report.to_dict() == {"workflows": [], "files": []}
     assert "no candidate files" in report.summary()

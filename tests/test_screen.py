@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import place, runs, scan
 
 from nexus_dataflow_plugin import SmartDiscovery
 from nexus_dataflow_plugin.screen import _walk, analyze
@@ -48,45 +48,20 @@ ERROR_FILES = {
 }
 
 
-def place(base: Path, layout: dict[str, str]) -> Path:
-    """Copy fixtures into ``base``: destination (relative) -> fixture file name."""
-    for dest, src in layout.items():
-        target = base / dest
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(FIXTURES / src, target)
-    return base
-
-
-def runs(path: Path) -> list[int]:
-    """The pids that executed the fixture at ``path`` (one line per execution)."""
-    marker = Path(f"{path}.ran")
-    if not marker.exists():
-        return []
-    return [int(line) for line in marker.read_text().split()]
-
-
 # --- one real scan over every spelling ----------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def screen_tree(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("screen")
-    layout = {f"workflows/{name}": name for name in MODEL_FILES}
-    layout.update({f"workflows/{name}": name for name in NOT_MODEL_FILES})
-    layout["workflows/latin1_with_coding_cookie.py"] = "latin1_with_coding_cookie.py"
-    # The module that creates the DataFlow instance the last model file decorates with.
-    layout["dataflow_db_module.py"] = "dataflow_db_module.py"
-    return place(base, layout)
-
-
-@pytest.fixture(scope="module")
-def screen_report(screen_tree):
-    return SmartDiscovery(screen_tree, timeout=5, workers=1, cache=False).run()
+# The project conftest's ``tree`` builds and its ``report`` scans.
+LAYOUT = {
+    f"workflows/{name}": name
+    for name in (*MODEL_FILES, *NOT_MODEL_FILES, "latin1_with_coding_cookie.py")
+}
+# The module that creates the DataFlow instance the last model file decorates with.
+LAYOUT["dataflow_db_module.py"] = "dataflow_db_module.py"
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_FILES))
-def test_every_model_spelling_is_skipped_with_the_model_named(screen_report, name):
-    entry = screen_report.file(f"workflows/{name}")
+def test_every_model_spelling_is_skipped_with_the_model_named(report, name):
+    entry = report.file(f"workflows/{name}")
     assert entry is not None
     assert entry.status == "skipped_model", entry.reason
     assert MODEL_FILES[name] in entry.reason
@@ -94,33 +69,33 @@ def test_every_model_spelling_is_skipped_with_the_model_named(screen_report, nam
     assert entry.workflows == []
 
 
-def test_model_files_never_run_in_any_process(screen_report, screen_tree):
+def test_model_files_never_run_in_any_process(report, tree):
     never_ran = [f"workflows/{name}" for name in MODEL_FILES] + ["dataflow_db_module.py"]
-    executed = {rel: runs(screen_tree / rel) for rel in never_ran if runs(screen_tree / rel)}
+    executed = {rel: runs(tree / rel) for rel in never_ran if runs(tree / rel)}
     assert executed == {}
     # No DataFlow database file was created by anything the scan did.
-    assert list(screen_tree.rglob("*.db")) == []
+    assert list(tree.rglob("*.db")) == []
 
 
 @pytest.mark.parametrize("name", NOT_MODEL_FILES)
 def test_dataflow_in_comments_strings_or_unrelated_model_decorator_is_not_skipped(
-    screen_report, screen_tree, name
+    report, tree, name
 ):
-    entry = screen_report.file(f"workflows/{name}")
+    entry = report.file(f"workflows/{name}")
     assert entry.status == "registered", entry.reason
     assert entry.workflows == [Path(name).stem]
-    pids = runs(screen_tree / "workflows" / name)
+    pids = runs(tree / "workflows" / name)
     assert len(pids) == 1 and pids[0] != os.getpid()
 
 
-def test_unrelated_model_decorator_really_ran_its_own_registry(screen_report):
-    workflow = screen_report.workflows["unrelated_model_decorator"]
+def test_unrelated_model_decorator_really_ran_its_own_registry(report):
+    workflow = report.workflows["unrelated_model_decorator"]
     code = workflow.nodes["list_models"].config["code"]
     assert "['Chart', 'Report']" in code
 
 
-def test_latin1_with_a_coding_cookie_is_valid_python(screen_report):
-    entry = screen_report.file("workflows/latin1_with_coding_cookie.py")
+def test_latin1_with_a_coding_cookie_is_valid_python(report):
+    entry = report.file("workflows/latin1_with_coding_cookie.py")
     assert entry.status == "registered", entry.reason
 
 
@@ -194,10 +169,10 @@ def _child_cpu_seconds() -> float:
 
 
 def test_broken_files_are_errors_without_spawning_a_worker(tmp_path):
-    place(tmp_path, {f"workflows/{name}": name for name in ERROR_FILES})
+    place(tmp_path, {f"workflows/{name}": name for name in ERROR_FILES}, FIXTURES)
     cpu_before = _child_cpu_seconds()
     started = time.monotonic()
-    report = SmartDiscovery(tmp_path, timeout=2, cache=False).run()
+    report = scan(tmp_path, timeout=2)
     elapsed = time.monotonic() - started
     assert {e.path: e.status for e in report.files} == {
         f"workflows/{name}": "error" for name in ERROR_FILES
@@ -391,8 +366,8 @@ def test_control_model_fixtures_are_genuine_and_markers_work(tmp_path):
 
     Without this, "no marker after a scan" would prove nothing.
     """
-    place(tmp_path, {name: name for name in MODEL_FILES})
-    place(tmp_path, {"dataflow_db_module.py": "dataflow_db_module.py"})
+    place(tmp_path, {name: name for name in MODEL_FILES}, FIXTURES)
+    place(tmp_path, {"dataflow_db_module.py": "dataflow_db_module.py"}, FIXTURES)
     paths = [str(tmp_path / name) for name in sorted(MODEL_FILES)]
     proc = subprocess.run(
         [sys.executable, "-c", _CONTROL, *paths],
@@ -417,7 +392,7 @@ def test_screen_alone_handles_a_thousand_files_quickly_without_workers(tmp_path)
     (tmp_path / "workflows").mkdir()
     for i in range(1000):
         (tmp_path / "workflows" / f"flow_{i:04}.py").write_bytes(source)
-    place(tmp_path, {"workflows/models.py": "models_from_dataflow_import.py"})
+    place(tmp_path, {"workflows/models.py": "models_from_dataflow_import.py"}, FIXTURES)
     cpu_before = _child_cpu_seconds()
     started = time.monotonic()
     decided = SmartDiscovery(tmp_path, cache=False).screen()

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import scan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,7 +49,7 @@ def stalled_scan(tmp_path_factory):
     (base / "workflows" / "plain_workflow.py").write_text(WORKFLOW)
     for fixture in FIXTURES.glob("*.py"):
         shutil.copyfile(fixture, base / "workflows" / fixture.name)
-    return SmartDiscovery(base, timeout=2, workers=1, cache=False).run()
+    return scan(base, timeout=2)
 
 
 def test_a_file_whose_screen_outlasts_the_timeout_is_a_timeout_with_a_reason(stalled_scan):

@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import runs, scan
 from kailash.runtime.local import LocalRuntime
 from kailash.workflow import Workflow
 from kailash.workflow.builder import WorkflowBuilder
 
-from nexus_dataflow_plugin import SmartDiscovery, transfer
+from nexus_dataflow_plugin import transfer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engine"
 
@@ -45,25 +46,10 @@ NOT_TRANSFERABLE = {
 }
 
 
-def runs(path: Path) -> list[int]:
-    marker = Path(f"{path}.ran")
-    return [int(x) for x in marker.read_text().split()] if marker.exists() else []
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("transfer")
-    (base / "workflows").mkdir()
-    for name in TRANSFER_FILES:
-        shutil.copyfile(FIXTURES / name, base / "workflows" / name)
-    shutil.copyfile(FIXTURES / "custom_nodes.py", base / "custom_nodes.py")
-    return base
-
-
-@pytest.fixture(scope="module")
-def report(tree):
-    # One worker: every file goes through the same warm process, one child after another.
-    return SmartDiscovery(tree, timeout=5, workers=1, cache=False).run()
+# The project conftest's ``tree`` builds and its ``report`` scans (one worker: every file
+# goes through the same warm process, one child after another).
+LAYOUT = {f"workflows/{name}": name for name in TRANSFER_FILES} | {
+    "custom_nodes.py": "custom_nodes.py"}
 
 
 @pytest.mark.parametrize("name", sorted(NOT_TRANSFERABLE))
@@ -215,13 +201,18 @@ def _project_with_venv(root: Path, venv_inside: bool) -> tuple[Path, Path]:
     return project, site
 
 
-def test_library_installed_in_an_in_project_venv_is_a_library(tmp_path, monkeypatch):
-    project, site = _project_with_venv(tmp_path, venv_inside=True)
+def _scan_with_venv(root: Path, monkeypatch, venv_inside: bool):
+    """Scan that project with the virtualenv's site-packages on the server's path."""
+    project, site = _project_with_venv(root, venv_inside)
     monkeypatch.syspath_prepend(str(site))
     try:
-        report = SmartDiscovery(project, timeout=5, workers=1, cache=False).run()
+        return scan(project)
     finally:
         sys.modules.pop("acme_nodes", None)
+
+
+def test_library_installed_in_an_in_project_venv_is_a_library(tmp_path, monkeypatch):
+    report = _scan_with_venv(tmp_path, monkeypatch, venv_inside=True)
     entry = report.file("workflows/uses_installed_node_library.py")
     assert entry.status == "registered", entry.reason
     assert report.workflows["uses_installed_node_library"].nodes["greet"].node_type == (
@@ -233,12 +224,7 @@ def test_control_library_installed_in_a_venv_next_to_the_project_is_a_library(
     tmp_path, monkeypatch
 ):
     """Same project, same library, virtualenv outside the project: the workflow travels."""
-    project, site = _project_with_venv(tmp_path, venv_inside=False)
-    monkeypatch.syspath_prepend(str(site))
-    try:
-        report = SmartDiscovery(project, timeout=5, workers=1, cache=False).run()
-    finally:
-        sys.modules.pop("acme_nodes", None)
+    report = _scan_with_venv(tmp_path, monkeypatch, venv_inside=False)
     entry = report.file("workflows/uses_installed_node_library.py")
     assert entry.status == "registered", entry.reason
     workflow = report.workflows["uses_installed_node_library"]
@@ -262,7 +248,7 @@ def test_a_scan_rebuilds_quietly_and_leaves_the_logging_level_as_it_was(tmp_path
     )
     with caplog.at_level(logging.INFO):
         before = graph_logger.level
-        report = SmartDiscovery(tmp_path, cache=False, workers=1).run()
+        report = scan(tmp_path)
         assert "pipeline" in report.workflows
         assert not [r for r in caplog.records if r.name == graph_logger.name]
         assert graph_logger.level == before

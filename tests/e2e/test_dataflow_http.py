@@ -10,14 +10,13 @@ itself (sqlite3 / psycopg2), not through DataFlow.
 from __future__ import annotations
 
 import functools
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import pg_rows
+from conftest import pg_rows, sqlite_rows
 from dataflow import DataFlow
 from nexus import Nexus
 
@@ -136,15 +135,8 @@ def test_dataflow_crud_over_http_sqlite(app: Nexus, tmp_path: Path) -> None:
     path = tmp_path / "shop.db"
     db = make_db(f"sqlite:///{path}")
 
-    def rows(sql: str) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(path)
-        try:
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
-
     try:
-        run_scenario(app, db, rows)
+        run_scenario(app, db, functools.partial(sqlite_rows, path))
     finally:
         db.close()
 

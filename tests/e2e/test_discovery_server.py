@@ -21,7 +21,6 @@ its own server and stops it.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -32,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+from conftest import pg_rows, sqlite_rows
 from shop_harness import harness
 
 WAYS = ("use_plugin", "add_plugin", "env", "pyproject")
@@ -45,25 +45,19 @@ class Database:
     rows: Callable[[str], list[tuple[Any, ...]]]  # table -> [(id, name, price, sku)] by id
 
 
+PRODUCTS = "SELECT id, name, price, sku FROM {table} ORDER BY id"
+
+
 def _sqlite(path: Path) -> Database:
     def rows(table: str) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(path) as conn:
-            return conn.execute(f"SELECT id, name, price, sku FROM {table} ORDER BY id").fetchall()
+        return sqlite_rows(path, PRODUCTS.format(table=table))
 
     return Database(f"sqlite:///{path}", rows)
 
 
 def _postgres(url: str) -> Database:
-    import psycopg2
-
     def rows(table: str) -> list[tuple[Any, ...]]:
-        conn = psycopg2.connect(url, connect_timeout=5)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"SELECT id, name, price, sku FROM {table} ORDER BY id")
-                return [(i, n, float(p), s) for i, n, p, s in cur.fetchall()]
-        finally:
-            conn.close()
+        return [(i, n, float(p), s) for i, n, p, s in pg_rows(url, PRODUCTS.format(table=table))]
 
     return Database(url, rows)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import pg_rows
+from conftest import pg_rows, sqlite_rows
 from nexus import Nexus
 
 from nexus_dataflow_plugin import DataFlowCompatiblePlugin, plugin_of
@@ -186,14 +185,7 @@ def test_model_workflows_are_discovered_and_served_on_sqlite(
     path = tmp_path / "shop.db"
     base = tmp_path / "project"
     base.mkdir()
-
-    def rows(sql: str) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(path)
-        try:
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
-
+    rows = functools.partial(sqlite_rows, path)
     run_scenario(base, f"sqlite:///{path}", "Subscriber", app_process, rows, by_setting=False)
 
 

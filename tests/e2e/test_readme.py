@@ -13,13 +13,13 @@ recursively: it must be the command ``.ci/run`` runs.
 
 The docs checks: every ``docs/*.md`` link in the README exists, and the
 configuration reference's table is the one generated from ``config.OPTIONS``,
-the ``Settings`` defaults and the constructors' signatures (``config_table()``
-prints it: ``python -c "from tests.e2e.test_readme import config_table as t; print(t())"``).
+the ``Settings`` defaults and the constructors' signatures. ``config_table()``
+prints it; from the repository root:
+``PYTHONPATH=tests python -c "from e2e.test_readme import config_table as t; print(t())"``.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,17 @@ def example_requests() -> list[tuple[str, dict[str, Any]]]:
     return requests
 
 
+def example_responses(server: ServeProcess) -> dict[str, tuple[int, Any]]:
+    """Once ``server`` serves: workflow -> (status, body) for each of the example's requests."""
+    server.wait_ready(INSTALL_TIMEOUT_S)
+    server.wait_output("Serving on")
+    responses = {}
+    for name, body in example_requests():
+        response = httpx.post(f"{server.url}/workflows/{name}/execute", json=body, timeout=60)
+        responses[name] = (response.status_code, response.json())
+    return responses
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("readme")
@@ -156,12 +167,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     server = ServeProcess(["bash", "-c", command], cwd=checkout, env=env, port=port,
                           log=root / "first-command.err")
     try:
-        server.wait_ready(INSTALL_TIMEOUT_S)
-        server.wait_output("Serving on")
-        responses = {}
-        for name, body in example_requests():
-            response = httpx.post(f"{server.url}/workflows/{name}/execute", json=body, timeout=60)
-            responses[name] = (response.status_code, response.json())
+        responses = example_responses(server)
         output = server.output()
         code, seconds = server.interrupt()
         leftovers = server.leftovers()
@@ -244,12 +250,7 @@ def test_postgresql_needs_the_extra_then_serves_the_example(
     server = ServeProcess(["bash", "-c", line], cwd=served.checkout, env=served.env,
                           port=port, log=tmp_path / "postgres-command.err")
     try:
-        server.wait_ready(INSTALL_TIMEOUT_S)
-        server.wait_output("Serving on")
-        responses = {}
-        for name, body in example_requests():
-            response = httpx.post(f"{server.url}/workflows/{name}/execute", json=body, timeout=60)
-            responses[name] = (response.status_code, response.json())
+        responses = example_responses(server)
         assert f"database  {fresh_pg_database} (shop.models.db)" in server.output()
         status, listed = responses["product_list"]
         assert status == 200, listed
@@ -400,28 +401,23 @@ def _literal(value: Any) -> str:
 
 
 def config_table() -> str:
-    """The configuration reference's table, from config.OPTIONS, Settings and the signatures."""
-    from nexus_dataflow_plugin import DataFlowCompatiblePlugin, SmartDiscovery
-    from nexus_dataflow_plugin.config import OPTIONS, Settings, env_var, pyproject_key
+    """The configuration reference's table, from config.OPTIONS (Settings' declarations)."""
+    from nexus_dataflow_plugin.config import OPTIONS, env_var, pyproject_key
 
-    defaults = {f.name: f.default for f in fields(Settings)}
-    takers = {
-        "DataFlowCompatiblePlugin": inspect.signature(DataFlowCompatiblePlugin).parameters,
-        "SmartDiscovery": inspect.signature(SmartDiscovery).parameters,
-    }
     rows = [
         "| option | keyword argument | environment variable | `[tool.nexus]` key | default "
         "| valid values |",
         "|---|---|---|---|---|---|",
     ]
-    for option, (_, parser) in OPTIONS.items():
-        expected_parser, valid = VALID_VALUES[option]
-        assert parser.__name__ == expected_parser, (option, parser.__name__)
-        where = [name for name, params in takers.items() if option in params]
-        keyword = f"`{option}=` ({', '.join(where)})" if where else "none: adding the plugin"
+    for name, option in OPTIONS.items():
+        expected_parser, valid = VALID_VALUES[name]
+        assert option.parse.__name__ == expected_parser, (name, option.parse.__name__)
+        where = [taker for taker, takes in (("DataFlowCompatiblePlugin", option.argument),
+                                            ("SmartDiscovery", option.scan)) if takes]
+        keyword = f"`{name}=` ({', '.join(where)})" if where else "none: adding the plugin"
         rows.append(
-            f"| {option} | {keyword} | `{env_var(option)}` | `{pyproject_key(option)}` "
-            f"| `{_literal(defaults[option])}` | {valid} |"
+            f"| {name} | {keyword} | `{env_var(name)}` | `{pyproject_key(name)}` "
+            f"| `{_literal(option.default)}` | {valid} |"
         )
     return "\n".join(rows)
 

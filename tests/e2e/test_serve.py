@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import pg_rows, sqlite_rows
 from procs import processes_with_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,18 +183,7 @@ def report_rows(output: str) -> dict[str, str]:
 
 def product_rows(backend: str, database: str) -> list[tuple[str, float, int]]:
     query = "SELECT name, price, stock FROM products ORDER BY name"
-    if backend == "sqlite":
-        with sqlite3.connect(database) as conn:
-            return [tuple(row) for row in conn.execute(query)]
-    import psycopg2
-
-    conn = psycopg2.connect(database, connect_timeout=5)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query)
-            return [tuple(row) for row in cur.fetchall()]
-    finally:
-        conn.close()
+    return (sqlite_rows if backend == "sqlite" else pg_rows)(database, query)
 
 
 @pytest.mark.parametrize(
@@ -290,13 +279,16 @@ workflow.add_node("PythonCodeNode", "hello", {"code": "result = {'greeting': 'hi
 
 
 def write_project(root: Path) -> Path:
-    """Models in shop/ and lab/, and a workflow that imports neither."""
+    """Models in shop/ and lab/, a workflow that imports neither, and one that depends on
+    shop's models and raises at import."""
     for rel, text in {
         "shop/__init__.py": "",
         "shop/models.py": MODELS,
         "lab/__init__.py": "",
         "lab/models.py": LAB_MODELS.format(url=f"sqlite:///{root / 'lab.db'}"),
         "workflows/hello.py": HELLO,
+        "workflows/raises_at_import.py": "from shop.models import Product\n\n"
+                                         "raise RuntimeError('half-written workflow')\n",
     }.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
@@ -325,6 +317,9 @@ def test_serve_loads_the_models_no_discovered_file_imports_on_127_0_0_1_only(
         assert f"database  sqlite:///{project / 'app.db'} (shop.models.db)" in output
         assert f"database  sqlite:///{project / 'lab.db'} (lab.models.db)" in output
         assert "note      lab.models.db chooses its own database" in output
+        # A dependent file that raises is reported; the server serves the rest.
+        assert ("error     workflows/raises_at_import.py: Raised RuntimeError while importing "
+                "(line 3): half-written workflow") in output
         created = server.execute("product_create", {"name": "pen", "price": 1.5})
         assert created["product_create"]["name"] == "pen", created
         assert server.execute("gadget_count", {})["gadget_count"]["count"] == 0
@@ -359,8 +354,7 @@ def test_serve_takes_models_and_host_and_makes_a_relative_sqlite_url_absolute(
         server.execute("product_create", {"name": "pen", "price": 1.5})
         listed = server.execute("product_list", {})
         assert [r["name"] for r in listed["product_list"]["records"]] == ["pen"], listed
-        with sqlite3.connect(database) as conn:
-            assert conn.execute("SELECT name FROM products").fetchall() == [("pen",)]
+        assert sqlite_rows(database, "SELECT name FROM products") == [("pen",)]
         gadget = httpx.post(f"{server.url}/workflows/gadget_count/execute",
                             json={"inputs": {}}, timeout=30)
         assert gadget.status_code == 404  # lab.models was not chosen

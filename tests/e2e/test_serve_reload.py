@@ -8,6 +8,7 @@ leaves no process behind.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -68,6 +69,27 @@ def test_serve_reload_swaps_a_saved_workflow_and_restarts_for_a_saved_model(
         fresh = httpx.get(server.url + REPORT_PATH, timeout=10).json()
         assert fresh["restart_required"] == [] and fresh["last_scan"] != report["last_scan"]
 
+        code, _ = server.interrupt()
+        assert code in (0, 130), server.stderr_tail()
+        assert server.leftovers() == [], "processes of the server outlived it"
+    finally:
+        server.kill()
+
+
+def test_serve_reload_run_as_python_m_starts_its_server_process_by_the_modules_name(
+    tmp_path: Path,
+) -> None:
+    """The supervisor starts the server as ``python -m <the CLI's module>``: run that way
+    itself, the CLI's ``__name__`` is ``__main__``, which no child could import."""
+    project = copy_example(tmp_path / "shop")
+    port = free_port()
+    argv = [sys.executable, "-m", "nexus_dataflow_plugin.cli", "serve", str(project),
+            "--port", str(port), "--reload"]
+    server = ServeProcess(argv, cwd=tmp_path, env=serve_env(), port=port,
+                          log=tmp_path / "serve.err")
+    try:
+        server.wait_ready()
+        assert _quote_currency(server) == "EUR"
         code, _ = server.interrupt()
         assert code in (0, 130), server.stderr_tail()
         assert server.leftovers() == [], "processes of the server outlived it"

@@ -22,7 +22,6 @@ tree; the pytest process never runs discovery.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -33,6 +32,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import sqlite_rows
 from shop_harness import harness
 
 STOCK_ENV = {"NEXUS_DISABLE_PLUGIN_AUTOLOAD": "1"}  # nothing of ours touches Nexus at all
@@ -221,8 +221,7 @@ def test_seed_dataflow_nexus_app_with_discovery_starts_and_serves(tmp_path: Path
             assert (created["id"], created["email"]) == ("u-1", "ada@example.com")
         assert app.stop() == 0, app.stderr_tail()
 
-    with sqlite3.connect(database) as conn:
-        rows = conn.execute(f"SELECT id, email, full_name FROM {result['table']}").fetchall()
+    rows = sqlite_rows(database, f"SELECT id, email, full_name FROM {result['table']}")
     assert rows == [("u-1", "ada@example.com", "Ada Lovelace")]
     # The seed app's own module ran once, in the server; the function-scope model
     # file (which native discovery would call as a factory) never ran at all.
