@@ -243,23 +243,27 @@ class WorkerPool:
         except (KeyError, ValueError):
             pass
 
-    def _retire(self, worker: WorkerProcess, pending: deque[Task]) -> None:
+    def _retire(self, worker: WorkerProcess, pending: deque[Task]) -> list[Outcome]:
         """Kill a worker that is stopped or gone. The files it had started go on,
         reporting to us directly. A file it had not started goes back to the queue only
         once its channel shows that no process of it can start: its ``Started`` comes
         before any of the file runs, so a channel at its end without one proves the file
         never ran; one still open may belong to a process just forked (it is orphaned
-        and waited for), which must not run the file a second time elsewhere."""
+        and waited for), which must not run the file a second time elsewhere. Its channel
+        may also hold its whole result, unread (it ran while we were busy): that outcome
+        is returned, or the scan would wait for it forever."""
         self._unwatch(worker.control)
         self._unwatch(worker.stderr)
         worker.kill()
         if worker in self._workers:
             self._workers.remove(worker)
+        outcomes: list[Outcome] = []
         for flight in [f for f in self._flights.values() if f.worker is worker]:
             if flight.started_at is None:
                 flight.orphaned = True
-                self._result(flight)
+                outcomes += self._result(flight)
                 self._requeue_unstarted(flight, pending)
+        return outcomes
 
     def _requeue_unstarted(self, flight: _Flight, pending: deque[Task]) -> None:
         if (self._flights.get(flight.task.id) is flight and flight.orphaned
@@ -465,21 +469,22 @@ class WorkerPool:
                 outcomes.append(self._finish(flight, OUTCOME_CRASHED, detail=detail))
         if not alive:
             if not worker.ready:
-                self._failed_start(worker, pending)
+                outcomes += self._failed_start(worker, pending)
             else:
-                self._retire(worker, pending)
+                outcomes += self._retire(worker, pending)
         return outcomes
 
-    def _failed_start(self, worker: WorkerProcess, pending: deque[Task]) -> None:
+    def _failed_start(self, worker: WorkerProcess, pending: deque[Task]) -> list[Outcome]:
         """A worker died, hung or was stopped before it was ready. Another is started in
         its place, unless several in a row failed while no file ran that could have
         done it (a broken environment): then the queued files are given up."""
-        self._retire(worker, pending)
+        outcomes = self._retire(worker, pending)
         self._start_failures += 1
         running = any(f.started_at is not None for f in self._flights.values())
         if self._start_failures >= MAX_START_FAILURES and not running:
             self._broken = DETAIL_NO_WORKER.format(tail=worker.tail.text()[-300:] or "no output")
             logger.error("discovery: %s", self._broken)
+        return outcomes
 
     def _result(self, flight: _Flight) -> list[Outcome]:
         """Read the file's own channel: ``Started`` once, then one ``Result``."""
@@ -557,7 +562,7 @@ class WorkerPool:
         for worker in list(self._workers):
             if not worker.ready and (now > worker.started_at + WARMUP_TIMEOUT_S or (
                     now > worker.started_at + DISPATCH_CHECK_S and worker.stopped())):
-                self._failed_start(worker, pending)
+                outcomes += self._failed_start(worker, pending)
         stuck: set[WorkerProcess] = set()
         for flight in list(self._flights.values()):
             if flight.started_at is None:
@@ -583,7 +588,7 @@ class WorkerPool:
                     renice(flight.pid, SLOW_NICE)
         for worker in stuck:
             logger.info("worker %s is stopped or stuck; replacing it", worker.pid)
-            self._retire(worker, pending)
+            outcomes += self._retire(worker, pending)
         unstarted = sum(1 for f in self._flights.values() if f.started_at is None)
         remaining = len(pending) + unstarted
         while remaining and self._broken is None and len(self._workers) < self.wanted(remaining):

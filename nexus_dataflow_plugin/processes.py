@@ -192,7 +192,7 @@ class WorkerProcess:
         self.started_at = time.monotonic()
         try:
             self.control.send(proto.encode(init))
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # killed as soon as it ran (a candidate can kill new workers)
             pass  # gone: its channel's end shows it, and the pool replaces it
 
     @property
