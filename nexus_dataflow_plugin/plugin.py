@@ -29,7 +29,7 @@ from . import report as r
 from .config import Settings, check_keywords, load_settings
 from .discovery import SmartDiscovery
 from .isolation import WorkerPool
-from .probe import MSG_IMPORT_RAISED, describe, load_module, probe, where, workflow_name
+from .probe import import_raised, load_module, probe, workflow_name
 from .screen import analyze
 
 if TYPE_CHECKING:
@@ -431,9 +431,7 @@ def _load_dependent(app: Any, report: r.DiscoveryReport, rel: str, loaded: Loade
         try:
             workflows = _load_file(app, path, rel, keep_existing=True)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - one file's failure is its own
-            problem = MSG_IMPORT_RAISED.format(exc=type(exc).__name__,
-                                               where=where(exc, str(path)),
-                                               message=describe(exc))
+            problem = import_raised(exc, str(path))
     if problem is not None:
         logger.warning("%s: %s", rel, problem)
         loaded.refused[rel] = problem

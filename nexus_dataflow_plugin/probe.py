@@ -77,6 +77,12 @@ MISSING_NODE_HINT = (
 )
 
 
+def import_raised(exc: BaseException, path: str) -> str:
+    """``MSG_IMPORT_RAISED`` for ``exc``, raised while ``path`` was being imported."""
+    return MSG_IMPORT_RAISED.format(exc=type(exc).__name__, where=where(exc, path),
+                                    message=describe(exc))
+
+
 def describe(exc: BaseException) -> str:
     """The first line of the error; for an unknown node type, what to do about it."""
     text = str(exc).strip()

@@ -310,7 +310,7 @@ def dependents(static: Sequence[r.FileResult]) -> list[str]:
 def load_explicitly(server: Server, base: Path, rel: str) -> Explicit:
     """Load a dependent file in this process, as the app would with ``load_workflows``."""
     from .plugin import LoadRefused
-    from .probe import MSG_IMPORT_RAISED, describe, where
+    from .probe import import_raised
 
     path = base / rel
     try:
@@ -318,8 +318,7 @@ def load_explicitly(server: Server, base: Path, rel: str) -> Explicit:
     except LoadRefused as exc:  # its chain reaches models not loaded: nothing ran
         return Explicit(rel, refused=str(exc))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - one file's failure is its own
-        return Explicit(rel, failed=MSG_IMPORT_RAISED.format(
-            exc=type(exc).__name__, where=where(exc, str(path)), message=describe(exc)))
+        return Explicit(rel, failed=import_raised(exc, str(path)))
     return Explicit(rel, tuple(names))
 
 

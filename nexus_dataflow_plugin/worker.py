@@ -37,8 +37,7 @@ from nexus_dataflow_plugin import guard, transfer
 from nexus_dataflow_plugin import protocol as proto
 from nexus_dataflow_plugin.probe import (
     MSG_IMPORT_MEMORY,
-    MSG_IMPORT_RAISED,
-    describe,
+    import_raised,
     load_module,
     probe,
     where,
@@ -158,8 +157,7 @@ def _run_file(run: proto.RunFile, base: str) -> proto.Result:
     except MemoryError as exc:
         return proto.Result(error=MSG_IMPORT_MEMORY.format(where=where(exc, run.path)))
     except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, anything
-        return proto.Result(error=MSG_IMPORT_RAISED.format(
-            exc=type(exc).__name__, where=where(exc, run.path), message=describe(exc)))
+        return proto.Result(error=import_raised(exc, run.path))
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
