@@ -141,6 +141,11 @@ def facts_from_json(data: list[Any]) -> Facts:
     ))
 
 
+def _stalled(timeout: float) -> Facts:
+    """The facts of a file whose screen outlasted ``timeout``: neither screened nor run."""
+    return Facts(error=MSG_SCREEN_TIMEOUT.format(timeout=timeout), stalled=True)
+
+
 class _Screening:
     """``analyze`` of one large file in a ``python -I -S`` subprocess, started early so
     that the large files of a scan are screened side by side, each within its timeout.
@@ -173,7 +178,7 @@ class _Screening:
             return facts_from_json(json.loads(self._out.read()))
         except subprocess.TimeoutExpired:
             self.cancel()
-            return Facts(error=MSG_SCREEN_TIMEOUT.format(timeout=self.timeout), stalled=True)
+            return _stalled(self.timeout)
         except (OSError, ValueError, TypeError) as exc:
             return Facts(error=MSG_SCREEN_FAILED.format(what=f"{type(exc).__name__}: {exc}"))
         finally:
@@ -228,8 +233,7 @@ class _PoolProcess:
         fd = self.process.stdout.fileno()  # type: ignore[union-attr]
         wait = self.timeout if self._ready else _POOL_START_S
         if not self._poll.poll(wait * 1000):
-            self._close(Facts(error=MSG_SCREEN_TIMEOUT.format(timeout=self.timeout),
-                              stalled=True) if self._ready else _IN_SERVER)
+            self._close(_stalled(self.timeout) if self._ready else _IN_SERVER)
             return
         chunk = os.read(fd, 1 << 16)
         if not chunk:

@@ -122,9 +122,10 @@ class Screened(NamedTuple):
 
 class Imported(NamedTuple):
     """A file its own process imported: its status and reason before naming, and the
-    workflows it gave (None when it gave none)."""
+    workflows it gave (None when it gave none). ``path`` names the file as
+    ``FileResult.path`` does."""
 
-    rel: str
+    path: str
     status: str
     reason: str
     duration_s: float
@@ -399,7 +400,7 @@ class SmartDiscovery:
     def _report(self, found: Found, outcomes: Iterable[r.FileResult | Imported],
                 duration_s: float) -> r.DiscoveryReport:
         """Native naming over every file's outcome, in native order: the report."""
-        by_rel = {(o.path if isinstance(o, r.FileResult) else o.rel): o for o in outcomes}
+        by_rel = {o.path: o for o in outcomes}
         loaded = {rel: o.loaded for rel, o in by_rel.items()
                   if isinstance(o, Imported) and o.loaded is not None}
         names = {rel: {workflow_name(rel, attr): attr for attr in files.workflows}
