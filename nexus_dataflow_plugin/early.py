@@ -43,6 +43,17 @@ _lock = threading.Lock()
 _early: _Early | None = None
 
 
+def _forget() -> None:
+    """In a forked child: the early worker is the parent's (a preforking server forks
+    after ``import nexus``); the child neither uses it nor kills it."""
+    global _early, _lock
+    _early = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget)
+
+
 def begin() -> None:
     """Start the worker if the flag is on here (called as ``import nexus`` begins)."""
     global _early

@@ -209,6 +209,9 @@ class WorkerPool:
         # they carry that start's marker, so the pool takes its token too.
         early_token, self._early = early.claim(base)
         self.token = early_token or new_token()
+        # Its workers answer to this process alone: a child forked from it (a preforking
+        # server) must neither send them files nor end them.
+        self.owner = os.getpid()
         self._start_failures = 0
         self._broken: str | None = None  # why no worker can start, once that is clear
         self._workers: list[WorkerProcess] = []
@@ -216,6 +219,10 @@ class WorkerPool:
         self._selector = selectors.DefaultSelector()
 
     # -- lifecycle ---------------------------------------------------------
+
+    def owned(self) -> bool:
+        """Whether this process made the pool (not a child forked after)."""
+        return self.owner == os.getpid()
 
     def _spawn(self) -> WorkerProcess:
         worker = self._early.pop() if self._early else WorkerProcess(self.init.base, self.token)
@@ -276,8 +283,11 @@ class WorkerPool:
 
         Each worker is first asked to go: it kills what its children left
         behind (it is their subreaper). A worker that does not exit in time is
-        killed; then every process still carrying the pool's marker is.
+        killed; then every process still carrying the pool's marker is. In a process
+        forked from the pool's owner nothing is the child's to end: it does nothing.
         """
+        if not self.owned():
+            return
         for flight in list(self._flights.values()):
             kill_file(flight.pid, flight.channels.pidfd)
             self._drop(flight)

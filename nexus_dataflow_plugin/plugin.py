@@ -223,11 +223,12 @@ class DataFlowCompatiblePlugin(NexusPlugin):
         self._pool = (base, settings, SmartDiscovery(base, settings).prestart())
 
     def _take_pool(self, base: Path, settings: Settings) -> WorkerPool | None:
-        """The pre-started pool, if it was made for this directory and these settings."""
+        """The pre-started pool, if it was made for this directory and these settings, in
+        this process (a child forked after install leaves its parent's pool alone)."""
         prepared, self._pool = self._pool, None
         if prepared is None:
             return None
-        if prepared[:2] == (base, settings):
+        if prepared[:2] == (base, settings) and prepared[2].owned():
             return prepared[2]
         prepared[2].close()
         return None

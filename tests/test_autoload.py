@@ -524,6 +524,47 @@ def test_with_the_flag_a_worker_starts_as_nexus_is_imported_and_the_scan_uses_it
     assert not any("feature" in name for name in out["workflows"])
 
 
+def test_a_child_forked_after_import_nexus_or_install_uses_workers_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """A preforking server (gunicorn --preload) imports Nexus, even builds the app, then
+    forks: the early worker and the pre-started pool are the parent's alone."""
+    project = small_project(tmp_path / "app")
+    code = WORKERS_SEEN + """
+    import os
+    import nexus
+    from nexus import Nexus
+
+    def discover(app, name):
+        app._auto_discover_workflows()
+        with open(name, "w") as handle:
+            json.dump(sorted(app._workflows), handle)
+
+    def in_child(run, name):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                run(name)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
+    # forked after `import nexus` started the early worker
+    in_child(lambda name: discover(Nexus(enable_durability=False, auto_discovery=True), name),
+             "before_app.json")
+    app = Nexus(enable_durability=False, auto_discovery=True)  # installs: workers start
+    in_child(lambda name: discover(app, name), "after_install.json")  # forked after install
+    discover(app, "parent.json")
+    print(json.dumps({"popened": len(popened), **{name: json.load(open(name)) for name in (
+        "before_app.json", "after_install.json", "parent.json")}}))
+    """
+    out = run_python(code, project, flag_env(XDG_CACHE_HOME=str(tmp_path / "xdg")))
+    for who in ("before_app.json", "after_install.json", "parent.json"):
+        assert "hello" in " ".join(out[who]), (who, out[who])
+    # The parent's early worker served the parent's scan: no child used or ended it.
+    assert out["popened"] == 1
+
+
 def test_the_plugin_installed_by_hand_takes_the_worker_the_flag_started(tmp_path: Path) -> None:
     project = small_project(tmp_path / "app")
     code = WORKERS_SEEN + """
