@@ -51,6 +51,12 @@ def _boolean(value: Any) -> bool:
     raise ValueError("expected true/false (1/0, yes/no, on/off)")
 
 
+# Bounds the kernel takes: a file's alarm (setitimer) overflows from about 1e10 s, and
+# an rlimit must fit in 63 bits (memory in bytes: MiB * 2**20).
+MAX_TIMEOUT_S = 1_000_000
+MAX_LIMIT = 2**43 - 1
+
+
 def _positive_float(value: Any) -> float:
     try:
         number = float(value)
@@ -58,6 +64,8 @@ def _positive_float(value: Any) -> float:
         number = float("nan")
     if not 0 < number < float("inf"):
         raise ValueError("expected a positive, finite number of seconds")
+    if number > MAX_TIMEOUT_S:
+        raise ValueError(f"expected at most {MAX_TIMEOUT_S:,} seconds")
     return number
 
 
@@ -93,7 +101,10 @@ def _optional_count(value: Any, zero_means: str) -> int | None:
 
 def _limit(value: Any) -> int | None:
     """A resource limit; 0/none is no limit."""
-    return _optional_count(value, "no limit")
+    number = _optional_count(value, "no limit")
+    if number is not None and number > MAX_LIMIT:
+        raise ValueError(f"expected at most {MAX_LIMIT:,}, or 0/none for no limit")
+    return number
 
 
 def _workers(value: Any) -> int | None:

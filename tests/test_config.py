@@ -260,6 +260,22 @@ def test_invalid_argument_names_setting_and_source(name: str, value: Any) -> Non
     assert f"{name} = {value!r}" in message and "from argument" in message
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [("timeout", 1e10, "at most 1,000,000 seconds"),
+     ("memory_limit_mb", 10**13, "at most 8,796,093,022,207"),
+     ("cpu_limit_s", 10**30, "at most 8,796,093,022,207")],
+)
+def test_a_limit_the_kernel_cannot_take_is_refused_not_blamed_on_every_file(
+    name: str, value: Any, expected: str
+) -> None:
+    # Accepted, each would overflow setitimer/setrlimit in every file's process, and
+    # every file would be reported crashed.
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(Path("/nonexistent"), {name: value}, {})
+    assert getattr(load_settings(Path("/nonexistent"), {name: 1000}, {}), name) == 1000
+
+
 def test_a_plugin_argument_of_the_wrong_type_names_the_setting() -> None:
     with pytest.raises(ConfigError, match=r"Invalid setting exclude = 5 \(from argument\)"):
         DataFlowCompatiblePlugin(exclude=5)

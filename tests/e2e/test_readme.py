@@ -372,13 +372,15 @@ BOOLEAN = "`true`/`false` (also the strings `1`/`0`, `yes`/`no`, `on`/`off`; emp
 NONE_AS = "`0`, `\"none\"` or `\"\"`"
 VALID_VALUES = {
     "enabled": ("_boolean", BOOLEAN),
-    "timeout": ("_positive_float", "seconds, a finite number > 0"),
+    "timeout": ("_positive_float", "seconds, a finite number > 0, at most 1,000,000"),
     "workers": ("_workers", f"a whole number >= 1; {NONE_AS}: one per CPU core"),
     "exclude": ("_patterns", "glob patterns matched (`fnmatch`) against the path relative to "
                              "the project: a list, or one comma-separated string"),
     "max_file_bytes": ("_positive_int", "bytes, a whole number >= 1"),
-    "memory_limit_mb": ("_limit", f"MiB, a whole number >= 1; {NONE_AS}: no limit"),
-    "cpu_limit_s": ("_limit", f"CPU seconds, a whole number >= 1; {NONE_AS}: no limit"),
+    "memory_limit_mb": ("_limit", f"MiB, a whole number from 1 to 8,796,093,022,207; "
+                                   f"{NONE_AS}: no limit"),
+    "cpu_limit_s": ("_limit", f"CPU seconds, a whole number from 1 to 8,796,093,022,207; "
+                               f"{NONE_AS}: no limit"),
     "cache": ("_boolean", BOOLEAN),
     "max_result_bytes": ("_positive_int", "bytes, a whole number >= 1"),
     "max_result_nodes": ("_positive_int", "nodes and connections, a whole number >= 1"),
