@@ -167,6 +167,21 @@ class Settings:
     manifest_strict: bool = _option(False, _boolean, scan=False)
     watch: bool = _option(False, _boolean, scan=False)
 
+    def __post_init__(self) -> None:
+        """Hold only what the parsers give (``load_settings`` does): a ``Settings`` built
+        in code with ``timeout="3"`` or ``exclude="x.py"`` is a ``ConfigError`` here, not
+        a ``TypeError`` inside a scan or a setting silently ignored."""
+        for name in OPTIONS:
+            value = getattr(self, name)
+            parsed = _parse(name, value, name, "Settings")
+            # The parser's own value; a whole number given for seconds is one too.
+            same_type = type(parsed) is type(value) or (
+                type(value) is int and type(parsed) is float)
+            if not same_type or parsed != value:
+                raise ConfigError(MSG_INVALID.format(
+                    key=name, value=value, source="Settings",
+                    problem=f"expected {parsed!r} as the settings loader would hold it"))
+
 
 class Option(NamedTuple):
     """One option as ``Settings`` declares it."""
@@ -261,6 +276,9 @@ def check_keywords(arguments: Mapping[str, Any], *, scan: bool = False) -> dict[
 
 def with_arguments(settings: Settings | None, arguments: Mapping[str, Any]) -> Settings:
     """``settings`` (default: every default) with a scan's keyword options over it."""
+    if settings is not None and not isinstance(settings, Settings):
+        raise ConfigError(f"Expected config.Settings (load_settings(base) reads them), "
+                          f"got {type(settings).__name__}: {settings!r}")
     return replace(settings or Settings(), **check_keywords(arguments, scan=True))
 
 

@@ -260,6 +260,20 @@ def test_invalid_argument_names_setting_and_source(name: str, value: Any) -> Non
     assert f"{name} = {value!r}" in message and "from argument" in message
 
 
+def test_settings_built_in_code_hold_what_the_loader_would_or_are_refused(
+    tmp_path: Path,
+) -> None:
+    assert Settings(timeout=5) == Settings(timeout=5.0)
+    for wrong in ({"timeout": "3"}, {"timeout": -5}, {"exclude": "workflows/a.py"},
+                  {"cache": "no"}, {"memory_limit_mb": 0}):
+        name = next(iter(wrong))
+        with pytest.raises(ConfigError, match=f"{name} = "):
+            Settings(**wrong)
+    for given in ("timeout=5", {"timeout": 5}):
+        with pytest.raises(ConfigError, match="Expected config.Settings"):
+            SmartDiscovery(tmp_path, given)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [("timeout", 1e10, "at most 1,000,000 seconds"),
