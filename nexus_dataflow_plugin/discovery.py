@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import itertools
 import logging
 import os
@@ -25,9 +26,10 @@ from typing import Any, NamedTuple
 
 from kailash.workflow import Workflow
 
+from . import declarative
 from . import protocol as proto
 from . import report as r
-from .cache import ScreenCache
+from .cache import IN_PROCESS_MAX_BYTES, ScreenCache
 from .config import Settings, with_arguments
 from .finder import Candidate, Found, find_candidates, resolve_base
 from .imports import ImportGraph
@@ -314,21 +316,23 @@ class SmartDiscovery:
             for item in screened:
                 if isinstance(item, r.FileResult):
                     decided.append(item)
+                elif (read := self._read(item, cache)) is not None:
+                    decided.append(read)
                 else:
                     yield self._task(item, ids[item.candidate.rel], cache)
 
-        stream = tasks()
-        first = next(stream, None)
-        if first is None:
-            return decided
-        ordered: Iterable[Task] = itertools.chain([first], stream)
-        known: int | None = expected
-        if cache.timed():
-            ordered = sorted(ordered, key=lambda t: -(t.last_duration_s or 0.0))
-            known = None
-        imported: list[r.FileResult | Imported] = []
-        changed: list[Candidate] = []
-        with quiet_rebuilds:
+        with quiet_rebuilds:  # files read as data build here, the workers' rebuild too
+            stream = tasks()
+            first = next(stream, None)
+            if first is None:
+                return decided
+            ordered: Iterable[Task] = itertools.chain([first], stream)
+            known: int | None = expected
+            if cache.timed():
+                ordered = sorted(ordered, key=lambda t: -(t.last_duration_s or 0.0))
+                known = None
+            imported: list[r.FileResult | Imported] = []
+            changed: list[Candidate] = []
             for outcome in pool().run(ordered, known):
                 candidate = found.candidates[outcome.task.id]
                 if again and outcome.result is not None and outcome.result.changed:
@@ -336,12 +340,34 @@ class SmartDiscovery:
                     continue
                 imported.append(self._imported(candidate.rel, outcome))
                 cache.record_duration(candidate.real, outcome.duration_s)
-        if changed:
-            for candidate in changed:
-                cache.forget(candidate.real)  # type: ignore[arg-type] # screened: real is set
-            imported += self._isolate(self._screen(changed, cache), len(changed), found, cache,
-                                      pool, again=False)
-        return decided + imported
+            if changed:
+                for candidate in changed:
+                    cache.forget(candidate.real)  # type: ignore[arg-type] # screened: real is set
+                imported += self._isolate(self._screen(changed, cache), len(changed), found, cache,
+                                          pool, again=False)
+            return decided + imported
+
+    def _read(self, screened: Screened, cache: ScreenCache) -> Imported | None:
+        """A file that only declares workflows, read as data (``declarative``) from the
+        very bytes the screen judged; None when it must run in a process of its own."""
+        candidate = screened.candidate
+        began = time.monotonic()
+        judged = cache.digest(candidate.real)
+        try:
+            with open(candidate.real, "rb") as handle:  # type: ignore[arg-type] # screened
+                data = handle.read(IN_PROCESS_MAX_BYTES + 1)
+        except OSError:
+            return None
+        if len(data) > IN_PROCESS_MAX_BYTES or hashlib.sha256(data).hexdigest() != judged:
+            return None  # changed since the screen: its process finds out, as for any file
+        probed = declarative.read(
+            data, str(candidate.path), Path(candidate.rel).stem, screened.facts.factories,
+            max_nodes=self.limits.max_result_nodes, max_bytes=self.limits.max_result_bytes,
+            project_root=str(self.base))
+        if probed is None or not probed.workflows:  # none: the worker's report says why
+            return None
+        return self._found(candidate.rel, _Loaded(probed.workflows, [], []),
+                           time.monotonic() - began, r.MSG_READ)
 
     def _imported(self, rel: str, outcome: Outcome) -> Imported:
         """A file's outcome as a status and reason, with the workflows it gave."""
@@ -366,10 +392,16 @@ class SmartDiscovery:
         if result.changed:
             return Imported(rel, r.ERROR, r.MSG_CHANGED, duration)
         loaded = _decode_result(result, self.models, self.models_loaded)
+        return self._found(rel, loaded, duration, r.MSG_REGISTERED)
+
+    def _found(self, rel: str, loaded: _Loaded, duration: float, registered: str
+               ) -> Imported:
+        """A file's status and reason from the workflows it gave (``registered``: how
+        they were found) and what went wrong with the others."""
         notes = loaded.failures + loaded.problems + loaded.missing
         found = len(loaded.workflows) + len(loaded.deferred)
         if found:
-            reason = r.MSG_REGISTERED.format(count=found)
+            reason = registered.format(count=found)
             for attr in [*loaded.workflows, *loaded.deferred]:
                 if attr in loaded.needs:
                     reason += " " + r.MSG_NEEDS_MODELS.format(

@@ -15,7 +15,7 @@ import os
 import re
 import traceback
 import types
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -118,8 +118,17 @@ def probe(
     path: str,
     factories: Collection[str],
     passthrough: tuple[type[BaseException], ...] = (),
+    *,
+    factory: Callable[[str, Any], bool] | None = None,
 ) -> Probed:
-    """Collect workflows and builders (built) and call the allowed factories once."""
+    """Collect workflows and builders (built) and call the allowed factories once.
+
+    ``factory(name, obj)`` says which values are factories to call (by default: the
+    functions defined in ``path`` named in ``factories``).
+    """
+    if factory is None:
+        def factory(name: str, obj: Any) -> bool:
+            return _factory(name, obj, path, factories)
     probed = Probed()
     called: dict[int, Any] = {}  # function id -> its result: an alias is not a second call
     for name, obj in list(namespace.items()):  # a snapshot: factories may mutate globals
@@ -128,7 +137,7 @@ def probe(
         try:
             if isinstance(obj, (Workflow, WorkflowBuilder)):
                 value = obj
-            elif _factory(name, obj, path, factories):
+            elif factory(name, obj):
                 if id(obj) not in called:
                     called[id(obj)] = obj()
                 value = called[id(obj)]

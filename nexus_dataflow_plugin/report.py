@@ -47,6 +47,9 @@ SKIPPED_STATUSES = frozenset({SKIPPED_MODEL, SKIPPED_DEPENDENT})
 # --- user-facing messages -------------------------------------------------
 
 MSG_REGISTERED = "Imported in an isolated worker; {count} workflow(s) found."
+MSG_READ = (
+    "Read as data, not run: the file only declares workflows; {count} workflow(s) found."
+)
 MSG_NO_WORKFLOWS = (
     "Imported in an isolated worker; no module-level Workflow, WorkflowBuilder or "
     "zero-argument factory returning one was found."

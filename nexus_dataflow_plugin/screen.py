@@ -664,7 +664,7 @@ def _ast_parse(data: bytes) -> ast.Module:
             return ast.parse(data)
 
 
-def _parse(data: bytes) -> ast.Module | str:
+def parse(data: bytes) -> ast.Module | str:
     """The AST, or an error message with the line."""
     nul = data.find(b"\0")
     if nul >= 0:
@@ -680,7 +680,7 @@ def _parse(data: bytes) -> ast.Module | str:
 
 def analyze(data: bytes) -> Facts:
     """Screen one file's bytes. Never raises."""
-    parsed = _parse(data)
+    parsed = parse(data)
     if isinstance(parsed, str):
         return Facts(error=parsed)
     try:

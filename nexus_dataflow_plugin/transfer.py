@@ -50,18 +50,21 @@ _DATAFLOW = "dataflow"  # DataFlow's own modules build nodes; they define no app
 
 
 # Kailash logs every workflow, node and connection it builds at INFO. The worker
-# built the original; these lines would describe the server's copy, and cost
-# about 40 % of rebuilding it. Warnings and errors still come through.
-_GRAPH_LOGGER = logging.getLogger("kailash.workflow.graph")
+# built the original (or the file was read as data, ``declarative``); these lines
+# would describe the server's copy, and cost about 40 % of rebuilding it. Warnings
+# and errors still come through.
+_BUILD_LOGGERS = (logging.getLogger("kailash.workflow.graph"),
+                  logging.getLogger("kailash.workflow.builder"))
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """A workflow as data, or the reasons it cannot travel."""
+    """A workflow as data, or the reasons it cannot travel; ``size``: its JSON's length."""
 
     data: dict[str, Any] | None
     node_modules: dict[str, str]
     problems: tuple[str, ...]
+    size: int = 0
 
 
 _JSON_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
@@ -120,8 +123,9 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
     problems: list[str] = []
     node_modules: dict[str, str] = {}
     data = workflow.to_dict()
+    size = 0
     try:
-        json.dumps(data)  # usually all is JSON: one call, no per-key checks
+        size = len(json.dumps(data))  # usually all is JSON: one call, no per-key checks
         failure: Exception | None = None
     except _JSON_ERRORS as exc:
         failure = exc
@@ -156,7 +160,7 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
         # The data as it is: it survived ``json.dumps`` above, and the frame that carries
         # it is JSON, so the server reads what a round trip here would have made of it.
         problems += _lost_connections(workflow, data)
-    return Encoded(None if problems else data, node_modules, tuple(problems))
+    return Encoded(None if problems else data, node_modules, tuple(problems), size)
 
 
 class ModelNodeStandIn(Node):
@@ -314,31 +318,34 @@ def decode(data: dict[str, Any], node_modules: dict[str, str]) -> Workflow:
 
 
 class _QuietRebuilds:
-    """Raise the graph logger to WARNING while any scan is rebuilding, then restore it.
+    """Raise the build loggers to WARNING while any scan is rebuilding, then restore them.
 
     Once per scan, not per workflow: ``Logger.setLevel`` clears every logger's
     cache, which in a server with hundreds of loggers costs more than the
-    logging it saves. Counted, so overlapping scans restore the level once.
+    logging it saves. Counted, so overlapping scans restore the levels once.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._depth = 0
-        self._saved = logging.NOTSET
+        self._saved = [logging.NOTSET] * len(_BUILD_LOGGERS)
 
     def __enter__(self) -> None:
         with self._lock:
             if self._depth == 0:
-                self._saved = _GRAPH_LOGGER.level
-                if _GRAPH_LOGGER.getEffectiveLevel() < logging.WARNING:
-                    _GRAPH_LOGGER.setLevel(logging.WARNING)
+                self._saved = [log.level for log in _BUILD_LOGGERS]
+                for log in _BUILD_LOGGERS:
+                    if log.getEffectiveLevel() < logging.WARNING:
+                        log.setLevel(logging.WARNING)
             self._depth += 1
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             self._depth -= 1
-            if self._depth == 0 and _GRAPH_LOGGER.level != self._saved:
-                _GRAPH_LOGGER.setLevel(self._saved)
+            if self._depth == 0:
+                for log, saved in zip(_BUILD_LOGGERS, self._saved, strict=True):
+                    if log.level != saved:
+                        log.setLevel(saved)
 
 
 quiet_rebuilds = _QuietRebuilds()

@@ -1,0 +1,332 @@
+"""Stage 3a: a file that only declares workflows is read as data, not run.
+
+Most workflow files are declarations: import ``WorkflowBuilder``, add nodes and
+connections with literal arguments, build, perhaps inside a factory function.
+Running such a file can do nothing but make those workflows, so its outcome is
+fixed by its text. ``read`` replays exactly its builder calls, with its literals,
+on real builders in this process (Kailash's code, never the file's), and finds
+the workflows with the worker's own ``probe``; no process is forked for it.
+
+The language is small on purpose, and bounded: a file of at most 32 KB, literals
+nested at most 32 deep, at most ``BUDGET`` characters of arguments in all its
+builder calls. Anything outside it (any other call, name, statement or
+expression; a node type not in ``DATA_ONLY_NODES``, whose construction is known
+to do nothing but check and store its configuration; an exception while
+replaying; a workflow that would not survive the trip as data or is near the
+result limits) makes ``read`` return None, and the file runs in a process of its
+own as before, which gives the authoritative outcome and message.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import math
+import sys
+from collections.abc import Collection
+from typing import Any
+
+from kailash.nodes.base import NodeRegistry
+from kailash.workflow.builder import WorkflowBuilder
+
+from .probe import Probed, probe
+from .screen import parse
+from .transfer import encode
+
+logger = logging.getLogger(__name__)
+
+# Node types whose construction only checks and stores its configuration (no
+# connection, thread, file or import), mapped to the module that must define them:
+# a class the app registered under the same name is not one of these.
+DATA_ONLY_NODES = {
+    "PythonCodeNode": "kailash.nodes.code.python",
+}
+
+# What a declarative file may import: the values it binds are the modules' own.
+_IMPORTS = {
+    module: {name: getattr(sys.modules[module], name) for name in names
+             if hasattr(sys.modules[module], name)}
+    for module, names in (("kailash.workflow.builder", ("WorkflowBuilder",)),
+                          ("kailash.workflow", ("WorkflowBuilder", "Workflow")),
+                          ("kailash", ("WorkflowBuilder", "Workflow")))
+}
+_SCALARS = (str, int, float, bool, type(None))
+_MAX_DEPTH = 32
+# Characters of argument, over all of a file's builder calls, counting a value as
+# often as it is passed (a config dict bound once and passed to every node): what
+# the server builds and encodes for the file stays near the file's own size.
+BUDGET = 256 * 1024
+_ITEM_WEIGHT = 16  # each list item or dict entry, however small
+
+
+class NotData(Exception):
+    """The file does something ``read`` does not replay: it must run in its own process."""
+
+
+class _Replay:
+    """One file's replay: its module namespace and what its calls have cost so far."""
+
+    def __init__(self, module: str) -> None:
+        self.namespace: dict[str, Any] = {"__name__": module}
+        self.spent = 0
+
+    def charge(self, value: Any) -> None:
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                self.spent += len(item) + 2
+            elif isinstance(item, dict):
+                self.spent += _ITEM_WEIGHT * len(item) + sum(map(len, item))
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                self.spent += _ITEM_WEIGHT * len(item)
+                stack.extend(item)
+            else:
+                self.spent += 8
+            if self.spent > BUDGET:
+                raise NotData(f"builder calls pass more than {BUDGET:,} characters")
+
+
+class Factory:
+    """A function the file defines, with no parameters and a body ``read`` can replay;
+    calling it replays that body, as a call of the function would run it."""
+
+    def __init__(self, name: str, body: list[ast.stmt], replay: _Replay) -> None:
+        self.__name__ = name
+        self._body = body
+        self._replay = replay
+        self._local_names = frozenset(
+            target.id for statement in body if isinstance(statement, ast.Assign)
+            for target in statement.targets if isinstance(target, ast.Name))
+
+    def __call__(self) -> Any:
+        scope = _Scope(self._replay, {}, self._local_names)
+        for statement in self._body:
+            if isinstance(statement, ast.Return):
+                return None if statement.value is None else scope.value(statement.value)
+            scope.run(statement)
+        return None
+
+
+class _Scope:
+    """The module's scope (``locals_`` None) or a factory call's: the statements and
+    expressions of the language, as Python evaluates them."""
+
+    def __init__(self, replay: _Replay, locals_: dict[str, Any] | None = None,
+                 local_names: frozenset[str] = frozenset()) -> None:
+        self.replay = replay
+        self.globals = replay.namespace
+        self.locals = locals_
+        self.local_names = local_names
+
+    def bind(self, name: str, value: Any) -> None:
+        (self.globals if self.locals is None else self.locals)[name] = value
+
+    def lookup(self, name: str) -> Any:
+        if self.locals is not None and name in self.local_names:
+            if name not in self.locals:
+                raise NotData(f"{name} used before it is assigned")
+            return self.locals[name]
+        if name not in self.globals:
+            raise NotData(f"{name} is not defined by the file")
+        return self.globals[name]
+
+    def run(self, statement: ast.stmt) -> None:
+        if isinstance(statement, ast.Expr):
+            if not isinstance(statement.value, ast.Constant):  # a docstring or a string
+                self.call(statement.value)
+        elif isinstance(statement, ast.Assign):
+            if not all(isinstance(t, ast.Name) for t in statement.targets):
+                raise NotData("assignment to something other than a name")
+            value = self.value(statement.value)
+            for target in statement.targets:
+                self.bind(target.id, value)  # type: ignore[attr-defined]
+        elif not isinstance(statement, ast.Pass):
+            raise NotData(type(statement).__name__)
+
+    def value(self, node: ast.expr) -> Any:
+        """A whole expression: a literal, a name (bound to anything), or a call."""
+        if isinstance(node, ast.Name):
+            return self.lookup(node.id)
+        if isinstance(node, ast.Call):
+            return self.call(node)
+        return self.literal(node, 0)
+
+    def literal(self, node: ast.expr, depth: int) -> Any:
+        """A literal built in place; a name inside one must hold a string or a number, so
+        no literal shares a container with another."""
+        if depth > _MAX_DEPTH:
+            raise NotData("a literal nested too deep")
+        if isinstance(node, ast.Constant):
+            return _constant(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            operand = node.operand
+            if isinstance(operand, ast.Constant) and type(operand.value) in (int, float):
+                return -operand.value if isinstance(node.op, ast.USub) else operand.value
+            raise NotData("a unary operator on something other than a number")
+        if isinstance(node, ast.Dict):
+            keys = []
+            for key in node.keys:
+                if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
+                    raise NotData("a dict key that is not a string")
+                keys.append(key.value)
+            return dict(zip(keys, [self.literal(v, depth + 1) for v in node.values],
+                            strict=True))
+        if isinstance(node, ast.List):
+            return [self.literal(item, depth + 1) for item in node.elts]
+        if isinstance(node, ast.Name) and depth:
+            value = self.lookup(node.id)
+            if not isinstance(value, _SCALARS):
+                raise NotData(f"{node.id} inside a literal holds a {type(value).__name__}")
+            return value
+        raise NotData(type(node).__name__)
+
+    def call(self, node: ast.expr) -> Any:
+        if not isinstance(node, ast.Call):
+            raise NotData(type(node).__name__)
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(
+                k.arg is None for k in node.keywords):
+            raise NotData("* or ** in a call")
+        func = node.func
+        if isinstance(func, ast.Name):
+            if self.lookup(func.id) is not WorkflowBuilder or node.args or node.keywords:
+                raise NotData(f"a call of {func.id}")
+            return WorkflowBuilder()
+        if not isinstance(func, ast.Attribute):
+            raise NotData("a call of an expression")
+        target = self.value(func.value)
+        if type(target) is not WorkflowBuilder:
+            raise NotData(f".{func.attr}() of something other than a WorkflowBuilder")
+        args = [self.value(a) for a in node.args]
+        kwargs = {k.arg: self.value(k.value) for k in node.keywords}
+        _check(func.attr, args, kwargs)
+        self.replay.charge([args, kwargs])
+        return getattr(target, func.attr)(*args, **kwargs)
+
+
+def _check(method: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Only the plain forms of the builder's methods, with string names."""
+    strings = all(isinstance(a, str) for a in args)
+    if method == "add_node":
+        ok = (not kwargs and 2 <= len(args) <= 3 and isinstance(args[0], str)
+              and isinstance(args[1], str) and (len(args) == 2 or isinstance(args[2], dict)))
+        if ok and not _data_only(args[0]):
+            raise NotData(f"node type {args[0]!r}")
+    elif method == "add_connection":
+        ok = not kwargs and len(args) == 4 and strings
+    elif method == "connect":
+        mapping = kwargs.get("mapping", args[2] if len(args) > 2 else None)
+        ok = (len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str)
+              and len(args) <= 3 and set(kwargs) <= {"mapping", "from_output", "to_input"}
+              and (mapping is None or (isinstance(mapping, dict) and all(
+                  isinstance(v, str) for v in mapping.values())))
+              and all(isinstance(kwargs.get(k, ""), str) for k in ("from_output", "to_input")))
+    elif method == "build":
+        ok = not args and all(isinstance(v, _SCALARS) for v in kwargs.values())
+    else:
+        raise NotData(f"WorkflowBuilder.{method}()")
+    if not ok:
+        raise NotData(f"an unusual form of WorkflowBuilder.{method}()")
+
+
+def _constant(value: Any) -> Any:
+    if value is None or type(value) in (str, bool, int):
+        return value
+    if type(value) is float and math.isfinite(value):
+        return value
+    raise NotData(f"a {type(value).__name__} literal")  # bytes, complex, ...: not JSON
+
+
+def _data_only(node_type: str) -> bool:
+    module = DATA_ONLY_NODES.get(node_type)
+    cls = NodeRegistry._nodes.get(node_type)
+    return module is not None and cls is not None and cls.__module__ == module
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    """``__name__ == "__main__"``: false where discovery imports a file (as its stem)."""
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq) and len(test.comparators) == 1
+            and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__")
+
+
+def _import(statement: ast.ImportFrom, scope: _Scope) -> None:
+    if statement.level:
+        raise NotData("a relative import")
+    if statement.module == "__future__":
+        for alias in statement.names:
+            # The module's own feature object, as the import binds it (this very
+            # module's first line imported ``__future__``).
+            feature = getattr(sys.modules["__future__"], alias.name)
+            scope.bind(alias.asname or alias.name, feature)
+        return
+    exports = _IMPORTS.get(statement.module or "")
+    if exports is None:
+        raise NotData(f"an import of {statement.module}")
+    for alias in statement.names:
+        if alias.name not in exports:
+            raise NotData(f"an import of {statement.module}.{alias.name}")
+        scope.bind(alias.asname or alias.name, exports[alias.name])
+
+
+def _function(statement: ast.FunctionDef, replay: _Replay) -> Factory:
+    args = statement.args
+    if statement.decorator_list or args.posonlyargs or args.args or args.vararg or \
+            args.kwonlyargs or args.kwarg or statement.returns is not None:
+        raise NotData(f"function {statement.name} takes parameters, is decorated or annotated")
+    *body, last = statement.body
+    for inner in body:
+        if not isinstance(inner, (ast.Expr, ast.Assign, ast.Pass)):
+            raise NotData(f"a {type(inner).__name__} in {statement.name}")
+    if not isinstance(last, (ast.Expr, ast.Assign, ast.Pass, ast.Return)):
+        raise NotData(f"a {type(last).__name__} in {statement.name}")
+    return Factory(statement.name, statement.body, replay)
+
+
+def _namespace(tree: ast.Module, module: str) -> dict[str, Any]:
+    """Replay the module's statements: its namespace, as running it would leave it."""
+    replay = _Replay(module)
+    scope = _Scope(replay)
+    for statement in tree.body:
+        if isinstance(statement, ast.ImportFrom):
+            _import(statement, scope)
+        elif isinstance(statement, ast.FunctionDef):
+            scope.bind(statement.name, _function(statement, replay))
+        elif isinstance(statement, ast.If):
+            if module == "__main__" or not _is_main_guard(statement.test) or statement.orelse:
+                raise NotData("an if statement other than a __main__ guard")
+        else:
+            scope.run(statement)
+    return replay.namespace
+
+
+def read(data: bytes, path: str, module: str, factories: Collection[str], *,
+         max_nodes: int, max_bytes: int, project_root: str) -> Probed | None:
+    """The workflows a declarative file (``data``, imported as ``module``) gives, found
+    as the worker finds them; None when the file is not declarative, or anything about
+    it needs its own process to say."""
+    tree = parse(data)
+    if isinstance(tree, str):
+        return None
+    try:
+        probed = probe(_namespace(tree, module), path, factories,
+                       factory=lambda name, obj: isinstance(obj, Factory)
+                       and obj.__name__ in factories)
+        if probed.failures:
+            return None
+        nodes = size = 0
+        for workflow in probed.workflows.values():
+            encoded = encode(workflow, project_root, set())
+            if encoded.problems or encoded.data is None:
+                return None
+            nodes += len(encoded.data.get("nodes", ())) + len(encoded.data.get("connections", ()))
+            size += encoded.size
+        if nodes > max_nodes or size > max_bytes // 2:  # near a limit: the worker decides
+            return None
+        return probed
+    except Exception as exc:  # noqa: BLE001 - NotData, or anything Kailash raised replaying
+        logger.debug("%s runs in its own process: %s", path, exc)
+        return None

@@ -1,0 +1,172 @@
+"""Stage 3a, files read as data (``declarative.py``): a file that only declares
+workflows gives, without a process, exactly what running it in a worker gives;
+anything else still runs in a process of its own, which reports it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import scan
+from kailash.nodes.base import Node, NodeRegistry
+
+from nexus_dataflow_plugin import declarative
+from nexus_dataflow_plugin import report as r
+from nexus_dataflow_plugin.isolation import WorkerPool
+
+FIXTURES = Path(__file__).parent / "fixtures" / "declarative"
+DECLARATIVE = sorted((FIXTURES / "reads_as_data").glob("*.py"))
+READ = r.MSG_READ.split(";")[0]
+IMPORTED = r.MSG_REGISTERED.split(";")[0]
+
+
+def _tree(base: Path, files: list[Path], *, suffix: str = "") -> Path:
+    (base / "workflows").mkdir(parents=True)
+    for source in files:
+        (base / "workflows" / source.name).write_text(source.read_text() + suffix)
+    return base
+
+
+def _shape(workflow) -> tuple:
+    """What a workflow is, without its random id: its nodes' types and configs, its
+    connections, its metadata."""
+    data = workflow.to_dict()
+    nodes = {n: (v["node_type"], v["config"]) for n, v in data["nodes"].items()}
+    connections = sorted(tuple(sorted(c.items())) for c in data["connections"])
+    return data["name"][:9], data.get("description"), nodes, connections
+
+
+def test_a_declarative_file_gives_what_its_worker_gives_without_a_process(tmp_path, monkeypatch):
+    """Each shape the reader replays, against the same file with ``import os`` appended
+    (no longer declarative: it runs in a worker): the same names, the same workflows."""
+    imported = scan(_tree(tmp_path / "run", DECLARATIVE, suffix="\nimport os\n"))
+    monkeypatch.setattr(WorkerPool, "start", lambda *a, **k: pytest.fail("a worker started"))
+    read = scan(_tree(tmp_path / "read", DECLARATIVE))
+
+    assert all(f.status == r.REGISTERED and f.reason.startswith(READ) for f in read.files)
+    assert all(f.reason.startswith(IMPORTED) for f in imported.files)
+    assert sorted(read.workflows) == sorted(imported.workflows) == [
+        "factories_aliases_and_a_guard.also_report", "factories_aliases_and_a_guard.extend_pipeline",
+        "factories_aliases_and_a_guard.make_report", "factories_aliases_and_a_guard.pipeline",
+        "module_builder_then_built", "unbuilt_builder",
+    ]
+    for name, workflow in read.workflows.items():
+        assert _shape(workflow) == _shape(imported.workflows[name]), name
+    # Native order and semantics: `workflow` (built before the last node) wins the stem;
+    # the factory that extends the module-level builder ran after `pipeline` was built.
+    assert list(read.workflows["module_builder_then_built"].nodes) == ["first"]
+    assert "late" not in read.workflows["factories_aliases_and_a_guard.pipeline"].nodes
+    assert "late" in read.workflows["factories_aliases_and_a_guard.extend_pipeline"].nodes
+    assert read.workflows["factories_aliases_and_a_guard.make_report"].name == "report"
+
+
+@pytest.mark.parametrize("fixture, status, says", [
+    ("calls_print_at_import.py", r.REGISTERED, IMPORTED),
+    ("uses_a_node_type_that_may_act_when_built.py", r.REGISTERED, IMPORTED),
+    ("adds_a_node_id_twice.py", r.ERROR, "Raised WorkflowValidationError while importing (line 5)"),
+    ("multiplies_one_string_into_megabytes.py", r.REGISTERED, IMPORTED),
+])
+def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fixture, status,
+                                                                   says):
+    """A call, a node type that may act when built, a replay that raises (its process
+    reports where), builder calls past the budget: the worker's outcome, as before."""
+    entry = scan(_tree(tmp_path, [FIXTURES / fixture])).files[0]
+    assert (entry.status, entry.reason.startswith(says)) == (status, True), entry.reason
+
+
+@pytest.mark.parametrize("source", [
+    "import os\n",
+    "for i in range(2):\n    pass\n",
+    "b.nodes\n",
+    "b.add_node('PythonCodeNode', 'n', {'code': f'result = {1}'})\n",
+    "b.add_node('PythonCodeNode', 'n', {'code': 'x', 'pair': (1, 2)})\n",
+    "b.add_node('PythonCodeNode', 'n', {'code': 'x', **{}})\n",
+    "b.add_node('PythonCodeNode', 'n', {'code': 'x', 'more': cfg})\n",  # a dict in a literal
+    "b.add_node('PythonCodeNode', 'n', code='x')\n",
+    "b.add_node('PythonCodeNode', 'n', {'code': 'x', 'b': b'bytes'})\n",
+    "b.add_node('PythonCodeNode', 'n', {'code': 'x', 1: 'int key'})\n",
+    "b.add_node(WorkflowBuilder, 'n', {})\n",
+    "b.set_workflow_parameters(x=1)\n",
+    "x = undefined_name\n",
+    "def f(arg):\n    return b\n",
+    "@staticmethod\ndef f():\n    return b\n",
+    "def f():\n    for i in []:\n        pass\n    return b\n",
+    "if True:\n    pass\n",
+    "class Pipeline:\n    pass\n",
+    "make = lambda: b\n",
+    "b.build(name=['not', 'a', 'scalar'])\n",
+    "x = " + "[" * 40 + "]" * 40 + "\n",
+])
+def test_the_reader_declines_anything_outside_its_language(source):
+    head = ("from kailash.workflow.builder import WorkflowBuilder\n"
+            "b = WorkflowBuilder()\ncfg = {'code': 'result = {}'}\n")
+    assert declarative.read((head + source).encode(), "/p/workflows/f.py", "f", ("f",),
+                            max_nodes=2000, max_bytes=16 << 20, project_root="/p") is None
+    assert declarative.read(head.encode(), "/p/workflows/f.py", "f", (), max_nodes=2000,
+                            max_bytes=16 << 20, project_root="/p") is not None
+
+
+def test_the_reader_declines_a_file_named_main_whose_guard_would_run():
+    source = (b"from kailash.workflow.builder import WorkflowBuilder\nb = WorkflowBuilder()\n"
+              b"if __name__ == '__main__':\n    b.add_node('PythonCodeNode', 'n', {'code': 'x'})\n")
+    args = {"max_nodes": 2000, "max_bytes": 16 << 20, "project_root": "/p"}
+    assert declarative.read(source, "/p/workflows/f.py", "f", (), **args) is not None
+    assert declarative.read(source, "/p/workflows/__main__.py", "__main__", (), **args) is None
+
+
+def test_the_reader_declines_workflows_near_the_result_limits(tmp_path):
+    """Past ``max_result_nodes`` (or near ``max_result_bytes``) the worker decides, and
+    its refusal names the setting."""
+    source = FIXTURES / "reads_as_data" / "unbuilt_builder.py"
+    assert declarative.read(source.read_bytes(), str(source), "unbuilt_builder", (),
+                            max_nodes=2, max_bytes=16 << 20, project_root="/p") is None
+    entry = scan(_tree(tmp_path, [source]), max_result_nodes=2).files[0]
+    assert entry.status == r.ERROR and "max_result_nodes" in entry.reason
+
+
+def test_a_python_code_node_the_app_replaced_is_not_built_by_the_reader(tmp_path, monkeypatch):
+    """The app registered its own class under the name: the reader builds only the
+    library's own, so the file runs in a worker and the server rebuilds it as before."""
+
+    class AppsOwnPythonCodeNode(Node):
+        def get_parameters(self):
+            return {}
+
+        def run(self, **kwargs):
+            return {}
+
+    monkeypatch.setitem(NodeRegistry._nodes, "PythonCodeNode", AppsOwnPythonCodeNode)
+    source = FIXTURES / "reads_as_data" / "unbuilt_builder.py"
+    assert declarative.read(source.read_bytes(), str(source), "unbuilt_builder", (),
+                            max_nodes=2000, max_bytes=16 << 20, project_root="/p") is None
+
+
+def test_a_declarative_file_rewritten_after_its_screen_is_not_read_from_its_new_bytes(
+        tmp_path, monkeypatch):
+    """The reader takes only the bytes the screen judged: rewritten in between (same
+    size, mtime set back), the file goes to its process, which refuses the new bytes
+    unrun and has them screened: the model file they now are is skipped."""
+    import os
+
+    from nexus_dataflow_plugin.cache import ScreenCache
+
+    target = _tree(tmp_path, [FIXTURES / "reads_as_data" / "unbuilt_builder.py"]) / \
+        "workflows" / "unbuilt_builder.py"
+    model = "from dataflow import DataFlow\ndb = DataFlow('sqlite:///:memory:')\n"
+    target.write_text(model.ljust(len(target.read_text()), "#"))
+    model_bytes = target.read_bytes()
+    shutil.copyfile(FIXTURES / "reads_as_data" / "unbuilt_builder.py", target)
+    real_digest = ScreenCache.digest
+
+    def digest_then_rewrite(self, path):
+        judged = real_digest(self, path)
+        if judged is not None and path.read_bytes() != model_bytes:
+            stat = path.stat()
+            path.write_bytes(model_bytes)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        return judged
+
+    monkeypatch.setattr(ScreenCache, "digest", digest_then_rewrite)
+    entry = scan(tmp_path).files[0]
+    assert entry.status == r.SKIPPED_MODEL, entry.reason
