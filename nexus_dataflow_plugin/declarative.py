@@ -286,9 +286,8 @@ def _function(statement: ast.FunctionDef, replay: _Replay) -> Factory:
     return Factory(statement.name, statement.body, replay)
 
 
-def _namespace(tree: ast.Module, module: str) -> dict[str, Any]:
+def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:
     """Replay the module's statements: its namespace, as running it would leave it."""
-    replay = _Replay(module)
     scope = _Scope(replay)
     for statement in tree.body:
         if isinstance(statement, ast.ImportFrom):
@@ -311,8 +310,9 @@ def read(data: bytes, path: str, module: str, factories: Collection[str], *,
     tree = parse(data)
     if isinstance(tree, str):
         return None
+    replay = _Replay(module)
     try:
-        probed = probe(_namespace(tree, module), path, factories,
+        probed = probe(_replay(tree, replay, module), path, factories,
                        factory=lambda name, obj: isinstance(obj, Factory)
                        and obj.__name__ in factories)
         if probed.failures:
@@ -330,3 +330,7 @@ def read(data: bytes, path: str, module: str, factories: Collection[str], *,
     except Exception as exc:  # noqa: BLE001 - NotData, or anything Kailash raised replaying
         logger.debug("%s runs in its own process: %s", path, exc)
         return None
+    finally:
+        # Its factories hold the namespace that holds them: with the collector paused
+        # for the scan, every file's syntax tree and builders would live until its end.
+        replay.namespace.clear()
