@@ -47,8 +47,10 @@ def test_a_declarative_file_gives_what_its_worker_gives_without_a_process(tmp_pa
     assert all(f.status == r.REGISTERED and f.reason.startswith(READ) for f in read.files)
     assert all(f.reason.startswith(IMPORTED) for f in imported.files)
     assert sorted(read.workflows) == sorted(imported.workflows) == [
-        "factories_aliases_and_a_guard.also_report", "factories_aliases_and_a_guard.extend_pipeline",
-        "factories_aliases_and_a_guard.make_report", "factories_aliases_and_a_guard.pipeline",
+        "factories_aliases_and_a_guard.also_report",
+        "factories_aliases_and_a_guard.extend_pipeline",
+        "factories_aliases_and_a_guard.make_report",
+        "factories_aliases_and_a_guard.pipeline",
         "module_builder_then_built", "unbuilt_builder",
     ]
     for name, workflow in read.workflows.items():

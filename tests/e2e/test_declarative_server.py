@@ -36,13 +36,13 @@ def test_declared_workflows_are_served_and_run_as_declared(tmp_path: Path) -> No
             served = set(client.get("/health").json()["workflows"])
             assert {"unbuilt_builder", "module_builder_then_built", "greet",
                     "factories_aliases_and_a_guard.make_report"} <= served
-            run = client.post("/workflows/unbuilt_builder/execute", json={"inputs": {}})
-            assert run.status_code == 200, run.text
-            assert run.json()["outputs"]["step1"]["result"] == {"value": 90}
+            run = client.post("/workflows/module_builder_then_built/execute",
+                              json={"inputs": {}})
+            assert run.status_code == 200, (run.text, app.stderr_tail())
+            assert run.json()["outputs"] == {"first": {"result": {"step": 1}}}
             run = client.post("/workflows/factories_aliases_and_a_guard.make_report/execute",
                               json={"inputs": {}})
-            assert run.status_code == 200, run.text
-            assert run.json()["outputs"]["b"]["result"] == {
-                "value": {"total": 0.5, "items": [1, 2, 3]}}
+            assert run.status_code == 200, (run.text, app.stderr_tail())
+            assert run.json()["outputs"]["a"]["result"] == {"total": 0.5, "items": [1, 2, 3]}
         assert app.stop() == 0, app.stderr_tail()
     assert result["registry_node_db_is_apps"] is True
