@@ -21,6 +21,7 @@ worst a broken cache can do is cost a re-parse.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -37,7 +38,16 @@ from typing import Any
 from . import __version__
 from .config import Settings
 from .report import MSG_SCREEN_FAILED, MSG_SCREEN_TIMEOUT, MSG_UNREADABLE
-from .screen import READY, Facts, ImportRef, ModelUse, PathRef, analyze, facts_to_json
+from .screen import (
+    READY,
+    Facts,
+    ImportRef,
+    ModelUse,
+    PathRef,
+    analyze_tree,
+    facts_to_json,
+    parse,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +290,7 @@ class ScreenCache:
         self.timeout = timeout
         self._entries: dict[str, Any] = {}
         self._memo: dict[Path, Facts] = {}
+        self._last_tree: tuple[Path, bytes, ast.Module | str] | None = None
         self._running: dict[Path, tuple[list[int], str, _Screening]] = {}
         self._stamps: dict[Path, list[int]] = {}  # taken by prefetch, for _read
         self._stale: set[Path] = set()  # forgotten: a stat given to prefetch is older
@@ -424,8 +435,18 @@ class ScreenCache:
             except OSError as exc:
                 facts = Facts(error=MSG_SCREEN_FAILED.format(what=exc.strerror or exc))
         else:
-            facts = analyze(data)
+            tree = parse(data)
+            facts = analyze_tree(data, tree)
+            self._last_tree = (path, data, tree)
         return self._store(path, stamp, hashlib.sha256(data).hexdigest(), facts)
+
+    def parsed(self, path: Path, data: bytes) -> ast.Module | str:
+        """``screen.parse(data)``: the tree this process just screened, when ``data``
+        are the bytes it judged last (a cold scan reads a file as data right after)."""
+        last = self._last_tree
+        if last is not None and last[0] == path and last[1] == data:
+            return last[2]
+        return parse(data)
 
     def _store(self, path: Path, stamp: list[int], digest: str, facts: Facts,
                encoded: list[Any] | None = None) -> Facts:

@@ -30,7 +30,6 @@ from kailash.nodes.base import NodeRegistry
 from kailash.workflow.builder import WorkflowBuilder
 
 from .probe import Probed, probe
-from .screen import parse
 from .transfer import encode
 
 logger = logging.getLogger(__name__)
@@ -302,12 +301,11 @@ def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:
     return replay.namespace
 
 
-def read(data: bytes, path: str, module: str, factories: Collection[str], *,
+def read(tree: ast.Module | str, path: str, module: str, factories: Collection[str], *,
          max_nodes: int, max_bytes: int, project_root: str) -> Probed | None:
-    """The workflows a declarative file (``data``, imported as ``module``) gives, found
-    as the worker finds them; None when the file is not declarative, or anything about
-    it needs its own process to say."""
-    tree = parse(data)
+    """The workflows a declarative file (its ``screen.parse`` tree, imported as
+    ``module``) gives, found as the worker finds them; None when the file is not
+    declarative, or anything about it needs its own process to say."""
     if isinstance(tree, str):
         return None
     replay = _Replay(module)

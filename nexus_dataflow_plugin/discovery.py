@@ -361,7 +361,8 @@ class SmartDiscovery:
         if len(data) > IN_PROCESS_MAX_BYTES or hashlib.sha256(data).hexdigest() != judged:
             return None  # changed since the screen: its process finds out, as for any file
         probed = declarative.read(
-            data, str(candidate.path), Path(candidate.rel).stem, screened.facts.factories,
+            cache.parsed(candidate.real, data),  # type: ignore[arg-type] # screened
+            str(candidate.path), Path(candidate.rel).stem, screened.facts.factories,
             max_nodes=self.limits.max_result_nodes, max_bytes=self.limits.max_result_bytes,
             project_root=str(self.base))
         if probed is None or not probed.workflows:  # none: the worker's report says why

@@ -680,7 +680,11 @@ def parse(data: bytes) -> ast.Module | str:
 
 def analyze(data: bytes) -> Facts:
     """Screen one file's bytes. Never raises."""
-    parsed = parse(data)
+    return analyze_tree(data, parse(data))
+
+
+def analyze_tree(data: bytes, parsed: ast.Module | str) -> Facts:
+    """``analyze`` of bytes already parsed (``parse(data)``)."""
     if isinstance(parsed, str):
         return Facts(error=parsed)
     try:

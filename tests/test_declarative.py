@@ -14,6 +14,7 @@ from kailash.nodes.base import Node, NodeRegistry
 from nexus_dataflow_plugin import declarative
 from nexus_dataflow_plugin import report as r
 from nexus_dataflow_plugin.isolation import WorkerPool
+from nexus_dataflow_plugin.screen import parse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "declarative"
 DECLARATIVE = sorted((FIXTURES / "reads_as_data").glob("*.py"))
@@ -103,9 +104,9 @@ def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fix
 def test_the_reader_declines_anything_outside_its_language(source):
     head = ("from kailash.workflow.builder import WorkflowBuilder\n"
             "b = WorkflowBuilder()\ncfg = {'code': 'result = {}'}\n")
-    assert declarative.read((head + source).encode(), "/p/workflows/f.py", "f", ("f",),
+    assert declarative.read(parse((head + source).encode()), "/p/workflows/f.py", "f", ("f",),
                             max_nodes=2000, max_bytes=16 << 20, project_root="/p") is None
-    assert declarative.read(head.encode(), "/p/workflows/f.py", "f", (), max_nodes=2000,
+    assert declarative.read(parse(head.encode()), "/p/workflows/f.py", "f", (), max_nodes=2000,
                             max_bytes=16 << 20, project_root="/p") is not None
 
 
@@ -113,15 +114,16 @@ def test_the_reader_declines_a_file_named_main_whose_guard_would_run():
     source = (b"from kailash.workflow.builder import WorkflowBuilder\nb = WorkflowBuilder()\n"
               b"if __name__ == '__main__':\n    b.add_node('PythonCodeNode', 'n', {'code': 'x'})\n")
     args = {"max_nodes": 2000, "max_bytes": 16 << 20, "project_root": "/p"}
-    assert declarative.read(source, "/p/workflows/f.py", "f", (), **args) is not None
-    assert declarative.read(source, "/p/workflows/__main__.py", "__main__", (), **args) is None
+    assert declarative.read(parse(source), "/p/workflows/f.py", "f", (), **args) is not None
+    main = "/p/workflows/__main__.py"
+    assert declarative.read(parse(source), main, "__main__", (), **args) is None
 
 
 def test_the_reader_declines_workflows_near_the_result_limits(tmp_path):
     """Past ``max_result_nodes`` (or near ``max_result_bytes``) the worker decides, and
     its refusal names the setting."""
     source = FIXTURES / "reads_as_data" / "unbuilt_builder.py"
-    assert declarative.read(source.read_bytes(), str(source), "unbuilt_builder", (),
+    assert declarative.read(parse(source.read_bytes()), str(source), "unbuilt_builder", (),
                             max_nodes=2, max_bytes=16 << 20, project_root="/p") is None
     entry = scan(_tree(tmp_path, [source]), max_result_nodes=2).files[0]
     assert entry.status == r.ERROR and "max_result_nodes" in entry.reason
@@ -140,7 +142,7 @@ def test_a_python_code_node_the_app_replaced_is_not_built_by_the_reader(tmp_path
 
     monkeypatch.setitem(NodeRegistry._nodes, "PythonCodeNode", AppsOwnPythonCodeNode)
     source = FIXTURES / "reads_as_data" / "unbuilt_builder.py"
-    assert declarative.read(source.read_bytes(), str(source), "unbuilt_builder", (),
+    assert declarative.read(parse(source.read_bytes()), str(source), "unbuilt_builder", (),
                             max_nodes=2000, max_bytes=16 << 20, project_root="/p") is None
 
 
