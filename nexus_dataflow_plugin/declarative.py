@@ -49,13 +49,20 @@ _IMPORTS = {
                           ("kailash.workflow", ("WorkflowBuilder", "Workflow")),
                           ("kailash", ("WorkflowBuilder", "Workflow")))
 }
+# The keys a data-only node's config may have: the node does nothing else with
+# them than keep them (no logger named after them, no mode that logs at every build).
+DATA_ONLY_KEYS = frozenset({"code", "description", "max_code_lines"})
 _SCALARS = (str, int, float, bool, type(None))
 _MAX_DEPTH = 32
-# Characters of argument, over all of a file's builder calls, counting a value as
-# often as it is passed (a config dict bound once and passed to every node): what
-# the server builds and encodes for the file stays near the file's own size.
+_MAX_NAME = 256  # characters in a node id, a port or a connection's end
+# Work, over all of a file's builder calls: characters of argument, counting a value
+# as often as it is passed (a config dict bound once and passed to every node), and
+# each node a ``build()`` constructs, as often as it is built (a builder built under
+# many names is built for each). What the server does for a file stays near its size.
 BUDGET = 256 * 1024
 _ITEM_WEIGHT = 16  # each list item or dict entry, however small
+_NODE_WEIGHT = 256  # constructing a node: about 35 us, as 256 characters of argument
+MAX_CONNECTIONS = 1_000  # per builder: each new one is checked against all before it
 
 
 class NotData(Exception):
@@ -70,21 +77,35 @@ class _Replay:
         self.spent = 0
 
     def charge(self, value: Any) -> None:
+        """Count what ``value`` (a call's arguments) costs; every string in it must be
+        text the protocol carries (no lone surrogates), as a worker's result must."""
         stack = [value]
         while stack:
             item = stack.pop()
             if isinstance(item, str):
-                self.spent += len(item) + 2
+                _text(item)
+                self._spend(len(item) + 2)
             elif isinstance(item, dict):
-                self.spent += _ITEM_WEIGHT * len(item) + sum(map(len, item))
+                for key in item:
+                    _text(key)
+                self._spend(_ITEM_WEIGHT * len(item) + sum(map(len, item)))
                 stack.extend(item.values())
             elif isinstance(item, list):
-                self.spent += _ITEM_WEIGHT * len(item)
+                self._spend(_ITEM_WEIGHT * len(item))
                 stack.extend(item)
             else:
-                self.spent += 8
-            if self.spent > BUDGET:
-                raise NotData(f"builder calls pass more than {BUDGET:,} characters")
+                self._spend(8)
+
+    def charge_build(self, builder: WorkflowBuilder) -> None:
+        """A build constructs every node again (and ``validate_parameter_declarations``
+        once more)."""
+        self._spend(_NODE_WEIGHT * 2 * len(builder.nodes) + _ITEM_WEIGHT * len(
+            builder.connections))
+
+    def _spend(self, amount: int) -> None:
+        self.spent += amount
+        if self.spent > BUDGET:
+            raise NotData(f"the file's builder calls cost more than {BUDGET:,}")
 
 
 class Factory:
@@ -103,7 +124,10 @@ class Factory:
         scope = _Scope(self._replay, {}, self._local_names)
         for statement in self._body:
             if isinstance(statement, ast.Return):
-                return None if statement.value is None else scope.value(statement.value)
+                value = None if statement.value is None else scope.value(statement.value)
+                if type(value) is WorkflowBuilder:
+                    self._replay.charge_build(value)  # the probe builds what it returns
+                return value
             scope.run(statement)
         return None
 
@@ -120,6 +144,8 @@ class _Scope:
         self.local_names = local_names
 
     def bind(self, name: str, value: Any) -> None:
+        if name.startswith("__"):  # __name__ decides the __main__ guard; no dunder moves
+            raise NotData(f"an assignment to {name}")
         (self.globals if self.locals is None else self.locals)[name] = value
 
     def lookup(self, name: str) -> Any:
@@ -199,38 +225,60 @@ class _Scope:
             raise NotData(f".{func.attr}() of something other than a WorkflowBuilder")
         args = [self.value(a) for a in node.args]
         kwargs = {k.arg: self.value(k.value) for k in node.keywords}
-        _check(func.attr, args, kwargs)
+        _check(func.attr, args, kwargs, target)
         self.replay.charge([args, kwargs])
+        if func.attr == "build":
+            self.replay.charge_build(target)
         return getattr(target, func.attr)(*args, **kwargs)
 
 
-def _check(method: str, args: list[Any], kwargs: dict[str, Any]) -> None:
-    """Only the plain forms of the builder's methods, with string names."""
-    strings = all(isinstance(a, str) for a in args)
+def _name(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= _MAX_NAME
+
+
+def _check(method: str, args: list[Any], kwargs: dict[str, Any],
+           builder: WorkflowBuilder) -> None:
+    """Only the plain forms of the builder's methods, with short string names, configs
+    of ``DATA_ONLY_KEYS`` and at most ``MAX_CONNECTIONS`` per builder."""
+    added = 0
     if method == "add_node":
         ok = (not kwargs and 2 <= len(args) <= 3 and isinstance(args[0], str)
-              and isinstance(args[1], str) and (len(args) == 2 or isinstance(args[2], dict)))
+              and _name(args[1]) and (len(args) == 2 or (
+                  isinstance(args[2], dict) and set(args[2]) <= DATA_ONLY_KEYS)))
         if ok and not _data_only(args[0]):
             raise NotData(f"node type {args[0]!r}")
     elif method == "add_connection":
-        ok = not kwargs and len(args) == 4 and strings
+        ok, added = not kwargs and len(args) == 4 and all(map(_name, args)), 1
     elif method == "connect":
         mapping = kwargs.get("mapping", args[2] if len(args) > 2 else None)
-        ok = (len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str)
-              and len(args) <= 3 and set(kwargs) <= {"mapping", "from_output", "to_input"}
+        ok = (2 <= len(args) <= 3 and _name(args[0]) and _name(args[1])
+              and set(kwargs) <= {"mapping", "from_output", "to_input"}
               and (mapping is None or (isinstance(mapping, dict) and all(
-                  isinstance(v, str) for v in mapping.values())))
-              and all(isinstance(kwargs.get(k, ""), str) for k in ("from_output", "to_input")))
+                  _name(k) and _name(v) for k, v in mapping.items())))
+              and all(_name(kwargs.get(k, "")) for k in ("from_output", "to_input")))
+        added = len(mapping) if isinstance(mapping, dict) else 1
     elif method == "build":
         ok = not args and all(isinstance(v, _SCALARS) for v in kwargs.values())
     else:
         raise NotData(f"WorkflowBuilder.{method}()")
     if not ok:
         raise NotData(f"an unusual form of WorkflowBuilder.{method}()")
+    if len(builder.connections) + added > MAX_CONNECTIONS:
+        raise NotData(f"more than {MAX_CONNECTIONS:,} connections in one builder")
+
+
+def _text(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NotData("a string that is not valid Unicode (a lone surrogate)") from None
 
 
 def _constant(value: Any) -> Any:
-    if value is None or type(value) in (str, bool, int):
+    if type(value) is str:
+        _text(value)
+        return value
+    if value is None or type(value) in (bool, int):
         return value
     if type(value) is float and math.isfinite(value):
         return value
@@ -310,7 +358,14 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
         return None
     replay = _Replay(module)
     try:
-        probed = probe(_replay(tree, replay, module), path, factories,
+        # What only the compiler refuses (a repeated keyword, a misplaced or unknown
+        # ``__future__`` import, an assignment to ``__debug__``): the worker's error.
+        compile(tree, path, "exec", dont_inherit=True)
+        namespace = _replay(tree, replay, module)
+        for name, value in namespace.items():
+            if type(value) is WorkflowBuilder and not name.startswith("_"):
+                replay.charge_build(value)  # the probe builds it, under each of its names
+        probed = probe(namespace, path, factories,
                        factory=lambda name, obj: isinstance(obj, Factory)
                        and obj.__name__ in factories)
         if probed.failures:
@@ -325,7 +380,7 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
         if nodes > max_nodes or size > max_bytes // 2:  # near a limit: the worker decides
             return None
         return probed
-    except Exception as exc:  # noqa: BLE001 - NotData, or anything Kailash raised replaying
+    except Exception as exc:  # noqa: BLE001 - NotData, SyntaxError, anything Kailash raised
         logger.debug("%s runs in its own process: %s", path, exc)
         return None
     finally:

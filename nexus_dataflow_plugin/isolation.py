@@ -281,8 +281,9 @@ class WorkerPool:
     def close(self) -> None:
         """End every worker and every process of the scan.
 
-        Each worker is first asked to go: it kills what its children left
-        behind (it is their subreaper). A worker that does not exit in time is
+        Each ready worker is first asked to go: it kills what its children left
+        behind (it is their subreaper); one still warming up has none and is killed
+        at once. A worker that does not exit in time is
         killed; then every process still carrying the pool's marker is. In a process
         forked from the pool's owner nothing is the child's to end: it does nothing.
         """
@@ -295,7 +296,12 @@ class WorkerPool:
             worker.kill()  # started early, never needed: it holds nothing yet
         self._early.clear()
         for worker in self._workers:
-            worker.close_control()
+            if worker.ready:
+                worker.close_control()
+            else:  # still warming up: it was sent no file, so it forked nothing to clean
+                self._unwatch(worker.control)  # up, and asking it to go would wait for
+                self._unwatch(worker.stderr)  # its warm-up (up to a second, in start())
+                worker.kill()
         deadline = time.monotonic() + CLOSE_GRACE_S
         for worker in self._workers:
             try:

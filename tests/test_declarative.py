@@ -100,6 +100,24 @@ def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fix
     "make = lambda: b\n",
     "b.build(name=['not', 'a', 'scalar'])\n",
     "x = " + "[" * 40 + "]" * 40 + "\n",
+    # Found by an attack run: what only the compiler refuses (the worker's SyntaxError),
+    "w = b.build(name='x', name='y')\n",
+    "from __future__ import annotations\n",  # not the first statement
+    "__debug__ = 1\n",
+    # a rebound __name__ running the guard, text the protocol cannot carry,
+    "__name__ = '__main__'\nif __name__ == '__main__':\n    pass\n",
+    "b.add_node('PythonCodeNode', 'n', {'code': 'x = \"\\ud800\"'})\n",
+    # a build repeated, or a builder under many names (each built by the probe),
+    "b.add_node('PythonCodeNode', 'n', cfg)\n" + "w = b.build()\n" * 600,
+    "".join(f"b.add_node('PythonCodeNode', 'n{i}', cfg)\n" for i in range(20))
+    + "".join(f"alias{i} = b\n" for i in range(40)),
+    # config keys a node turns into loggers or warnings at every build, long names,
+    "b.add_node('PythonCodeNode', 'n', {'code': 'x', '_node_id': 'leak'})\n",
+    "b.add_node('PythonCodeNode', 'n', {'code': 'x', 'sandbox_mode': 'trusted'})\n",
+    "b.add_node('PythonCodeNode', '" + "n" * 300 + "', cfg)\n",
+    # and a mapping whose connections are each checked against all before them.
+    "b.add_node('PythonCodeNode', 'a', cfg)\nb.add_node('PythonCodeNode', 'z', cfg)\n"
+    "b.connect('a', 'z', mapping={" + ", ".join(f"'o{i}': 'i{i}'" for i in range(1001)) + "})\n",
 ])
 def test_the_reader_declines_anything_outside_its_language(source):
     head = ("from kailash.workflow.builder import WorkflowBuilder\n"

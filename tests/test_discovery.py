@@ -336,15 +336,15 @@ def _slow_screen(monkeypatch) -> list[float]:
     from nexus_dataflow_plugin import cache as cache_module
 
     screened: list[float] = []
-    analyze = cache_module.analyze
+    analyze_tree = cache_module.analyze_tree
 
-    def slow_analyze(data: bytes):
+    def slow_analyze(data: bytes, tree):
         time.sleep(0.05)
-        facts = analyze(data)
+        facts = analyze_tree(data, tree)
         screened.append(time.time())
         return facts
 
-    monkeypatch.setattr(cache_module, "analyze", slow_analyze)
+    monkeypatch.setattr(cache_module, "analyze_tree", slow_analyze)
     return screened
 
 
