@@ -213,6 +213,9 @@ class _Scope:
         if any(isinstance(a, ast.Starred) for a in node.args) or any(
                 k.arg is None for k in node.keywords):
             raise NotData("* or ** in a call")
+        keywords = [k.arg for k in node.keywords]
+        if len(set(keywords)) != len(keywords) or "__debug__" in keywords:
+            raise NotData("a keyword the compiler refuses")  # repeated, or __debug__
         func = node.func
         if isinstance(func, ast.Name):
             if self.lookup(func.id) is not WorkflowBuilder or node.args or node.keywords:
@@ -300,15 +303,26 @@ def _is_main_guard(test: ast.expr) -> bool:
             and test.comparators[0].value == "__main__")
 
 
+def _at_start(body: list[ast.stmt], index: int) -> bool:
+    """Only a docstring and ``__future__`` imports come before ``body[index]``: where
+    the compiler accepts a ``__future__`` import."""
+    before = body[:index]
+    if before and isinstance(before[0], ast.Expr) and isinstance(before[0].value, ast.Constant) \
+            and isinstance(before[0].value.value, str):
+        before = before[1:]
+    return all(isinstance(s, ast.ImportFrom) and s.module == "__future__" for s in before)
+
+
 def _import(statement: ast.ImportFrom, scope: _Scope) -> None:
     if statement.level:
         raise NotData("a relative import")
     if statement.module == "__future__":
         for alias in statement.names:
+            if alias.name != "annotations" or alias.asname:
+                raise NotData(f"from __future__ import {alias.name}")
             # The module's own feature object, as the import binds it (this very
             # module's first line imported ``__future__``).
-            feature = getattr(sys.modules["__future__"], alias.name)
-            scope.bind(alias.asname or alias.name, feature)
+            scope.bind(alias.name, sys.modules["__future__"].annotations)
         return
     exports = _IMPORTS.get(statement.module or "")
     if exports is None:
@@ -336,8 +350,10 @@ def _function(statement: ast.FunctionDef, replay: _Replay) -> Factory:
 def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:
     """Replay the module's statements: its namespace, as running it would leave it."""
     scope = _Scope(replay)
-    for statement in tree.body:
+    for index, statement in enumerate(tree.body):
         if isinstance(statement, ast.ImportFrom):
+            if statement.module == "__future__" and not _at_start(tree.body, index):
+                raise NotData("a __future__ import after other statements")  # compiler
             _import(statement, scope)
         elif isinstance(statement, ast.FunctionDef):
             scope.bind(statement.name, _function(statement, replay))
@@ -358,9 +374,6 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
         return None
     replay = _Replay(module)
     try:
-        # What only the compiler refuses (a repeated keyword, a misplaced or unknown
-        # ``__future__`` import, an assignment to ``__debug__``): the worker's error.
-        compile(tree, path, "exec", dont_inherit=True)
         namespace = _replay(tree, replay, module)
         for name, value in namespace.items():
             if type(value) is WorkflowBuilder and not name.startswith("_"):
@@ -380,7 +393,7 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
         if nodes > max_nodes or size > max_bytes // 2:  # near a limit: the worker decides
             return None
         return probed
-    except Exception as exc:  # noqa: BLE001 - NotData, SyntaxError, anything Kailash raised
+    except Exception as exc:  # noqa: BLE001 - NotData, or anything Kailash raised replaying
         logger.debug("%s runs in its own process: %s", path, exc)
         return None
     finally:

@@ -102,6 +102,7 @@ def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fix
     "x = " + "[" * 40 + "]" * 40 + "\n",
     # Found by an attack run: what only the compiler refuses (the worker's SyntaxError),
     "w = b.build(name='x', name='y')\n",
+    "w = b.build(__debug__=1)\n",
     "from __future__ import annotations\n",  # not the first statement
     "__debug__ = 1\n",
     # a rebound __name__ running the guard, text the protocol cannot carry,
@@ -126,6 +127,38 @@ def test_the_reader_declines_anything_outside_its_language(source):
                             max_nodes=2000, max_bytes=16 << 20, project_root="/p") is None
     assert declarative.read(parse(head.encode()), "/p/workflows/f.py", "f", (), max_nodes=2000,
                             max_bytes=16 << 20, project_root="/p") is not None
+
+
+@pytest.mark.parametrize("source", [
+    '"""Doc."""\nfrom __future__ import annotations\n',
+    "from __future__ import annotations\n",
+    "from __future__ import annotations\nfrom __future__ import annotations\n",
+    '"""Doc."""\nfrom __future__ import all_feature_names\n',
+    "from __future__ import braces\n",
+    "from __future__ import generator_stop\n",
+    "import os\nfrom __future__ import annotations\n",
+    "x = b.build(name='a', name='b')\n",
+    "x = b.build(__debug__=True)\n",
+    "def f():\n    return b.build(name='a', name='b')\n",
+])
+def test_the_reader_reads_no_file_the_compiler_refuses(source):
+    """The reader replays a parsed tree without compiling it (compiling costs as much as
+    reading the file): in its language it refuses by itself what the compiler would."""
+    from nexus_dataflow_plugin.screen import parse
+
+    head = ("from kailash.workflow.builder import WorkflowBuilder\nb = WorkflowBuilder()\n")
+    data = (source + head) if "__future__" in source else (head + source)
+    tree = parse(data.encode())
+    if isinstance(tree, str):
+        return  # the screen's own error
+    try:
+        compile(tree, "f.py", "exec", dont_inherit=True)
+        compiles = True
+    except SyntaxError:
+        compiles = False
+    read = declarative.read(tree, "/p/workflows/f.py", "f", ("f",), max_nodes=2000,
+                            max_bytes=16 << 20, project_root="/p")
+    assert compiles or read is None
 
 
 def test_the_reader_declines_a_file_named_main_whose_guard_would_run():
