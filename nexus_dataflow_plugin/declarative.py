@@ -27,6 +27,7 @@ from collections.abc import Collection
 from typing import Any
 
 from kailash.nodes.base import NodeRegistry
+from kailash.workflow import Workflow
 from kailash.workflow.builder import WorkflowBuilder
 
 from .probe import Probed, probe
@@ -108,6 +109,19 @@ class _Replay:
             raise NotData(f"the file's builder calls cost more than {BUDGET:,}")
 
 
+class _Builder(WorkflowBuilder):
+    """The file's ``WorkflowBuilder()``: Kailash's own, charging each build to the file
+    as it happens, whoever builds it (the file, or the probe under each of its names)."""
+
+    def __init__(self, replay: _Replay) -> None:
+        super().__init__()
+        self._replay = replay
+
+    def build(self, workflow_id: str | None = None, **kwargs: Any) -> Workflow:
+        self._replay.charge_build(self)
+        return super().build(workflow_id, **kwargs)
+
+
 class Factory:
     """A function the file defines, with no parameters and a body ``read`` can replay;
     calling it replays that body, as a call of the function would run it."""
@@ -124,10 +138,7 @@ class Factory:
         scope = _Scope(self._replay, {}, self._local_names)
         for statement in self._body:
             if isinstance(statement, ast.Return):
-                value = None if statement.value is None else scope.value(statement.value)
-                if type(value) is WorkflowBuilder:
-                    self._replay.charge_build(value)  # the probe builds what it returns
-                return value
+                return None if statement.value is None else scope.value(statement.value)
             scope.run(statement)
         return None
 
@@ -220,18 +231,16 @@ class _Scope:
         if isinstance(func, ast.Name):
             if self.lookup(func.id) is not WorkflowBuilder or node.args or node.keywords:
                 raise NotData(f"a call of {func.id}")
-            return WorkflowBuilder()
+            return _Builder(self.replay)
         if not isinstance(func, ast.Attribute):
             raise NotData("a call of an expression")
         target = self.value(func.value)
-        if type(target) is not WorkflowBuilder:
+        if type(target) is not _Builder:
             raise NotData(f".{func.attr}() of something other than a WorkflowBuilder")
         args = [self.value(a) for a in node.args]
         kwargs = {k.arg: self.value(k.value) for k in node.keywords}
         _check(func.attr, args, kwargs, target)
         self.replay.charge([args, kwargs])
-        if func.attr == "build":
-            self.replay.charge_build(target)
         return getattr(target, func.attr)(*args, **kwargs)
 
 
@@ -374,11 +383,7 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
         return None
     replay = _Replay(module)
     try:
-        namespace = _replay(tree, replay, module)
-        for name, value in namespace.items():
-            if type(value) is WorkflowBuilder and not name.startswith("_"):
-                replay.charge_build(value)  # the probe builds it, under each of its names
-        probed = probe(namespace, path, factories,
+        probed = probe(_replay(tree, replay, module), path, factories,
                        factory=lambda name, obj: isinstance(obj, Factory)
                        and obj.__name__ in factories)
         if probed.failures:

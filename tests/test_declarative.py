@@ -112,6 +112,7 @@ def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fix
     "b.add_node('PythonCodeNode', 'n', cfg)\n" + "w = b.build()\n" * 600,
     "".join(f"b.add_node('PythonCodeNode', 'n{i}', cfg)\n" for i in range(20))
     + "".join(f"alias{i} = b\n" for i in range(40)),
+
     # config keys a node turns into loggers or warnings at every build, long names,
     "b.add_node('PythonCodeNode', 'n', {'code': 'x', '_node_id': 'leak'})\n",
     "b.add_node('PythonCodeNode', 'n', {'code': 'x', 'sandbox_mode': 'trusted'})\n",
@@ -127,6 +128,22 @@ def test_the_reader_declines_anything_outside_its_language(source):
                             max_nodes=2000, max_bytes=16 << 20, project_root="/p") is None
     assert declarative.read(parse(head.encode()), "/p/workflows/f.py", "f", (), max_nodes=2000,
                             max_bytes=16 << 20, project_root="/p") is not None
+
+
+@pytest.mark.parametrize("nodes, aliases, read", [(100, 1, True), (300, 40, False)])
+def test_each_build_is_charged_when_it_happens_whoever_builds(nodes, aliases, read):
+    """A factory called first fills the builder that other names hold: the probe's builds
+    of it under each name are charged as they happen; 41 builds of 300 nodes send the
+    file to its worker."""
+    source = ("from kailash.workflow.builder import WorkflowBuilder\n"
+              "def grow():\n"
+              + "".join(f"    b.add_node('PythonCodeNode', 'n{i}', cfg)\n" for i in range(nodes))
+              + "    return b\n"
+              "b = WorkflowBuilder()\ncfg = {'code': 'result = {}'}\n"
+              + "".join(f"alias{i} = b\n" for i in range(aliases)))
+    probed = declarative.read(parse(source.encode()), "/p/workflows/f.py", "f", ("grow",),
+                              max_nodes=100_000, max_bytes=16 << 20, project_root="/p")
+    assert (probed is not None) == read
 
 
 @pytest.mark.parametrize("source", [
