@@ -76,6 +76,10 @@ class _Replay:
     def __init__(self, module: str) -> None:
         self.namespace: dict[str, Any] = {"__name__": module}
         self.spent = 0
+        # Code the replay does not run (a ``__main__`` guard, a function the probe does
+        # not call) must still compile, as it must for the worker's import.
+        self.skipped = False
+        self.factories: list[Factory] = []
 
     def charge(self, value: Any) -> None:
         """Count what ``value`` (a call's arguments) costs; every string in it must be
@@ -99,14 +103,29 @@ class _Replay:
 
     def charge_build(self, builder: WorkflowBuilder) -> None:
         """A build constructs every node again (and ``validate_parameter_declarations``
-        once more)."""
-        self._spend(_NODE_WEIGHT * 2 * len(builder.nodes) + _ITEM_WEIGHT * len(
-            builder.connections))
+        once more), and checks each connection against those before it."""
+        self._spend(_NODE_WEIGHT * 2 * len(builder.nodes) + _pairs(len(builder.connections)))
+
+    def charge_connections(self, builder: WorkflowBuilder, added: int) -> None:
+        """Adding connections checks each new one against those before it."""
+        have = len(builder.connections)
+        self._spend(_pairs(have + added) - _pairs(have))
+
+    def charge_workflow(self, workflow: Workflow) -> None:
+        """A workflow found under one more name: the server encodes, holds and registers
+        it once per name."""
+        self._spend(_NODE_WEIGHT * (len(workflow.nodes) + workflow.graph.number_of_edges()))
 
     def _spend(self, amount: int) -> None:
         self.spent += amount
         if self.spent > BUDGET:
             raise NotData(f"the file's builder calls cost more than {BUDGET:,}")
+
+
+def _pairs(connections: int) -> int:
+    """Checking each of ``connections`` against the ones before it: about 0.07 us a
+    pair, half a unit of the budget."""
+    return connections * connections // 4
 
 
 class _Builder(WorkflowBuilder):
@@ -130,17 +149,22 @@ class Factory:
         self.__name__ = name
         self._body = body
         self._replay = replay
+        self.ran = False  # its whole body replayed
+        replay.factories.append(self)
         self._local_names = frozenset(
             target.id for statement in body if isinstance(statement, ast.Assign)
             for target in statement.targets if isinstance(target, ast.Name))
 
     def __call__(self) -> Any:
         scope = _Scope(self._replay, {}, self._local_names)
+        value = None
         for statement in self._body:
             if isinstance(statement, ast.Return):
-                return None if statement.value is None else scope.value(statement.value)
-            scope.run(statement)
-        return None
+                value = None if statement.value is None else scope.value(statement.value)
+            else:
+                scope.run(statement)
+        self.ran = True
+        return value
 
 
 class _Scope:
@@ -239,8 +263,9 @@ class _Scope:
             raise NotData(f".{func.attr}() of something other than a WorkflowBuilder")
         args = [self.value(a) for a in node.args]
         kwargs = {k.arg: self.value(k.value) for k in node.keywords}
-        _check(func.attr, args, kwargs, target)
+        added = _check(func.attr, args, kwargs, target)
         self.replay.charge([args, kwargs])
+        self.replay.charge_connections(target, added)
         return getattr(target, func.attr)(*args, **kwargs)
 
 
@@ -249,9 +274,10 @@ def _name(value: Any) -> bool:
 
 
 def _check(method: str, args: list[Any], kwargs: dict[str, Any],
-           builder: WorkflowBuilder) -> None:
+           builder: WorkflowBuilder) -> int:
     """Only the plain forms of the builder's methods, with short string names, configs
-    of ``DATA_ONLY_KEYS`` and at most ``MAX_CONNECTIONS`` per builder."""
+    of ``DATA_ONLY_KEYS`` and at most ``MAX_CONNECTIONS`` per builder: how many
+    connections the call adds."""
     added = 0
     if method == "add_node":
         ok = (not kwargs and 2 <= len(args) <= 3 and isinstance(args[0], str)
@@ -277,6 +303,7 @@ def _check(method: str, args: list[Any], kwargs: dict[str, Any],
         raise NotData(f"an unusual form of WorkflowBuilder.{method}()")
     if len(builder.connections) + added > MAX_CONNECTIONS:
         raise NotData(f"more than {MAX_CONNECTIONS:,} connections in one builder")
+    return added
 
 
 def _text(value: str) -> None:
@@ -369,6 +396,7 @@ def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:
         elif isinstance(statement, ast.If):
             if module == "__main__" or not _is_main_guard(statement.test) or statement.orelse:
                 raise NotData("an if statement other than a __main__ guard")
+            replay.skipped = True
         else:
             scope.run(statement)
     return replay.namespace
@@ -388,17 +416,22 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
                        and obj.__name__ in factories)
         if probed.failures:
             return None
+        if replay.skipped or not all(f.ran for f in replay.factories):
+            compile(tree, path, "exec", dont_inherit=True)  # SyntaxError: the worker's
         nodes = size = 0
+        encoded_once: dict[int, Any] = {}
         for workflow in probed.workflows.values():
-            encoded = encode(workflow, project_root, set())
+            replay.charge_workflow(workflow)  # each name, as the worker encodes each
+            encoded = encoded_once.get(id(workflow)) or encode(workflow, project_root, set())
+            encoded_once[id(workflow)] = encoded
             if encoded.problems or encoded.data is None:
                 return None
             nodes += len(encoded.data.get("nodes", ())) + len(encoded.data.get("connections", ()))
             size += encoded.size
-        if nodes > max_nodes or size > max_bytes // 2:  # near a limit: the worker decides
-            return None
+            if nodes > max_nodes or size > max_bytes // 2:  # near a limit: the worker decides
+                return None
         return probed
-    except Exception as exc:  # noqa: BLE001 - NotData, or anything Kailash raised replaying
+    except Exception as exc:  # noqa: BLE001 - NotData, SyntaxError, anything Kailash raised
         logger.debug("%s runs in its own process: %s", path, exc)
         return None
     finally:

@@ -52,7 +52,7 @@ def test_a_declarative_file_gives_what_its_worker_gives_without_a_process(tmp_pa
         "factories_aliases_and_a_guard.extend_pipeline",
         "factories_aliases_and_a_guard.make_report",
         "factories_aliases_and_a_guard.pipeline",
-        "module_builder_then_built", "unbuilt_builder",
+        "module_builder_then_built", "two_connections_between_one_pair", "unbuilt_builder",
     ]
     for name, workflow in read.workflows.items():
         assert _shape(workflow) == _shape(imported.workflows[name]), name
@@ -117,6 +117,17 @@ def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fix
     "b.add_node('PythonCodeNode', 'n', {'code': 'x', '_node_id': 'leak'})\n",
     "b.add_node('PythonCodeNode', 'n', {'code': 'x', 'sandbox_mode': 'trusted'})\n",
     "b.add_node('PythonCodeNode', '" + "n" * 300 + "', cfg)\n",
+    # code the replay skips must compile too (a guard, a function never called),
+    "if __name__ == '__main__':\n    return 5\n",
+    "if __name__ == '__main__':\n    nonlocal x\n",
+    "def helper():\n    x = await b\n",
+    "def helper():\n    __debug__ = 1\n",
+    # a built workflow under thousands of names (each encoded and registered),
+    "b.add_node('PythonCodeNode', 'n', cfg)\nw = b.build()\n" + "a0 = " + " = ".join(f"a{i}" for i in range(1, 3000)) + " = w\n",
+    # connections checked pairwise at each build,
+    "b.add_node('PythonCodeNode', 'a', cfg)\nb.add_node('PythonCodeNode', 'z', cfg)\n"
+    "b.connect('a', 'z', {" + ", ".join(f"'o{i}': 'x'" for i in range(900)) + "})\n"
+    + "w = b.build()\n" * 3,
     # and a mapping whose connections are each checked against all before them.
     "b.add_node('PythonCodeNode', 'a', cfg)\nb.add_node('PythonCodeNode', 'z', cfg)\n"
     "b.connect('a', 'z', mapping={" + ", ".join(f"'o{i}': 'i{i}'" for i in range(1001)) + "})\n",

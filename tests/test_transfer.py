@@ -137,6 +137,21 @@ def test_encode_is_plain_json_and_decode_rebuilds_the_same_graph(tmp_path):
     )
 
 
+def test_two_connections_between_one_pair_of_nodes_travel(tmp_path):
+    """Kailash keeps them on one edge, its ports as lists; encode once raised TypeError
+    on them, so such a file was an error where native registers it."""
+    builder = WorkflowBuilder()
+    builder.add_node("PythonCodeNode", "x", {"code": "r = 1\ns = 2"})
+    builder.add_node("PythonCodeNode", "y", {"code": "result = {}"})
+    builder.add_connection("x", "r", "y", "a")
+    builder.add_connection("x", "s", "y", "b")
+    encoded = transfer.encode(builder.build(), str(tmp_path), set())
+    assert encoded.problems == ()
+    assert len(encoded.data["connections"]) == 2
+    rebuilt = transfer.decode(encoded.data, encoded.node_modules)
+    assert rebuilt.graph.edges["x", "y"]["mapping"] == {"r": "a", "s": "b"}
+
+
 def test_encode_refuses_a_cycle_built_in_process(tmp_path):
     workflow = _pipeline()
     workflow.create_cycle("loop").connect("b", "a", {"result": "input"}).max_iterations(3).build()
