@@ -116,6 +116,12 @@ class _Replay:
         it once per name."""
         self._spend(_NODE_WEIGHT * (len(workflow.nodes) + workflow.graph.number_of_edges()))
 
+    def close(self) -> None:
+        """Its factories hold the replay that holds them: with the collector paused for
+        the scan, every file's syntax tree and builders would live until its end."""
+        self.namespace.clear()
+        self.factories.clear()
+
     def _spend(self, amount: int) -> None:
         self.spent += amount
         if self.spent > BUDGET:
@@ -435,6 +441,4 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
         logger.debug("%s runs in its own process: %s", path, exc)
         return None
     finally:
-        # Its factories hold the namespace that holds them: with the collector paused
-        # for the scan, every file's syntax tree and builders would live until its end.
-        replay.namespace.clear()
+        replay.close()

@@ -435,7 +435,8 @@ def test_configuration_reference_matches_the_code() -> None:
 # (module, constant) of every reason template a user can see in a report
 REASON_TEMPLATES = [
     *[("report", name) for name in (
-        "MSG_REGISTERED", "MSG_NO_WORKFLOWS", "MSG_SKIPPED_MODEL", "MSG_SKIPPED_DEPENDENT",
+        "MSG_REGISTERED", "MSG_READ", "MSG_NO_WORKFLOWS", "MSG_SKIPPED_MODEL",
+        "MSG_SKIPPED_DEPENDENT",
         "MSG_TIMEOUT", "MSG_TIMEOUT_STOPPED", "MSG_CRASHED", "MSG_SYNTAX", "MSG_DECODE",
         "MSG_NUL", "MSG_UNREADABLE",
         "MSG_NOT_TRANSFERABLE", "MSG_NEEDS_MODELS", "MSG_MODEL_MISSING", "MSG_INVALID_RESULT",
