@@ -8,13 +8,15 @@ on real builders in this process (Kailash's code, never the file's), and finds
 the workflows with the worker's own ``probe``; no process is forked for it.
 
 The language is small on purpose, and bounded: a file of at most 32 KB, literals
-nested at most 32 deep, at most ``BUDGET`` characters of arguments in all its
-builder calls. Anything outside it (any other call, name, statement or
-expression; a node type not in ``DATA_ONLY_NODES``, whose construction is known
-to do nothing but check and store its configuration; an exception while
-replaying; a workflow that would not survive the trip as data or is near the
-result limits) makes ``read`` return None, and the file runs in a process of its
-own as before, which gives the authoritative outcome and message.
+nested at most 32 deep, ``BUDGET`` of work over the whole file (every argument
+counted as often as it is passed, every node as often as it is built), at most
+``MAX_CONNECTIONS`` per builder. Anything outside it (any other call, name,
+statement or expression; a node type not in ``DATA_ONLY_NODES``, whose
+construction is known to do nothing but check and store its configuration, or a
+config key outside ``DATA_ONLY_KEYS``; anything the compiler would refuse; an
+exception while replaying; a workflow that would not survive the trip as data or
+is near the result limits) makes ``read`` return None, and the file runs in a
+process of its own as before, which gives the authoritative outcome and message.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ _NODE_WEIGHT = 256  # constructing a node: about 35 us, as 256 characters of arg
 MAX_CONNECTIONS = 1_000  # per builder: each new one is checked against all before it
 
 
-class NotData(Exception):
+class _NotData(Exception):
     """The file does something ``read`` does not replay: it must run in its own process."""
 
 
@@ -79,7 +81,7 @@ class _Replay:
         # Code the replay does not run (a ``__main__`` guard, a function the probe does
         # not call) must still compile, as it must for the worker's import.
         self.skipped = False
-        self.factories: list[Factory] = []
+        self.factories: list[_Factory] = []
 
     def charge(self, value: Any) -> None:
         """Count what ``value`` (a call's arguments) costs; every string in it must be
@@ -125,7 +127,7 @@ class _Replay:
     def _spend(self, amount: int) -> None:
         self.spent += amount
         if self.spent > BUDGET:
-            raise NotData(f"the file's builder calls cost more than {BUDGET:,}")
+            raise _NotData(f"the file's builder calls cost more than {BUDGET:,}")
 
 
 def _pairs(connections: int) -> int:
@@ -147,7 +149,7 @@ class _Builder(WorkflowBuilder):
         return super().build(workflow_id, **kwargs)
 
 
-class Factory:
+class _Factory:
     """A function the file defines, with no parameters and a body ``read`` can replay;
     calling it replays that body, as a call of the function would run it."""
 
@@ -186,16 +188,16 @@ class _Scope:
 
     def bind(self, name: str, value: Any) -> None:
         if name.startswith("__"):  # __name__ decides the __main__ guard; no dunder moves
-            raise NotData(f"an assignment to {name}")
+            raise _NotData(f"an assignment to {name}")
         (self.globals if self.locals is None else self.locals)[name] = value
 
     def lookup(self, name: str) -> Any:
         if self.locals is not None and name in self.local_names:
             if name not in self.locals:
-                raise NotData(f"{name} used before it is assigned")
+                raise _NotData(f"{name} used before it is assigned")
             return self.locals[name]
         if name not in self.globals:
-            raise NotData(f"{name} is not defined by the file")
+            raise _NotData(f"{name} is not defined by the file")
         return self.globals[name]
 
     def run(self, statement: ast.stmt) -> None:
@@ -204,12 +206,12 @@ class _Scope:
                 self.call(statement.value)
         elif isinstance(statement, ast.Assign):
             if not all(isinstance(t, ast.Name) for t in statement.targets):
-                raise NotData("assignment to something other than a name")
+                raise _NotData("assignment to something other than a name")
             value = self.value(statement.value)
             for target in statement.targets:
                 self.bind(target.id, value)  # type: ignore[attr-defined]
         elif not isinstance(statement, ast.Pass):
-            raise NotData(type(statement).__name__)
+            raise _NotData(type(statement).__name__)
 
     def value(self, node: ast.expr) -> Any:
         """A whole expression: a literal, a name (bound to anything), or a call."""
@@ -223,19 +225,19 @@ class _Scope:
         """A literal built in place; a name inside one must hold a string or a number, so
         no literal shares a container with another."""
         if depth > _MAX_DEPTH:
-            raise NotData("a literal nested too deep")
+            raise _NotData("a literal nested too deep")
         if isinstance(node, ast.Constant):
             return _constant(node.value)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             operand = node.operand
             if isinstance(operand, ast.Constant) and type(operand.value) in (int, float):
                 return -operand.value if isinstance(node.op, ast.USub) else operand.value
-            raise NotData("a unary operator on something other than a number")
+            raise _NotData("a unary operator on something other than a number")
         if isinstance(node, ast.Dict):
             keys = []
             for key in node.keys:
                 if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
-                    raise NotData("a dict key that is not a string")
+                    raise _NotData("a dict key that is not a string")
                 keys.append(key.value)
             return dict(zip(keys, [self.literal(v, depth + 1) for v in node.values],
                             strict=True))
@@ -244,29 +246,29 @@ class _Scope:
         if isinstance(node, ast.Name) and depth:
             value = self.lookup(node.id)
             if not isinstance(value, _SCALARS):
-                raise NotData(f"{node.id} inside a literal holds a {type(value).__name__}")
+                raise _NotData(f"{node.id} inside a literal holds a {type(value).__name__}")
             return value
-        raise NotData(type(node).__name__)
+        raise _NotData(type(node).__name__)
 
     def call(self, node: ast.expr) -> Any:
         if not isinstance(node, ast.Call):
-            raise NotData(type(node).__name__)
+            raise _NotData(type(node).__name__)
         if any(isinstance(a, ast.Starred) for a in node.args) or any(
                 k.arg is None for k in node.keywords):
-            raise NotData("* or ** in a call")
+            raise _NotData("* or ** in a call")
         keywords = [k.arg for k in node.keywords]
         if len(set(keywords)) != len(keywords) or "__debug__" in keywords:
-            raise NotData("a keyword the compiler refuses")  # repeated, or __debug__
+            raise _NotData("a keyword the compiler refuses")  # repeated, or __debug__
         func = node.func
         if isinstance(func, ast.Name):
             if self.lookup(func.id) is not WorkflowBuilder or node.args or node.keywords:
-                raise NotData(f"a call of {func.id}")
+                raise _NotData(f"a call of {func.id}")
             return _Builder(self.replay)
         if not isinstance(func, ast.Attribute):
-            raise NotData("a call of an expression")
+            raise _NotData("a call of an expression")
         target = self.value(func.value)
         if type(target) is not _Builder:
-            raise NotData(f".{func.attr}() of something other than a WorkflowBuilder")
+            raise _NotData(f".{func.attr}() of something other than a WorkflowBuilder")
         args = [self.value(a) for a in node.args]
         kwargs = {k.arg: self.value(k.value) for k in node.keywords}
         added = _check(func.attr, args, kwargs, target)
@@ -290,7 +292,7 @@ def _check(method: str, args: list[Any], kwargs: dict[str, Any],
               and _name(args[1]) and (len(args) == 2 or (
                   isinstance(args[2], dict) and set(args[2]) <= DATA_ONLY_KEYS)))
         if ok and not _data_only(args[0]):
-            raise NotData(f"node type {args[0]!r}")
+            raise _NotData(f"node type {args[0]!r}")
     elif method == "add_connection":
         ok, added = not kwargs and len(args) == 4 and all(map(_name, args)), 1
     elif method == "connect":
@@ -304,11 +306,11 @@ def _check(method: str, args: list[Any], kwargs: dict[str, Any],
     elif method == "build":
         ok = not args and all(isinstance(v, _SCALARS) for v in kwargs.values())
     else:
-        raise NotData(f"WorkflowBuilder.{method}()")
+        raise _NotData(f"WorkflowBuilder.{method}()")
     if not ok:
-        raise NotData(f"an unusual form of WorkflowBuilder.{method}()")
+        raise _NotData(f"an unusual form of WorkflowBuilder.{method}()")
     if len(builder.connections) + added > MAX_CONNECTIONS:
-        raise NotData(f"more than {MAX_CONNECTIONS:,} connections in one builder")
+        raise _NotData(f"more than {MAX_CONNECTIONS:,} connections in one builder")
     return added
 
 
@@ -316,7 +318,7 @@ def _text(value: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise NotData("a string that is not valid Unicode (a lone surrogate)") from None
+        raise _NotData("a string that is not valid Unicode (a lone surrogate)") from None
 
 
 def _constant(value: Any) -> Any:
@@ -327,7 +329,7 @@ def _constant(value: Any) -> Any:
         return value
     if type(value) is float and math.isfinite(value):
         return value
-    raise NotData(f"a {type(value).__name__} literal")  # bytes, complex, ...: not JSON
+    raise _NotData(f"a {type(value).__name__} literal")  # bytes, complex, ...: not JSON
 
 
 def _data_only(node_type: str) -> bool:
@@ -357,36 +359,36 @@ def _at_start(body: list[ast.stmt], index: int) -> bool:
 
 def _import(statement: ast.ImportFrom, scope: _Scope) -> None:
     if statement.level:
-        raise NotData("a relative import")
+        raise _NotData("a relative import")
     if statement.module == "__future__":
         for alias in statement.names:
             if alias.name != "annotations" or alias.asname:
-                raise NotData(f"from __future__ import {alias.name}")
+                raise _NotData(f"from __future__ import {alias.name}")
             # The module's own feature object, as the import binds it (this very
             # module's first line imported ``__future__``).
             scope.bind(alias.name, sys.modules["__future__"].annotations)
         return
     exports = _IMPORTS.get(statement.module or "")
     if exports is None:
-        raise NotData(f"an import of {statement.module}")
+        raise _NotData(f"an import of {statement.module}")
     for alias in statement.names:
         if alias.name not in exports:
-            raise NotData(f"an import of {statement.module}.{alias.name}")
+            raise _NotData(f"an import of {statement.module}.{alias.name}")
         scope.bind(alias.asname or alias.name, exports[alias.name])
 
 
-def _function(statement: ast.FunctionDef, replay: _Replay) -> Factory:
+def _function(statement: ast.FunctionDef, replay: _Replay) -> _Factory:
     args = statement.args
     if statement.decorator_list or args.posonlyargs or args.args or args.vararg or \
             args.kwonlyargs or args.kwarg or statement.returns is not None:
-        raise NotData(f"function {statement.name} takes parameters, is decorated or annotated")
+        raise _NotData(f"function {statement.name} takes parameters, is decorated or annotated")
     *body, last = statement.body
     for inner in body:
         if not isinstance(inner, (ast.Expr, ast.Assign, ast.Pass)):
-            raise NotData(f"a {type(inner).__name__} in {statement.name}")
+            raise _NotData(f"a {type(inner).__name__} in {statement.name}")
     if not isinstance(last, (ast.Expr, ast.Assign, ast.Pass, ast.Return)):
-        raise NotData(f"a {type(last).__name__} in {statement.name}")
-    return Factory(statement.name, statement.body, replay)
+        raise _NotData(f"a {type(last).__name__} in {statement.name}")
+    return _Factory(statement.name, statement.body, replay)
 
 
 def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:
@@ -395,13 +397,13 @@ def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:
     for index, statement in enumerate(tree.body):
         if isinstance(statement, ast.ImportFrom):
             if statement.module == "__future__" and not _at_start(tree.body, index):
-                raise NotData("a __future__ import after other statements")  # compiler
+                raise _NotData("a __future__ import after other statements")  # compiler
             _import(statement, scope)
         elif isinstance(statement, ast.FunctionDef):
             scope.bind(statement.name, _function(statement, replay))
         elif isinstance(statement, ast.If):
             if module == "__main__" or not _is_main_guard(statement.test) or statement.orelse:
-                raise NotData("an if statement other than a __main__ guard")
+                raise _NotData("an if statement other than a __main__ guard")
             replay.skipped = True
         else:
             scope.run(statement)
@@ -418,7 +420,7 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
     replay = _Replay(module)
     try:
         probed = probe(_replay(tree, replay, module), path, factories,
-                       factory=lambda name, obj: isinstance(obj, Factory)
+                       factory=lambda name, obj: isinstance(obj, _Factory)
                        and obj.__name__ in factories)
         if probed.failures:
             return None
@@ -437,7 +439,7 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
             if nodes > max_nodes or size > max_bytes // 2:  # near a limit: the worker decides
                 return None
         return probed
-    except Exception as exc:  # noqa: BLE001 - NotData, SyntaxError, anything Kailash raised
+    except Exception as exc:  # noqa: BLE001 - _NotData, SyntaxError, anything Kailash raised
         logger.debug("%s runs in its own process: %s", path, exc)
         return None
     finally:
