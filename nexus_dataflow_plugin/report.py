@@ -82,8 +82,9 @@ MSG_CRASHED = (
     "went on. Check for os._exit, native crashes or resource exhaustion at import."
 )
 MSG_PASSES_SCREEN = (
-    "Neither defines nor imports DataFlow models: a scan imports it in an isolated worker "
-    "(run `nexus-dataflow scan` for the outcome)."
+    "Neither defines nor imports DataFlow models: a scan reads it as data if it only "
+    "declares workflows, else imports it in an isolated worker (run `nexus-dataflow scan` "
+    "for the outcome)."
 )
 MSG_NOT_A_CANDIDATE = (
     "Discovery does not look at this file: it matches none of the patterns {patterns}, or "
