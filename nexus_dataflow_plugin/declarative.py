@@ -33,6 +33,8 @@ from kailash.workflow import Workflow
 from kailash.workflow.builder import WorkflowBuilder
 
 from .probe import Probed, probe
+from .protocol import is_text
+from .screen import is_main_guard
 from .transfer import encode
 
 logger = logging.getLogger(__name__)
@@ -315,10 +317,8 @@ def _check(method: str, args: list[Any], kwargs: dict[str, Any],
 
 
 def _text(value: str) -> None:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _NotData("a string that is not valid Unicode (a lone surrogate)") from None
+    if not is_text(value):  # a worker's result with it is refused
+        raise _NotData("a string that is not valid Unicode (a lone surrogate)")
 
 
 def _constant(value: Any) -> Any:
@@ -336,15 +336,6 @@ def _data_only(node_type: str) -> bool:
     module = DATA_ONLY_NODES.get(node_type)
     cls = NodeRegistry._nodes.get(node_type)
     return module is not None and cls is not None and cls.__module__ == module
-
-
-def _is_main_guard(test: ast.expr) -> bool:
-    """``__name__ == "__main__"``: false where discovery imports a file (as its stem)."""
-    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
-            and test.left.id == "__name__" and len(test.ops) == 1
-            and isinstance(test.ops[0], ast.Eq) and len(test.comparators) == 1
-            and isinstance(test.comparators[0], ast.Constant)
-            and test.comparators[0].value == "__main__")
 
 
 def _at_start(body: list[ast.stmt], index: int) -> bool:
@@ -402,7 +393,7 @@ def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:
         elif isinstance(statement, ast.FunctionDef):
             scope.bind(statement.name, _function(statement, replay))
         elif isinstance(statement, ast.If):
-            if module == "__main__" or not _is_main_guard(statement.test) or statement.orelse:
+            if module == "__main__" or not is_main_guard(statement.test) or statement.orelse:
                 raise _NotData("an if statement other than a __main__ guard")
             replay.skipped = True
         else:

@@ -272,14 +272,21 @@ def _value(value: Any, hint: Any, where: str, depth: int) -> Any:
     return value
 
 
-def _text(value: str, where: str) -> None:
+def is_text(value: str) -> bool:
     """Text that can be written anywhere: JSON's ``\\ud800`` escapes decode to lone
     surrogates, which no UTF-8 writer (a log, an HTTP response) accepts."""
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ProtocolError(f"{where}: text that is not valid Unicode") from None
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(value: str, where: str) -> None:
+    if not is_text(value):
+        raise ProtocolError(f"{where}: text that is not valid Unicode")
 
 
 def _json(value: Any, where: str, depth: int) -> Any:

@@ -137,7 +137,8 @@ def _walk(roots: list[ast.AST], prune: frozenset[type] = frozenset()) -> list[as
     return out
 
 
-def _is_main_guard(test: ast.expr) -> bool:
+def is_main_guard(test: ast.expr) -> bool:
+    """``__name__ == "__main__"`` (either way round): false where a file is imported."""
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
         return False
     if not isinstance(test.ops[0], ast.Eq):
@@ -156,7 +157,7 @@ def _is_type_checking(test: ast.expr) -> bool:
 def _never_runs(stmt: ast.stmt) -> bool:
     """An ``if`` whose body never runs on import (its ``else`` does)."""
     return stmt.__class__ is ast.If and (
-        _is_main_guard(stmt.test) or _is_type_checking(stmt.test)  # type: ignore[attr-defined]
+        is_main_guard(stmt.test) or _is_type_checking(stmt.test)  # type: ignore[attr-defined]
     )
 
 
@@ -281,7 +282,7 @@ def _main_guard_calls(body: list[ast.stmt]) -> set[str]:
     """Names the file itself calls under ``if __name__ == "__main__":``."""
     called: set[str] = set()
     for stmt in body:
-        if isinstance(stmt, ast.If) and _is_main_guard(stmt.test):
+        if isinstance(stmt, ast.If) and is_main_guard(stmt.test):
             for node in _walk([stmt]):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                     called.add(node.func.id)
