@@ -17,6 +17,8 @@ from pathlib import Path
 
 from nexus.discovery import WorkflowDiscovery
 
+from .protocol import is_text
+
 WORKFLOW_PATTERNS: tuple[str, ...] = tuple(WorkflowDiscovery.WORKFLOW_PATTERNS)
 EXCLUDE_FILES: frozenset[str] = frozenset(WorkflowDiscovery.EXCLUDE_FILES)
 
@@ -27,6 +29,10 @@ MSG_TOO_LARGE = (
     "Raise max_file_bytes if this really is a workflow file."
 )
 MSG_BROKEN_LINK = "Is a broken or looping symlink ({what}); skipped."
+MSG_NOT_TEXT = (
+    "Its path {path} is not valid UTF-8, which the messages to a file's process, the "
+    "report and the log cannot carry; refused unread. Rename the file (or its directory)."
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ def _check(
     None for what is not a regular file (native skips those too). One ``lstat``
     per plain file; symlinks (and each directory, once) are resolved.
     """
+    if not is_text(str(path)):
+        return Candidate(path, rel, MSG_NOT_TEXT.format(path=ascii(str(path))))
     try:
         info = path.lstat()
         if stat.S_ISLNK(info.st_mode):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import place, scan
+from conftest import place, runs, scan
 from nexus.discovery import WorkflowDiscovery
 
 from nexus_dataflow_plugin.config import Settings
@@ -173,3 +173,20 @@ def test_base_defaults_to_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_base(None) == Path(os.getcwd()).absolute()
     assert resolve_base("sub") == tmp_path / "sub"
+
+
+def test_a_path_that_is_not_valid_utf8_is_refused_not_run(tmp_path):
+    """A name with a byte that is not UTF-8 (``bad\\xff.py``) decodes to a lone surrogate,
+    which no message to a file's process can carry: its process was never told the file
+    and the scan waited forever. It is refused, naming the path; the others run."""
+    (tmp_path / "workflows").mkdir()
+    shutil.copyfile(FIXTURES / "good_pipeline.py", tmp_path / "workflows" / "good.py")
+    bad = os.fsdecode(b"bad\xff.py")
+    shutil.copyfile(FIXTURES / "good_pipeline.py", tmp_path / "workflows" / bad)
+    report = scan(tmp_path, timeout=5)
+    statuses = {e.path: (e.status, e.reason) for e in report.files}
+    status, reason = statuses[f"workflows/{bad}"]
+    assert status == "error" and "not valid UTF-8" in reason and "\\udcff" in reason
+    assert statuses["workflows/good.py"][0] == "registered"
+    assert runs(tmp_path / "workflows" / bad) == []
+
