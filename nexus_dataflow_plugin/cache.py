@@ -17,16 +17,23 @@ ever replaced atomically (write a temporary file, then rename), so concurrent
 writers cannot interleave and a reader never sees half a file. Anything
 unreadable, from another version or not shaped as expected is ignored: the
 worst a broken cache can do is cost a re-parse.
+
+Beside it, ``ReadCache`` keeps what reading each file as data gave
+(``declarative.Read.record``), so that a warm scan rebuilds those workflows
+instead of parsing and replaying the file again. The cache directory is trusted
+as the project's files are: what it holds becomes registered workflows.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -297,6 +304,7 @@ class ScreenCache:
         self._pools: list[_PoolProcess] = []
         self._pooled: dict[Path, tuple[_PoolProcess, int]] = {}
         self._dirty = False
+        self.reads = ReadCache(self.path.with_name(f"read-{digest}.txt"), persist)
         if persist:
             self._load()
 
@@ -475,10 +483,13 @@ class ScreenCache:
             entry["duration"] = round(seconds, 4)
             self._dirty = True
 
-    def save(self) -> None:
+    def save(self, *, complete: bool = False) -> None:
         """Publish the cache atomically; failing to write it is logged, never raised.
 
-        Screens still running (a scan that stopped early) are ended first."""
+        Screens still running (a scan that stopped early) are ended first.
+        ``complete``: the scan asked for the reading of every file it read (see
+        ``ReadCache.save``)."""
+        self.reads.save(complete=complete)
         for path in list(self._running):
             self._running.pop(path)[2].cancel()
         for process in self._pools:
@@ -498,3 +509,129 @@ class ScreenCache:
             self._dirty = False
         except OSError as exc:
             logger.debug("screen cache not saved to %s: %s", self.path, exc)
+
+
+READS_FORMAT = 1
+
+
+def _reads_header() -> bytes:
+    """What a stored reading depends on besides the file: this package, Kailash (its
+    builders and node classes, and where they live) and Python (its parser)."""
+    import kailash
+
+    return json.dumps({"format": READS_FORMAT, "version": __version__,
+                       "kailash": [kailash.__version__, kailash.__file__],
+                       "python": sys.version}).encode()
+
+
+_decoder = json.JSONDecoder()
+
+
+class ReadCache:
+    """Records of files read as data, one per file path, each under a key that names
+    the exact bytes read and everything else the reading was given.
+
+    One text file, a header line and then a line per file: ``key path record`` (the
+    path as JSON; records are JSON too, so no line holds a newline). It is loaded
+    when first asked. New records go to an anonymous temporary file as they come (a
+    cold scan does not hold every file's workflows until its end, and a server
+    killed mid-scan leaves nothing behind), copied into place at ``save``.
+    """
+
+    def __init__(self, path: Path, persist: bool = True) -> None:
+        self.path = path
+        self.persist = persist
+        self._stored: dict[str, tuple[str, bytes, int]] | None = None  # path -> key, line, at
+        self._hits: set[str] = set()
+        self._asked: set[str] = set()
+        self._new: set[str] = set()
+        self._out: Any = None
+
+    def _load(self) -> dict[str, tuple[str, bytes, int]]:
+        stored: dict[str, tuple[str, bytes, int]] = {}
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return stored
+        header, _, body = data.partition(b"\n")
+        if header != _reads_header():
+            return stored
+        for line in body.split(b"\n"):
+            key, _, rest = line.partition(b" ")
+            try:
+                text = rest.decode("ascii")
+                name, end = _decoder.raw_decode(text)
+            except ValueError:
+                continue  # a damaged line costs a reading
+            if isinstance(name, str):
+                stored[name] = (key.decode("ascii"), line, len(key) + 1 + end + 1)
+        return stored
+
+    def get(self, path: str, key: str) -> str | None:
+        """The record stored for ``path`` under ``key``, if any."""
+        if not self.persist:
+            return None
+        if self._stored is None:
+            self._stored = self._load()
+        self._asked.add(path)
+        stored = self._stored.get(path)
+        if stored is None or stored[0] != key:
+            return None
+        self._hits.add(path)
+        return stored[1][stored[2]:].decode("ascii")
+
+    def put(self, path: str, key: str, record: str) -> None:
+        """Keep ``record`` (ASCII JSON) as ``path``'s reading under ``key``."""
+        if not self.persist:
+            return
+        try:
+            if self._out is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._out = tempfile.TemporaryFile(dir=self.path.parent)
+                self._out.write(_reads_header() + b"\n")
+            self._out.write(f"{key} {json.dumps(path)} {record}\n".encode("ascii"))
+            self._new.add(path)
+        except (OSError, UnicodeEncodeError) as exc:
+            logger.debug("readings not kept in %s: %s", self.path.parent, exc)
+            self._discard()
+            self.persist = False
+
+    def save(self, *, complete: bool = False) -> None:
+        """Replace the file when this scan read a file anew, or when ``complete`` (the
+        scan asked for every file it read) and a stored record went unused. Kept: new
+        records, records used, and, unless ``complete``, records not asked for."""
+        stored = self._stored or {}
+        unused = complete and len(self._hits) < len(stored)
+        if not self.persist or not (self._new or unused):
+            self._discard()
+            return
+        try:
+            if self._out is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._out = tempfile.TemporaryFile(dir=self.path.parent)
+                self._out.write(_reads_header() + b"\n")
+            for name, (_, line, _) in stored.items():
+                if name in self._new or (name not in self._hits and (
+                        complete or name in self._asked)):
+                    continue
+                self._out.write(line + b"\n")
+            self._out.seek(0)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".read-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    shutil.copyfileobj(self._out, handle)
+                os.replace(tmp, self.path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            logger.debug("readings not saved to %s: %s", self.path, exc)
+        finally:
+            self._discard()
+            self._new.clear()
+
+    def _discard(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None

@@ -17,22 +17,31 @@ config key outside ``DATA_ONLY_KEYS``; anything the compiler would refuse; an
 exception while replaying; a workflow that would not survive the trip as data or
 is near the result limits) makes ``read`` return None, and the file runs in a
 process of its own as before, which gives the authoritative outcome and message.
+
+What a reading gave is also a ``record``: the workflows as the worker would send
+them. ``recall`` rebuilds them from it (``Workflow.from_dict``, as for a worker's
+result), so a later scan of the same bytes skips the parse, the replay and the
+encoding; what each build made up (its id, its default name, its time) is made
+up afresh, as a build would.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import math
 import sys
+import uuid
 from collections.abc import Collection
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from kailash.nodes.base import NodeRegistry
 from kailash.workflow import Workflow
 from kailash.workflow.builder import WorkflowBuilder
 
-from .probe import Probed, probe
+from .probe import probe
 from .protocol import is_text
 from .screen import is_main_guard
 from .transfer import encode
@@ -84,6 +93,8 @@ class _Replay:
         # not call) must still compile, as it must for the worker's import.
         self.skipped = False
         self.factories: list[_Factory] = []
+        # id(workflow) -> which of its id, name and time its build made up (see ``recall``)
+        self.made_up: dict[int, list[bool]] = {}
 
     def charge(self, value: Any) -> None:
         """Count what ``value`` (a call's arguments) costs; every string in it must be
@@ -125,6 +136,7 @@ class _Replay:
         the scan, every file's syntax tree and builders would live until its end."""
         self.namespace.clear()
         self.factories.clear()
+        self.made_up.clear()
 
     def _spend(self, amount: int) -> None:
         self.spent += amount
@@ -148,7 +160,11 @@ class _Builder(WorkflowBuilder):
 
     def build(self, workflow_id: str | None = None, **kwargs: Any) -> Workflow:
         self._replay.charge_build(self)
-        return super().build(workflow_id, **kwargs)
+        workflow = super().build(workflow_id, **kwargs)
+        # ``_metadata`` stays empty: the language has no ``set_metadata``.
+        self._replay.made_up[id(workflow)] = [workflow_id is None, "name" not in kwargs,
+                                              "created_at" not in kwargs]
+        return workflow
 
 
 class _Factory:
@@ -401,8 +417,16 @@ def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:
     return replay.namespace
 
 
+class Read(NamedTuple):
+    """What reading a file gave: its workflows (attr -> Workflow, as the probe found
+    them) and ``record``, the same as JSON text for ``recall``."""
+
+    workflows: dict[str, Workflow]
+    record: str
+
+
 def read(tree: ast.Module | str, path: str, module: str, factories: Collection[str], *,
-         max_nodes: int, max_bytes: int, project_root: str) -> Probed | None:
+         max_nodes: int, max_bytes: int, project_root: str) -> Read | None:
     """The workflows a declarative file (its ``screen.parse`` tree, imported as
     ``module``) gives, found as the worker finds them; None when the file is not
     declarative, or anything about it needs its own process to say."""
@@ -418,20 +442,57 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
         if replay.skipped or not all(f.ran for f in replay.factories):
             compile(tree, path, "exec", dont_inherit=True)  # SyntaxError: the worker's
         nodes = size = 0
-        encoded_once: dict[int, Any] = {}
-        for workflow in probed.workflows.values():
+        index: dict[int, int] = {}  # id(workflow) -> its place in texts and counts
+        texts: list[str] = []
+        counts: list[int] = []  # nodes and connections
+        made_up: list[list[bool]] = []
+        names: list[tuple[str, int]] = []
+        for attr, workflow in probed.workflows.items():
             replay.charge_workflow(workflow)  # each name, as the worker encodes each
-            encoded = encoded_once.get(id(workflow)) or encode(workflow, project_root, set())
-            encoded_once[id(workflow)] = encoded
-            if encoded.problems or encoded.data is None:
-                return None
-            nodes += len(encoded.data.get("nodes", ())) + len(encoded.data.get("connections", ()))
-            size += encoded.size
+            place = index.get(id(workflow))
+            if place is None:
+                encoded = encode(workflow, project_root, set())
+                if encoded.problems or encoded.data is None:
+                    return None
+                place = index[id(workflow)] = len(texts)
+                texts.append(encoded.text)
+                counts.append(len(encoded.data.get("nodes", ()))
+                              + len(encoded.data.get("connections", ())))
+                made_up.append(replay.made_up[id(workflow)])
+            nodes += counts[place]
+            size += len(texts[place])
             if nodes > max_nodes or size > max_bytes // 2:  # near a limit: the worker decides
                 return None
-        return probed
+            names.append((attr, place))
+        record = (f'{{"names":{json.dumps(names)},"made_up":{json.dumps(made_up)},'
+                  f'"data":[{",".join(texts)}]}}')
+        return Read(probed.workflows, record)
     except Exception as exc:  # noqa: BLE001 - _NotData, SyntaxError, anything Kailash raised
         logger.debug("%s runs in its own process: %s", path, exc)
         return None
     finally:
         replay.close()
+
+
+def recall(record: str) -> dict[str, Workflow] | None:
+    """The workflows of a ``Read.record``, rebuilt; None when the record is damaged or a
+    node type in it is no longer ``DATA_ONLY_NODES``' own class in this process."""
+    try:
+        stored = json.loads(record)
+        datas = stored["data"]
+        if not all(_data_only(node["node_type"]) for data in datas
+                   for node in data["nodes"].values()):
+            return None
+        built = []
+        for data, (new_id, new_name, new_time) in zip(datas, stored["made_up"], strict=True):
+            if new_id:
+                data["workflow_id"] = str(uuid.uuid4())
+            if new_name:
+                data["name"] = f"Workflow-{data['workflow_id'][:8]}"
+            if new_time:
+                data["metadata"]["created_at"] = datetime.now(UTC).isoformat()
+            built.append(Workflow.from_dict(data))
+        return {str(attr): built[place] for attr, place in stored["names"]}
+    except Exception as exc:  # noqa: BLE001 - a damaged record costs a reading
+        logger.debug("a stored reading is not used: %s", exc)
+        return None

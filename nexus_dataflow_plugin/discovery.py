@@ -234,7 +234,7 @@ class SmartDiscovery:
         finally:
             for started_pool in made:
                 started_pool.close()
-            cache.save()
+            cache.save(complete=only is None)
         return self._report(found, outcomes, time.monotonic() - started)
 
     # -- stages ----------------------------------------------------------------
@@ -360,14 +360,21 @@ class SmartDiscovery:
             return None
         if len(data) > IN_PROCESS_MAX_BYTES or hashlib.sha256(data).hexdigest() != judged:
             return None  # changed since the screen: its process finds out, as for any file
-        probed = declarative.read(
-            cache.parsed(candidate.real, data),  # type: ignore[arg-type] # screened
-            str(candidate.path), Path(candidate.rel).stem, screened.facts.factories,
-            max_nodes=self.limits.max_result_nodes, max_bytes=self.limits.max_result_bytes,
-            project_root=str(self.base))
-        if probed is None or not probed.workflows:  # none: the worker's report says why
-            return None
-        return self._found(candidate.rel, _Loaded(probed.workflows, [], []),
+        given = (str(candidate.path), Path(candidate.rel).stem, screened.facts.factories)
+        bounds = {"max_nodes": self.limits.max_result_nodes,
+                  "max_bytes": self.limits.max_result_bytes, "project_root": str(self.base)}
+        key = hashlib.sha256(repr((judged, given, bounds)).encode()).hexdigest()
+        where = str(candidate.real)
+        record = cache.reads.get(where, key)
+        workflows = declarative.recall(record) if record is not None else None
+        if workflows is None:
+            read = declarative.read(cache.parsed(candidate.real, data),  # type: ignore[arg-type]
+                                    *given, **bounds)
+            if read is None or not read.workflows:  # none: the worker's report says why
+                return None
+            cache.reads.put(where, key, read.record)
+            workflows = read.workflows
+        return self._found(candidate.rel, _Loaded(workflows, [], []),
                            time.monotonic() - began, r.MSG_READ)
 
     def _imported(self, rel: str, outcome: Outcome) -> Imported:

@@ -59,12 +59,13 @@ _BUILD_LOGGERS = (logging.getLogger("kailash.workflow.graph"),
 
 @dataclass(frozen=True)
 class Encoded:
-    """A workflow as data, or the reasons it cannot travel; ``size``: its JSON's length."""
+    """A workflow as data, or the reasons it cannot travel; ``text``: its JSON, when
+    ``json.dumps`` took it."""
 
     data: dict[str, Any] | None
     node_modules: dict[str, str]
     problems: tuple[str, ...]
-    size: int = 0
+    text: str = ""
 
 
 _JSON_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
@@ -128,9 +129,9 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
     problems: list[str] = []
     node_modules: dict[str, str] = {}
     data = workflow.to_dict()
-    size = 0
+    text = ""
     try:
-        size = len(json.dumps(data))  # usually all is JSON: one call, no per-key checks
+        text = json.dumps(data)  # usually all is JSON: one call, no per-key checks
         failure: Exception | None = None
     except _JSON_ERRORS as exc:
         failure = exc
@@ -165,7 +166,7 @@ def encode(workflow: Workflow, project_root: str, project_modules: set[str]) -> 
         # The data as it is: it survived ``json.dumps`` above, and the frame that carries
         # it is JSON, so the server reads what a round trip here would have made of it.
         problems += _lost_connections(workflow, data)
-    return Encoded(None if problems else data, node_modules, tuple(problems), size)
+    return Encoded(None if problems else data, node_modules, tuple(problems), text)
 
 
 class ModelNodeStandIn(Node):

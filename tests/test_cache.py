@@ -197,3 +197,63 @@ def test_the_test_suite_keeps_its_cache_out_of_the_users_home(tmp_path: Path) ->
     for where in (default_cache_dir(), Path(child)):
         assert not where.is_relative_to(home_cache), where
         assert where.is_relative_to(Path(os.environ["XDG_CACHE_HOME"]))
+
+
+def _reads(tmp_path: Path, persist: bool = True):
+    from nexus_dataflow_plugin.cache import ReadCache
+
+    return ReadCache(tmp_path / "cache" / "read-x.txt", persist)
+
+
+def test_a_reading_is_kept_under_its_key_and_path(tmp_path):
+    first = _reads(tmp_path)
+    first.put("/p/a.py", "k1", '{"r": "a"}')
+    first.put("/p/b.py", "k2", '{"r": "b"}')
+    first.save(complete=True)
+    again = _reads(tmp_path)
+    assert again.get("/p/a.py", "k1") == '{"r": "a"}'
+    assert again.get("/p/b.py", "other bytes") is None
+    assert again.get("/p/elsewhere.py", "k1") is None
+    assert sorted(os.listdir(tmp_path / "cache")) == ["read-x.txt"]  # nothing left over
+
+
+@pytest.mark.parametrize("complete, kept", [(True, ["/p/a.py"]), (False, ["/p/a.py", "/p/b.py"])])
+def test_a_complete_scan_drops_readings_it_did_not_use(tmp_path, complete, kept):
+    """A full scan keeps what it used; a scan of some files (``only``) keeps the rest."""
+    first = _reads(tmp_path)
+    first.put("/p/a.py", "k1", "{}")
+    first.put("/p/b.py", "k2", "{}")
+    first.save(complete=True)
+    second = _reads(tmp_path)
+    assert second.get("/p/a.py", "k1") == "{}"
+    second.save(complete=complete)
+    third = _reads(tmp_path)
+    assert [p for p in ("/p/a.py", "/p/b.py") if third.get(p, {"/p/a.py": "k1"}.get(p, "k2"))] \
+        == kept
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: b"",
+    lambda data: b'{"format": 0}' + data[data.index(b"\n"):],
+    lambda data: data[:len(data) // 2],
+    lambda data: data.replace(b'"/p/a.py"', b'"/p/a.py'),
+])
+def test_a_damaged_readings_file_costs_a_reading(tmp_path, damage):
+    first = _reads(tmp_path)
+    first.put("/p/a.py", "k1", '{"r": "a"}')
+    first.save()
+    path = tmp_path / "cache" / "read-x.txt"
+    path.write_bytes(damage(path.read_bytes()))
+    assert _reads(tmp_path).get("/p/a.py", "k1") is None
+
+
+def test_readings_that_cannot_be_written_are_logged_not_raised(tmp_path, caplog):
+    from nexus_dataflow_plugin.cache import ReadCache
+
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("a file where the cache directory should be")
+    reads = ReadCache(blocker / "cache" / "read-x.txt")
+    with caplog.at_level(logging.DEBUG, logger="nexus_dataflow_plugin.cache"):
+        reads.put("/p/a.py", "k1", "{}")
+        reads.save()
+    assert "readings not kept" in caplog.text

@@ -270,3 +270,71 @@ def test_reading_leaves_no_garbage_for_the_paused_collector(tmp_path):
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def _cached_scan(base: Path, cache_dir: Path):
+    from nexus_dataflow_plugin import SmartDiscovery
+
+    return SmartDiscovery(base, timeout=5, workers=1, cache_dir=cache_dir).run()
+
+
+def test_a_warm_scan_rebuilds_what_the_reading_gave_making_up_ids_afresh(tmp_path, monkeypatch):
+    """Unchanged bytes: the workflows come back from the stored record (not read
+    again, no worker), the same as the reading gave, with the id, default name and
+    time each build makes up made up again; a name the file gave is kept."""
+    base = _tree(tmp_path / "app", DECLARATIVE)
+    cold = _cached_scan(base, tmp_path / "cache")
+    monkeypatch.setattr(declarative, "read", lambda *a, **k: pytest.fail("read again"))
+    monkeypatch.setattr(WorkerPool, "start", lambda *a, **k: pytest.fail("a worker started"))
+    warm = _cached_scan(base, tmp_path / "cache")
+
+    assert [(f.path, f.status, f.workflows) for f in warm.files] == \
+        [(f.path, f.status, f.workflows) for f in cold.files]
+    assert all(f.reason.startswith(READ) for f in warm.files)
+    for name, workflow in warm.workflows.items():
+        before = cold.workflows[name]
+        assert _shape(workflow) == _shape(before), name
+        assert workflow.workflow_id != before.workflow_id
+        assert workflow.metadata["created_at"] > before.metadata["created_at"]
+    report = warm.workflows["factories_aliases_and_a_guard.make_report"]
+    assert report.name == "report"
+    default = warm.workflows["unbuilt_builder"]
+    assert default.name == f"Workflow-{default.workflow_id[:8]}"
+
+
+def test_a_file_changed_since_its_reading_is_read_again(tmp_path):
+    base = _tree(tmp_path / "app", [FIXTURES / "reads_as_data" / "unbuilt_builder.py"])
+    _cached_scan(base, tmp_path / "cache")
+    target = base / "workflows" / "unbuilt_builder.py"
+    target.write_text(target.read_text().replace("step1", "renamed"))
+    warm = _cached_scan(base, tmp_path / "cache")
+    assert list(warm.workflows["unbuilt_builder"].nodes) == ["step0", "renamed"]
+
+
+def test_a_stored_reading_is_not_recalled_once_the_app_replaced_python_code_node(
+        tmp_path, monkeypatch):
+    """The record names PythonCodeNode: in a server whose registry now holds another
+    class under that name, the file runs in its worker, as it would unread."""
+    base = _tree(tmp_path / "app", [FIXTURES / "reads_as_data" / "unbuilt_builder.py"])
+    _cached_scan(base, tmp_path / "cache")
+
+    class AppsOwnPythonCodeNode(Node):
+        def get_parameters(self):
+            return {}
+
+        def run(self, **kwargs):
+            return {}
+
+    monkeypatch.setitem(NodeRegistry._nodes, "PythonCodeNode", AppsOwnPythonCodeNode)
+    entry = _cached_scan(base, tmp_path / "cache").files[0]
+    assert not entry.reason.startswith(READ), entry.reason
+
+
+@pytest.mark.parametrize("record", [
+    "{", "[]", '{"names": [["w", 1]], "made_up": [[true, true, true]], "data": [{}]}',
+    '{"names": [["w", 0]], "made_up": [], "data": [{"nodes": {}}]}',
+    '{"names": [["w", 0]], "made_up": [[1, 1, 1]], "data": [{"nodes": {"a": {"node_type": '
+    '"DataFlowBulkDeleteNode", "config": {}}}}]}',
+])
+def test_a_damaged_or_foreign_record_is_not_recalled(record):
+    assert declarative.recall(record) is None
