@@ -52,7 +52,6 @@ from .screen import (
     ModelUse,
     PathRef,
     analyze_tree,
-    facts_to_json,
     parse,
 )
 
@@ -103,6 +102,9 @@ _ALONE = "alone"
 # A pool process says it is ready (its imports done) within this, or its files are
 # screened in the server: the per-file timeout does not count the start-up.
 _POOL_START_S = 10.0
+
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def default_cache_dir() -> Path:
@@ -462,8 +464,9 @@ class ScreenCache:
         and the digest of the bytes they are about. A stalled screen is not cached: the
         next scan tries again, as it would import again."""
         if not facts.stalled:
+            # The named tuple itself: JSON writes it as ``facts_to_json`` would.
             self._entries[str(path)] = {"stat": stamp, "sha256": digest,
-                                        "facts": encoded or facts_to_json(facts)}
+                                        "facts": encoded or facts}
             self._dirty = True
         return facts
 
@@ -501,10 +504,17 @@ class ScreenCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".screen-", suffix=".tmp")
-            document = {"format": CACHE_FORMAT, "version": __version__, "files": self._entries}
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                # dumps, not dump: json.dump streams through the pure-Python encoder.
-                handle.write(json.dumps(document, separators=(",", ":")))
+                # An entry at a time: one ``dumps`` of the whole document holds every
+                # token of it at once (2 MB for 1,000 files), and ``json.dump`` goes
+                # through the pure-Python encoder.
+                handle.write(f'{{"format":{CACHE_FORMAT},"version":{_compact(__version__)},'
+                             '"files":{')
+                comma = ""
+                for name, entry in self._entries.items():
+                    handle.write(f"{comma}{_compact(name)}:{_compact(entry)}")
+                    comma = ","
+                handle.write("}}")
             os.replace(tmp, self.path)
             self._dirty = False
         except OSError as exc:

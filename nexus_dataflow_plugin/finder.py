@@ -74,7 +74,7 @@ def excluded(rel: str, name: str, exclude: Sequence[str]) -> bool:
 
 
 def _check(
-    path: Path, rel: str, base_real: Path, max_file_bytes: int, dirs: dict[Path, Path]
+    path: Path, rel: str, base_real: Path, max_file_bytes: int, dirs: dict[Path, Path | None]
 ) -> Candidate | None:
     """A candidate, refused if it leaves the project, loops, or is too large to read.
 
@@ -89,9 +89,12 @@ def _check(
             real = path.resolve(strict=True)
             info = real.stat()
         else:
-            if path.parent not in dirs:
-                dirs[path.parent] = path.parent.resolve(strict=True)
-            real = dirs[path.parent] / path.name
+            parent = path.parent
+            if parent not in dirs:
+                resolved = parent.resolve(strict=True)
+                dirs[parent] = None if resolved == parent else resolved
+            where = dirs[parent]
+            real = path if where is None else where / path.name  # one Path when they agree
     except (OSError, RuntimeError) as exc:
         return Candidate(path, rel, MSG_BROKEN_LINK.format(what=exc))
     if not real.is_relative_to(base_real):
@@ -122,7 +125,7 @@ def find_candidates(
     base_real = base.resolve()
     candidates: dict[str, Candidate] = {}
     order: list[str] = []
-    dirs: dict[Path, Path] = {}
+    dirs: dict[Path, Path | None] = {}  # a directory -> its real path, None if the same
     for pattern in patterns:
         for path in _matches(base, pattern):
             rel = path.relative_to(base).as_posix()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from nexus_dataflow_plugin import SmartDiscovery
-from nexus_dataflow_plugin.cache import ScreenCache, facts_from_json, facts_to_json
-from nexus_dataflow_plugin.screen import analyze
+from nexus_dataflow_plugin.cache import ScreenCache, facts_from_json
+from nexus_dataflow_plugin.screen import analyze, facts_to_json
 
 MODELS = """from dataflow import DataFlow
 
@@ -93,6 +93,8 @@ def test_facts_survive_the_round_trip_through_json():
     assert facts.imports and facts.external_model_uses and facts.factories and facts.may_block
     assert facts.path_entries and facts.run_paths and facts.exports
     assert facts_from_json(json.loads(json.dumps(facts_to_json(facts)))) == facts
+    # The cache writes the named tuple itself, which JSON writes as the list.
+    assert json.dumps(facts) == json.dumps(facts_to_json(facts))
 
 
 def test_a_warm_scan_answers_from_the_cache_while_the_file_is_untouched(tmp_path):
