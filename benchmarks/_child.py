@@ -352,7 +352,7 @@ def _run_screen(spec: dict) -> dict:
     with paused_gc():  # as SmartDiscovery runs its screen
         finding = time.perf_counter()
         found = discovery.find()
-        files = [(c.real, c.info) for c in found.candidates if c.real is not None]
+        files = [(c.real, c.stamp) for c in found.candidates if c.real is not None]
         began = time.perf_counter()
         cpu = time.process_time()
         cache = discovery.screen_cache()

@@ -44,6 +44,7 @@ from typing import Any
 
 from . import __version__
 from .config import Settings
+from .finder import stamp as _stamp
 from .report import MSG_SCREEN_FAILED, MSG_SCREEN_TIMEOUT, MSG_UNREADABLE
 from .screen import (
     READY,
@@ -278,12 +279,6 @@ class _PoolProcess:
             self._close()
 
 
-def _stamp(stat: os.stat_result) -> list[int]:
-    """What identifies a file's content version: ctime and inode change on any rewrite
-    (and no user call sets them back), size and mtime besides."""
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
-
-
 class ScreenCache:
     """Facts per file, reused while the file's stat is unchanged.
 
@@ -301,7 +296,7 @@ class ScreenCache:
         self._memo: dict[Path, Facts] = {}
         self._last_tree: tuple[Path, bytes, ast.Module | str] | None = None
         self._running: dict[Path, tuple[list[int], str, _Screening]] = {}
-        self._stamps: dict[Path, list[int]] = {}  # taken by prefetch, for _read
+        self._stamps: dict[Path, list[int]] = {}  # given to prefetch, for _read
         self._stale: set[Path] = set()  # forgotten: a stat given to prefetch is older
         self._pools: list[_PoolProcess] = []
         self._pooled: dict[Path, tuple[_PoolProcess, int]] = {}
@@ -347,30 +342,30 @@ class ScreenCache:
         value = entry.get("sha256") if isinstance(entry, dict) else None
         return value if isinstance(value, str) else None
 
-    def prefetch(self, files: Iterable[tuple[Path, os.stat_result | None]]) -> None:
+    def prefetch(self, files: Iterable[tuple[Path, list[int] | None]]) -> None:
         """Start the screens of the uncached files among ``files`` now: the large ones
         out of process side by side, so that none waits for another's timeout, and the
         small ones in pool processes when there are enough of them.
 
-        Each file comes with its ``os.stat`` if the caller has one (the finder takes
-        it anyway): it is the cache key, and ``facts`` does not stat the file again.
+        Each file comes with its ``finder.stamp`` if the caller has one (the finder
+        takes it anyway): it is the cache key, and ``facts`` does not stat the file again.
         """
         cold: list[Path] = []
-        for path, info in files:
+        for path, stamp in files:
             # Each lookup hashes the path in Python: most scans have none of these to make.
             if ((self._memo and path in self._memo) or (self._running and path in self._running)
                     or (self._pooled and path in self._pooled)):
                 continue
             try:
-                stale = info is None or (self._stale and path in self._stale)
-                info = os.stat(path) if stale else info
+                if stamp is None or (self._stale and path in self._stale):
+                    stamp = _stamp(os.stat(path))
             except OSError:
                 continue  # facts() reports it
-            stamp = self._stamps[path] = _stamp(info)
+            self._stamps[path] = stamp
             entry = self._entries.get(str(path))
             if isinstance(entry, dict) and entry.get("stat") == stamp and "sha256" in entry:
                 continue
-            if info.st_size <= IN_PROCESS_MAX_BYTES:
+            if stamp[0] <= IN_PROCESS_MAX_BYTES:  # its size
                 cold.append(path)
                 continue
             if len(self._running) >= MAX_SCREENS:

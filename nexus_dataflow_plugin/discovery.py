@@ -249,7 +249,8 @@ class SmartDiscovery:
         graph = self.import_graph(cache)
         self.models = models = ModelIndex(self.base, graph, cache.facts,
                                           self.settings.max_file_bytes)
-        cache.prefetch((c.real, c.info) for c in candidates if c.real is not None and not c.refusal)
+        cache.prefetch((c.real, c.stamp) for c in candidates
+                       if c.real is not None and not c.refusal)
         for candidate in candidates:
             began = time.monotonic()
             if candidate.refusal or candidate.real is None:

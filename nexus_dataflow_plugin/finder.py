@@ -43,8 +43,15 @@ class Candidate:
     rel: str
     refusal: str | None = None
     real: Path | None = None
-    # ``os.stat(real)`` as the finder took it: the screen cache's key, one stat per file.
-    info: os.stat_result | None = None
+    # ``stamp(os.stat(real))`` as the finder took it: the screen cache's key, one stat
+    # per file.
+    stamp: list[int] | None = None
+
+
+def stamp(info: os.stat_result) -> list[int]:
+    """What identifies a file's content version: ctime and inode change on any rewrite
+    (and no user call sets them back), size and mtime besides; the size first."""
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,7 @@ def _check(
     size = info.st_size
     if size > max_file_bytes:
         return Candidate(path, rel, MSG_TOO_LARGE.format(size=size, limit=max_file_bytes))
-    return Candidate(path, rel, real=real, info=info)
+    return Candidate(path, rel, real=real, stamp=stamp(info))
 
 
 def _matches(base: Path, pattern: str) -> Iterable[Path]:
