@@ -343,9 +343,10 @@ class ScreenCache:
         return value if isinstance(value, str) else None
 
     def prefetch(self, files: Iterable[tuple[Path, list[int] | None]]) -> None:
-        """Start the screens of the uncached files among ``files`` now: the large ones
-        out of process side by side, so that none waits for another's timeout, and the
-        small ones in pool processes when there are enough of them.
+        """Take the cached facts of ``files`` whose stat is unchanged, and start the
+        screens of the others now: the large ones out of process side by side, so that
+        none waits for another's timeout, and the small ones in pool processes when
+        there are enough of them.
 
         Each file comes with its ``finder.stamp`` if the caller has one (the finder
         takes it anyway): it is the cache key, and ``facts`` does not stat the file again.
@@ -361,10 +362,14 @@ class ScreenCache:
                     stamp = _stamp(os.stat(path))
             except OSError:
                 continue  # facts() reports it
-            self._stamps[path] = stamp
             entry = self._entries.get(str(path))
             if isinstance(entry, dict) and entry.get("stat") == stamp and "sha256" in entry:
-                continue
+                try:  # known: its facts now, and ``facts`` looks no further
+                    self._memo[path] = facts_from_json(entry["facts"])
+                    continue
+                except (KeyError, TypeError, ValueError):
+                    pass  # a damaged entry costs a re-screen
+            self._stamps[path] = stamp
             if stamp[0] <= IN_PROCESS_MAX_BYTES:  # its size
                 cold.append(path)
                 continue

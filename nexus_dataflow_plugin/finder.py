@@ -35,7 +35,7 @@ MSG_NOT_TEXT = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """One file native discovery would import, with why we refuse it, if we do."""
 
