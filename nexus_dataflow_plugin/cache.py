@@ -595,11 +595,7 @@ class ReadCache:
         if not self.persist:
             return
         try:
-            if self._out is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._out = tempfile.TemporaryFile(dir=self.path.parent)
-                self._out.write(_reads_header() + b"\n")
-            self._out.write(f"{key} {json.dumps(path)} {record}\n".encode("ascii"))
+            self._output().write(f"{key} {json.dumps(path)} {record}\n".encode("ascii"))
             self._new.add(path)
         except (OSError, UnicodeEncodeError) as exc:
             logger.debug("readings not kept in %s: %s", self.path.parent, exc)
@@ -616,20 +612,17 @@ class ReadCache:
             self._discard()
             return
         try:
-            if self._out is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._out = tempfile.TemporaryFile(dir=self.path.parent)
-                self._out.write(_reads_header() + b"\n")
+            out = self._output()
             for name, (_, line, _) in stored.items():
                 if name in self._new or (name not in self._hits and (
                         complete or name in self._asked)):
                     continue
-                self._out.write(line + b"\n")
-            self._out.seek(0)
+                out.write(line + b"\n")
+            out.seek(0)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".read-", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as handle:
-                    shutil.copyfileobj(self._out, handle)
+                    shutil.copyfileobj(out, handle)
                 os.replace(tmp, self.path)
             except OSError:
                 with contextlib.suppress(OSError):
@@ -640,6 +633,14 @@ class ReadCache:
         finally:
             self._discard()
             self._new.clear()
+
+    def _output(self) -> Any:
+        """The anonymous file of this scan's new file, its header written."""
+        if self._out is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._out = tempfile.TemporaryFile(dir=self.path.parent)
+            self._out.write(_reads_header() + b"\n")
+        return self._out
 
     def _discard(self) -> None:
         if self._out is not None:

@@ -201,18 +201,24 @@ def test_the_test_suite_keeps_its_cache_out_of_the_users_home(tmp_path: Path) ->
         assert where.is_relative_to(Path(os.environ["XDG_CACHE_HOME"]))
 
 
-def _reads(tmp_path: Path, persist: bool = True):
+def _reads(tmp_path: Path, **records: tuple[str, str]):
+    """The readings file under ``tmp_path``; ``records`` (path -> key, record) stored
+    in it first, by a complete scan."""
     from nexus_dataflow_plugin.cache import ReadCache
 
-    return ReadCache(tmp_path / "cache" / "read-x.txt", persist)
+    def make() -> ReadCache:
+        return ReadCache(tmp_path / "cache" / "read-x.txt")
+
+    if records:
+        first = make()
+        for path, (key, record) in records.items():
+            first.put(path, key, record)
+        first.save(complete=True)
+    return make()
 
 
 def test_a_reading_is_kept_under_its_key_and_path(tmp_path):
-    first = _reads(tmp_path)
-    first.put("/p/a.py", "k1", '{"r": "a"}')
-    first.put("/p/b.py", "k2", '{"r": "b"}')
-    first.save(complete=True)
-    again = _reads(tmp_path)
+    again = _reads(tmp_path, **{"/p/a.py": ("k1", '{"r": "a"}'), "/p/b.py": ("k2", '{"r": "b"}')})
     assert again.get("/p/a.py", "k1") == '{"r": "a"}'
     assert again.get("/p/b.py", "other bytes") is None
     assert again.get("/p/elsewhere.py", "k1") is None
@@ -222,11 +228,7 @@ def test_a_reading_is_kept_under_its_key_and_path(tmp_path):
 @pytest.mark.parametrize("complete, kept", [(True, ["/p/a.py"]), (False, ["/p/a.py", "/p/b.py"])])
 def test_a_complete_scan_drops_readings_it_did_not_use(tmp_path, complete, kept):
     """A full scan keeps what it used; a scan of some files (``only``) keeps the rest."""
-    first = _reads(tmp_path)
-    first.put("/p/a.py", "k1", "{}")
-    first.put("/p/b.py", "k2", "{}")
-    first.save(complete=True)
-    second = _reads(tmp_path)
+    second = _reads(tmp_path, **{"/p/a.py": ("k1", "{}"), "/p/b.py": ("k2", "{}")})
     assert second.get("/p/a.py", "k1") == "{}"
     second.save(complete=complete)
     third = _reads(tmp_path)
@@ -241,9 +243,7 @@ def test_a_complete_scan_drops_readings_it_did_not_use(tmp_path, complete, kept)
     lambda data: data.replace(b'"/p/a.py"', b'"/p/a.py'),
 ])
 def test_a_damaged_readings_file_costs_a_reading(tmp_path, damage):
-    first = _reads(tmp_path)
-    first.put("/p/a.py", "k1", '{"r": "a"}')
-    first.save()
+    _reads(tmp_path, **{"/p/a.py": ("k1", '{"r": "a"}')})
     path = tmp_path / "cache" / "read-x.txt"
     path.write_bytes(damage(path.read_bytes()))
     assert _reads(tmp_path).get("/p/a.py", "k1") is None

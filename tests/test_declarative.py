@@ -209,18 +209,27 @@ def test_the_reader_declines_workflows_near_the_result_limits(tmp_path):
     assert entry.status == r.ERROR and "max_result_nodes" in entry.reason
 
 
-def test_a_python_code_node_the_app_replaced_is_not_built_by_the_reader(tmp_path, monkeypatch):
+class AppsOwnPythonCodeNode(Node):
+    def get_parameters(self):
+        return {}
+
+    def run(self, **kwargs):
+        return {}
+
+
+@pytest.fixture
+def apps_own_python_code_node(monkeypatch):
+    """Nexus app code may register a class of its own under the library's node name."""
+    def install():
+        monkeypatch.setitem(NodeRegistry._nodes, "PythonCodeNode", AppsOwnPythonCodeNode)
+    return install
+
+
+def test_a_python_code_node_the_app_replaced_is_not_built_by_the_reader(
+        apps_own_python_code_node):
     """The app registered its own class under the name: the reader builds only the
     library's own, so the file runs in a worker and the server rebuilds it as before."""
-
-    class AppsOwnPythonCodeNode(Node):
-        def get_parameters(self):
-            return {}
-
-        def run(self, **kwargs):
-            return {}
-
-    monkeypatch.setitem(NodeRegistry._nodes, "PythonCodeNode", AppsOwnPythonCodeNode)
+    apps_own_python_code_node()
     source = FIXTURES / "reads_as_data" / "unbuilt_builder.py"
     assert declarative.read(parse(source.read_bytes()), str(source), "unbuilt_builder", (),
                             max_nodes=2000, max_bytes=16 << 20, project_root="/p") is None
@@ -312,20 +321,12 @@ def test_a_file_changed_since_its_reading_is_read_again(tmp_path):
 
 
 def test_a_stored_reading_is_not_recalled_once_the_app_replaced_python_code_node(
-        tmp_path, monkeypatch):
+        tmp_path, apps_own_python_code_node):
     """The record names PythonCodeNode: in a server whose registry now holds another
     class under that name, the file runs in its worker, as it would unread."""
     base = _tree(tmp_path / "app", [FIXTURES / "reads_as_data" / "unbuilt_builder.py"])
     _cached_scan(base, tmp_path / "cache")
-
-    class AppsOwnPythonCodeNode(Node):
-        def get_parameters(self):
-            return {}
-
-        def run(self, **kwargs):
-            return {}
-
-    monkeypatch.setitem(NodeRegistry._nodes, "PythonCodeNode", AppsOwnPythonCodeNode)
+    apps_own_python_code_node()
     entry = _cached_scan(base, tmp_path / "cache").files[0]
     assert not entry.reason.startswith(READ), entry.reason
 
