@@ -38,9 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import __version__
 from .config import Settings
@@ -309,7 +309,7 @@ class ScreenCache:
         try:
             with self.path.open(encoding="utf-8") as handle:
                 data = json.load(handle)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
             return
         if (
             isinstance(data, dict)
@@ -492,33 +492,48 @@ class ScreenCache:
         Screens still running (a scan that stopped early) are ended first.
         ``complete``: the scan asked for the reading of every file it read (see
         ``ReadCache.save``)."""
-        self.reads.save(complete=complete)
         for path in list(self._running):
             self._running.pop(path)[2].cancel()
         for process in self._pools:
             process.cancel()
         self._pools.clear()
         self._pooled.clear()
+        self.reads.save(complete=complete)
         if not (self.persist and self._dirty):
             return
+
+        def write(handle: BinaryIO) -> None:
+            # An entry at a time: one ``dumps`` of the whole document holds every token
+            # of it at once (2 MB for 1,000 files), and ``json.dump`` goes through the
+            # pure-Python encoder.
+            handle.write(f'{{"format":{CACHE_FORMAT},"version":{_compact(__version__)},'
+                         '"files":{'.encode())
+            comma = ""
+            for name, entry in self._entries.items():
+                handle.write(f"{comma}{_compact(name)}:{_compact(entry)}".encode())
+                comma = ","
+            handle.write(b"}}")
+
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".screen-", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                # An entry at a time: one ``dumps`` of the whole document holds every
-                # token of it at once (2 MB for 1,000 files), and ``json.dump`` goes
-                # through the pure-Python encoder.
-                handle.write(f'{{"format":{CACHE_FORMAT},"version":{_compact(__version__)},'
-                             '"files":{')
-                comma = ""
-                for name, entry in self._entries.items():
-                    handle.write(f"{comma}{_compact(name)}:{_compact(entry)}")
-                    comma = ","
-                handle.write("}}")
-            os.replace(tmp, self.path)
+            _publish(self.path, ".screen-", write)
             self._dirty = False
         except OSError as exc:
             logger.debug("screen cache not saved to %s: %s", self.path, exc)
+
+
+def _publish(path: Path, prefix: str, write: Callable[[BinaryIO], None]) -> None:
+    """Replace ``path`` atomically with what ``write`` writes: into a temporary file
+    beside it, renamed over it, or removed again when anything fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 READS_FORMAT = 1
@@ -541,21 +556,24 @@ class ReadCache:
     """Records of files read as data, one per file path, each under a key that names
     the exact bytes read and everything else the reading was given.
 
-    One text file, a header line and then a line per file: ``key path record`` (the
-    path as JSON; records are JSON too, so no line holds a newline). It is loaded
-    when first asked. New records go to an anonymous temporary file as they come (a
-    cold scan does not hold every file's workflows until its end, and a server
-    killed mid-scan leaves nothing behind), copied into place at ``save``.
+    One text file, a header line and then a line per file: ``key check path record``
+    (``check``: the record's sha256, so that a damaged record is never served; the path
+    as JSON; records are JSON too, so no line holds a newline). It is loaded when first
+    asked. New records go to an anonymous temporary file as they come (a cold scan does
+    not hold every file's workflows until its end, and a server killed mid-scan leaves
+    nothing behind), copied into place at ``save``. A damaged line costs a reading, and
+    the next save leaves it out.
     """
 
     def __init__(self, path: Path, persist: bool = True) -> None:
         self.path = path
         self.persist = persist
         self._stored: dict[str, tuple[str, bytes, int]] | None = None  # path -> key, line, at
+        self._untidy = False  # the file holds a line that is damaged or repeated
         self._hits: set[str] = set()
         self._asked: set[str] = set()
         self._new: set[str] = set()
-        self._out: Any = None
+        self._out: BinaryIO | None = None
 
     def _load(self) -> dict[str, tuple[str, bytes, int]]:
         stored: dict[str, tuple[str, bytes, int]] = {}
@@ -565,20 +583,22 @@ class ReadCache:
             return stored
         header, _, body = data.partition(b"\n")
         if header != _reads_header():
+            self._untidy = bool(data)
             return stored
-        for line in body.split(b"\n"):
-            key, _, rest = line.partition(b" ")
+        for line in body.split(b"\n") if body else ():
             try:
-                text = rest.decode("ascii")
-                name, end = _decoder.raw_decode(text)
-            except ValueError:
-                continue  # a damaged line costs a reading
-            if isinstance(name, str):
-                stored[name] = (key.decode("ascii"), line, len(key) + 1 + end + 1)
+                key, check, rest = line.decode("ascii").split(" ", 2)
+                name, end = _decoder.raw_decode(rest)
+                if not isinstance(name, str) or name in stored or rest[end:end + 1] != " ":
+                    raise ValueError("not a path, or a path seen before")
+            except (ValueError, RecursionError):  # a damaged line costs a reading
+                self._untidy = True
+                continue
+            stored[name] = (key, line, len(key) + len(check) + 2 + end + 1)
         return stored
 
     def get(self, path: str, key: str) -> str | None:
-        """The record stored for ``path`` under ``key``, if any."""
+        """The record stored for ``path`` under ``key``, if any, and undamaged."""
         if not self.persist:
             return None
         if self._stored is None:
@@ -587,15 +607,22 @@ class ReadCache:
         stored = self._stored.get(path)
         if stored is None or stored[0] != key:
             return None
+        line, at = stored[1], stored[2]
+        check = line[len(key) + 1:line.index(b" ", len(key) + 1)].decode("ascii")
+        if hashlib.sha256(memoryview(line)[at:]).hexdigest() != check:
+            self._untidy = True
+            return None
         self._hits.add(path)
-        return stored[1][stored[2]:].decode("ascii")
+        return line[at:].decode("ascii")
 
     def put(self, path: str, key: str, record: str) -> None:
         """Keep ``record`` (ASCII JSON) as ``path``'s reading under ``key``."""
         if not self.persist:
             return
         try:
-            self._output().write(f"{key} {json.dumps(path)} {record}\n".encode("ascii"))
+            data = record.encode("ascii")
+            check = hashlib.sha256(data).hexdigest()
+            self._output().write(f"{key} {check} {json.dumps(path)} ".encode() + data + b"\n")
             self._new.add(path)
         except (OSError, UnicodeEncodeError) as exc:
             logger.debug("readings not kept in %s: %s", self.path.parent, exc)
@@ -603,12 +630,13 @@ class ReadCache:
             self.persist = False
 
     def save(self, *, complete: bool = False) -> None:
-        """Replace the file when this scan read a file anew, or when ``complete`` (the
-        scan asked for every file it read) and a stored record went unused. Kept: new
-        records, records used, and, unless ``complete``, records not asked for."""
+        """Replace the file when this scan read a file anew, when it holds a damaged
+        line, or when ``complete`` (the scan asked for every file it read) and a stored
+        record went unused. Kept: new records, records used, and, unless ``complete``,
+        records not asked for."""
         stored = self._stored or {}
         unused = complete and len(self._hits) < len(stored)
-        if not self.persist or not (self._new or unused):
+        if not self.persist or not (self._new or unused or self._untidy):
             self._discard()
             return
         try:
@@ -619,22 +647,14 @@ class ReadCache:
                     continue
                 out.write(line + b"\n")
             out.seek(0)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".read-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    shutil.copyfileobj(out, handle)
-                os.replace(tmp, self.path)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            _publish(self.path, ".read-", lambda handle: shutil.copyfileobj(out, handle))
         except OSError as exc:
             logger.debug("readings not saved to %s: %s", self.path, exc)
         finally:
             self._discard()
             self._new.clear()
 
-    def _output(self) -> Any:
+    def _output(self) -> BinaryIO:
         """The anonymous file of this scan's new file, its header written."""
         if self._out is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -643,6 +663,7 @@ class ReadCache:
         return self._out
 
     def _discard(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        out, self._out = self._out, None
+        if out is not None:
+            with contextlib.suppress(OSError):  # a full disk refuses the last flush too
+                out.close()

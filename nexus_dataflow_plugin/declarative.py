@@ -479,12 +479,16 @@ def recall(record: str) -> dict[str, Workflow] | None:
     node type in it is no longer ``DATA_ONLY_NODES``' own class in this process."""
     try:
         stored = json.loads(record)
-        datas = stored["data"]
-        if not all(_data_only(node["node_type"]) for data in datas
-                   for node in data["nodes"].values()):
+        datas, names = stored["data"], stored["names"]
+        if not names or not all(_data_only(node["node_type"]) for data in datas
+                                for node in data["nodes"].values()):
             return None
         built = []
-        for data, (new_id, new_name, new_time) in zip(datas, stored["made_up"], strict=True):
+        for data, made_up in zip(datas, stored["made_up"], strict=True):
+            new_id, new_name, new_time = made_up
+            if {type(flag) for flag in made_up} != {bool} or not (
+                    type(data.get("workflow_id")) is str and type(data.get("name")) is str):
+                raise ValueError("not a record read wrote")
             if new_id:
                 data["workflow_id"] = str(uuid.uuid4())
             if new_name:
@@ -492,7 +496,12 @@ def recall(record: str) -> dict[str, Workflow] | None:
             if new_time:
                 data["metadata"]["created_at"] = datetime.now(UTC).isoformat()
             built.append(Workflow.from_dict(data))
-        return {str(attr): built[place] for attr, place in stored["names"]}
+        found = {}
+        for attr, place in names:
+            if type(attr) is not str or type(place) is not int or not 0 <= place < len(built):
+                raise ValueError("not a record read wrote")
+            found[attr] = built[place]
+        return found
     except Exception as exc:  # noqa: BLE001 - a damaged record costs a reading
         logger.debug("a stored reading is not used: %s", exc)
         return None

@@ -365,7 +365,7 @@ class SmartDiscovery:
         bounds = {"max_nodes": self.limits.max_result_nodes,
                   "max_bytes": self.limits.max_result_bytes, "project_root": str(self.base)}
         key = hashlib.sha256(repr((judged, given, bounds)).encode()).hexdigest()
-        where = str(candidate.real)
+        where = str(candidate.path)  # not real: two candidates may be one file
         record = cache.reads.get(where, key)
         workflows = declarative.recall(record) if record is not None else None
         if workflows is None:

@@ -154,6 +154,7 @@ BROKEN = {
                                        for k, v in json.loads(good)["files"].items()}}
     ),
     "older_format": lambda good: json.dumps({**json.loads(good), "format": 3}),
+    "nested_too_deep": lambda good: "[" * 100_000,
 }
 
 
@@ -236,17 +237,56 @@ def test_a_complete_scan_drops_readings_it_did_not_use(tmp_path, complete, kept)
         == kept
 
 
-@pytest.mark.parametrize("damage", [
-    lambda data: b"",
-    lambda data: b'{"format": 0}' + data[data.index(b"\n"):],
-    lambda data: data[:len(data) // 2],
-    lambda data: data.replace(b'"/p/a.py"', b'"/p/a.py'),
-])
-def test_a_damaged_readings_file_costs_a_reading(tmp_path, damage):
-    _reads(tmp_path, **{"/p/a.py": ("k1", '{"r": "a"}')})
+DAMAGED_READINGS = {
+    "empty": lambda data: b"",
+    "another_format": lambda data: b'{"format": 0}' + data[data.index(b"\n"):],
+    "truncated": lambda data: data[:len(data) // 2],
+    "path_unterminated": lambda data: data.replace(b'"/p/a.py"', b'"/p/a.py'),
+    "not_ascii_in_the_key": lambda data: data.replace(b"k1 ", b"k\xff1 "),
+    "path_nested_too_deep": lambda data: data.replace(b'"/p/a.py"', b"[" * 100_000),
+    "one_byte_of_the_record_changed": lambda data: data.replace(b'"a"}', b'"b"}'),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_READINGS))
+def test_a_damaged_readings_file_costs_a_reading_then_is_mended(tmp_path, damage):
+    """Never served, never raised; the next save leaves the damage out."""
+    _reads(tmp_path, **{"/p/a.py": ("k1", '{"r": "a"}'), "/p/b.py": ("k2", '{"r": "b"}')})
     path = tmp_path / "cache" / "read-x.txt"
-    path.write_bytes(damage(path.read_bytes()))
-    assert _reads(tmp_path).get("/p/a.py", "k1") is None
+    path.write_bytes(DAMAGED_READINGS[damage](path.read_bytes()))
+    damaged = _reads(tmp_path)
+    assert damaged.get("/p/a.py", "k1") is None
+    damaged.get("/p/b.py", "k2")
+    damaged.save()
+    header, *lines = path.read_bytes().split(b"\n")[:-1] or [b""]
+    for line in lines:  # whole records only: key, check, path, record
+        key, check, name, record = line.decode("ascii").split(" ", 3)
+        assert json.loads(record) == {"r": "b"} and json.loads(name) == "/p/b.py"
+
+
+def test_a_full_disk_under_the_cache_costs_the_cache_never_the_scan(tmp_path):
+    """Writes refused part way (a file size limit stands in for a full disk): the scan
+    gives its workflows, and no temporary file is left in the cache directory."""
+    import subprocess
+    import sys
+
+    project = tmp_path / "app"
+    (project / "workflows").mkdir(parents=True)
+    for index in range(30):
+        (project / "workflows" / f"flow{index}.py").write_text(WORKFLOW)
+    code = (
+        "import resource, signal, sys\n"
+        "from nexus_dataflow_plugin import SmartDiscovery\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))\n"
+        "report = SmartDiscovery(sys.argv[1], cache_dir=sys.argv[2], workers=1).run()\n"
+        "print(len(report.workflows))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(project), str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "30"
+    assert not [p.name for p in (tmp_path / "cache").iterdir() if p.suffix == ".tmp"]
 
 
 def test_readings_that_cannot_be_written_are_logged_not_raised(tmp_path, caplog):

@@ -334,8 +334,47 @@ def test_a_stored_reading_is_not_recalled_once_the_app_replaced_python_code_node
 @pytest.mark.parametrize("record", [
     "{", "[]", '{"names": [["w", 1]], "made_up": [[true, true, true]], "data": [{}]}',
     '{"names": [["w", 0]], "made_up": [], "data": [{"nodes": {}}]}',
-    '{"names": [["w", 0]], "made_up": [[1, 1, 1]], "data": [{"nodes": {"a": {"node_type": '
-    '"DataFlowBulkDeleteNode", "config": {}}}}]}',
+    '{"names": [["w", 0]], "made_up": [[true, true, true]], "data": [{"nodes": {"a": {'
+    '"node_type": "DataFlowBulkDeleteNode", "config": {}}}}]}',
 ])
 def test_a_damaged_or_foreign_record_is_not_recalled(record):
     assert declarative.recall(record) is None
+
+
+def _record() -> dict:
+    import json
+
+    source = FIXTURES / "reads_as_data" / "unbuilt_builder.py"
+    read = declarative.read(parse(source.read_bytes()), str(source), "unbuilt_builder", (),
+                            max_nodes=2000, max_bytes=16 << 20, project_root="/p")
+    assert read is not None and declarative.recall(read.record) is not None
+    return json.loads(read.record)
+
+
+@pytest.mark.parametrize("change", [
+    lambda r: r.update(names=[]),
+    lambda r: r.update(names=[["wf", -1]]),
+    lambda r: r.update(names=[[["wf"], 0]]),
+    lambda r: r.update(made_up=[[1, 1, 1]]),
+    lambda r: r["data"][0].update(workflow_id=5),
+    lambda r: r["data"][0].update(name=None),
+], ids=["no_names", "negative_place", "attr_not_text", "flags_not_bools", "id_not_text",
+        "name_not_text"])
+def test_a_record_not_shaped_as_read_writes_it_is_not_recalled(change):
+    """The shapes ``read`` writes, checked: a record changed by hand is not served."""
+    import json
+
+    record = _record()
+    change(record)
+    assert declarative.recall(json.dumps(record)) is None
+
+
+def test_a_file_found_twice_through_a_symlink_is_read_once(tmp_path, monkeypatch):
+    """Two candidates, one file: each keeps its own reading, so a warm scan reads
+    neither again."""
+    base = _tree(tmp_path / "app", [FIXTURES / "reads_as_data" / "unbuilt_builder.py"])
+    (base / "workflows" / "alias.py").symlink_to(base / "workflows" / "unbuilt_builder.py")
+    cold = _cached_scan(base, tmp_path / "cache")
+    monkeypatch.setattr(declarative, "read", lambda *a, **k: pytest.fail("read again"))
+    warm = _cached_scan(base, tmp_path / "cache")
+    assert sorted(warm.workflows) == sorted(cold.workflows) == ["alias", "unbuilt_builder"]
