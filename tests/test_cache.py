@@ -101,7 +101,7 @@ def test_a_warm_scan_answers_from_the_cache_while_the_file_is_untouched(tmp_path
     root, models, first = _screened(tmp_path)
     # Mark the stored answer: a warm cache that returns it did not read the file.
     document = json.loads(first.path.read_text())
-    document["files"][str(models)]["facts"][1] = "answered from the cache"
+    document["files"][str(models)][2][1] = "answered from the cache"  # its facts' model
     first.path.write_text(json.dumps(document))
     assert ScreenCache(root, tmp_path / "cache").facts(models).model == "answered from the cache"
 
@@ -150,7 +150,7 @@ BROKEN = {
     "truncated": lambda good: good[: len(good) // 2],
     "garbage_bytes": lambda good: "\x00\xff not json at all",
     "wrong_shapes_right_header": lambda good: json.dumps(
-        {**json.loads(good), "files": {k: {"stat": v["stat"], "facts": [1, 2]}
+        {**json.loads(good), "files": {k: [v[0], v[1], [1, 2], None]
                                        for k, v in json.loads(good)["files"].items()}}
     ),
     "older_format": lambda good: json.dumps({**json.loads(good), "format": 3}),
