@@ -650,6 +650,7 @@ class ReadCache:
         unused = complete and len(self._hits) < len(stored)
         if not self.persist or not (self._new or unused or self._untidy):
             self._discard()
+            self._forget()
             return
         try:
             out = self._output()
@@ -664,7 +665,15 @@ class ReadCache:
             logger.debug("readings not saved to %s: %s", self.path, exc)
         finally:
             self._discard()
-            self._new.clear()
+            self._forget()
+
+    def _forget(self) -> None:
+        """The scan is over: what was loaded is not kept alive by whoever holds this."""
+        self._stored = None
+        self._untidy = False
+        self._hits.clear()
+        self._asked.clear()
+        self._new.clear()
 
     def _output(self) -> BinaryIO:
         """The anonymous file of this scan's new file, its header written."""
