@@ -646,6 +646,8 @@ class ReadCache:
         line, or when ``complete`` (the scan asked for every file it read) and a stored
         record went unused. Kept: new records, records used, and, unless ``complete``,
         records not asked for."""
+        if self._stored is None and self._new and self.persist:
+            self._stored = self._load()  # (``put`` without ``get``): keep what is there
         stored = self._stored or {}
         unused = complete and len(self._hits) < len(stored)
         if not self.persist or not (self._new or unused or self._untidy):

@@ -299,3 +299,11 @@ def test_readings_that_cannot_be_written_are_logged_not_raised(tmp_path, caplog)
         reads.put("/p/a.py", "k1", "{}")
         reads.save()
     assert "readings not kept" in caplog.text
+
+
+def test_a_scan_that_only_adds_readings_keeps_those_stored(tmp_path):
+    reads = _reads(tmp_path, **{"/p/a.py": ("k1", "{}")})
+    reads.put("/p/b.py", "k2", "{}")
+    reads.save()
+    again = _reads(tmp_path)
+    assert again.get("/p/a.py", "k1") == again.get("/p/b.py", "k2") == "{}"
