@@ -2,7 +2,8 @@
 
 A warm scan then stats each file instead of reading and parsing it. The stat
 key holds what a user cannot set back (ctime, inode) besides size and mtime,
-so a file rewritten with its mtime restored is screened again; each entry
+so a file rewritten with its mtime restored is screened again (see
+``finder.stamp`` for the one change it misses); each entry
 keeps the sha256 of the exact bytes screened, for the worker to execute only
 those.
 
@@ -14,7 +15,8 @@ scan has many uncached small files, they are screened side by side in one
 the files in order, killed when one of them outlasts the timeout. The cache
 is one JSON file per project under the user's cache directory; it is only
 ever replaced atomically (write a temporary file, then rename), so concurrent
-writers cannot interleave and a reader never sees half a file. Anything
+writers cannot interleave and a reader never sees half a file; a whole scan drops the
+entries of files it no longer asked about. Anything
 unreadable, from another version or not shaped as expected is ignored: the
 worst a broken cache can do is cost a re-parse.
 
@@ -31,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import select
 import shutil
@@ -133,23 +136,45 @@ def _command(program: str) -> list[str]:
 _new = tuple.__new__
 
 
+# What an entry holds is taken only as the screen writes it: a value of another type is
+# a damaged entry (``ValueError``), never converted into a verdict of its own.
 def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+    if value is None or type(value) is str:
+        return value
+    raise ValueError(f"not text: {type(value).__name__}")
+
+
+def _str(value: Any) -> str:
+    if type(value) is str:
+        return value
+    raise ValueError(f"not text: {type(value).__name__}")
+
+
+def _int(value: Any) -> int:
+    if type(value) is int:
+        return value
+    raise ValueError(f"not a whole number: {type(value).__name__}")
+
+
+def _flag(value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    raise ValueError(f"not true or false: {type(value).__name__}")
 
 
 def _ref(data: list[Any]) -> ImportRef:
     module, names, level, line = data
-    return _new(ImportRef, (str(module), tuple(map(str, names)), int(level), int(line)))
+    return _new(ImportRef, (_str(module), tuple(map(_str, names)), _int(level), _int(line)))
 
 
 def _path(data: list[Any]) -> PathRef:
     anchor, ups, tail, line = data
-    return _new(PathRef, (str(anchor), int(ups), str(tail), int(line)))
+    return _new(PathRef, (_str(anchor), _int(ups), _str(tail), _int(line)))
 
 
 def _use(data: list[Any]) -> ModelUse:
     name, cls, line, source = data
-    return _new(ModelUse, (str(name), str(cls), int(line), _ref(source)))
+    return _new(ModelUse, (_str(name), _str(cls), _int(line), _ref(source)))
 
 
 def facts_from_json(data: list[Any]) -> Facts:
@@ -162,14 +187,14 @@ def facts_from_json(data: list[Any]) -> Facts:
         _text(model),
         () if imports == [] else tuple(map(_ref, imports)),
         () if uses == [] else tuple(map(_use, uses)),
-        () if factories == [] else tuple(map(str, factories)),
-        () if nodes == [] else tuple(map(str, nodes)),
-        bool(may_block),
+        () if factories == [] else tuple(map(_str, factories)),
+        () if nodes == [] else tuple(map(_str, nodes)),
+        _flag(may_block),
         () if entries == [] else tuple(map(_path, entries)),
         () if runs == [] else tuple(map(_path, runs)),
-        () if exports == [] else tuple(map(str, exports)),
-        bool(stalled),
-        () if classes == [] else tuple(map(str, classes)),
+        () if exports == [] else tuple(map(_str, exports)),
+        _flag(stalled),
+        () if classes == [] else tuple(map(_str, classes)),
     ))
 
 
@@ -485,7 +510,7 @@ class ScreenCache:
         """How long importing ``path`` took in the last scan that imported it."""
         entry = self._entries.get(str(path))
         value = entry[_DURATION] if type(entry) is list and len(entry) == 4 else None
-        return float(value) if isinstance(value, (int, float)) else None
+        return value if type(value) is float and 0 <= value < math.inf else None
 
     def timed(self) -> bool:
         """Whether an earlier scan recorded how long any of these files took to import."""
@@ -502,8 +527,9 @@ class ScreenCache:
         """Publish the cache atomically; failing to write it is logged, never raised.
 
         Screens still running (a scan that stopped early) are ended first.
-        ``complete``: the scan asked for the reading of every file it read (see
-        ``ReadCache.save``)."""
+        ``complete``: a whole scan, which asked for the facts (and the reading) of every
+        file it needs; the entries of files it did not ask for (deleted, renamed, no
+        longer imported) are dropped, so the cache stays the size of the project."""
         for path in list(self._running):
             self._running.pop(path)[2].cancel()
         for process in self._pools:
@@ -511,6 +537,11 @@ class ScreenCache:
         self._pools.clear()
         self._pooled.clear()
         self.reads.save(complete=complete)
+        if complete and self.persist:
+            asked = {str(path) for path in self._memo}
+            for name in [name for name in self._entries if name not in asked]:
+                del self._entries[name]
+                self._dirty = True
         if not (self.persist and self._dirty):
             return
 

@@ -50,7 +50,11 @@ class Candidate:
 
 def stamp(info: os.stat_result) -> list[int]:
     """What identifies a file's content version: ctime and inode change on any rewrite
-    (and no user call sets them back), size and mtime besides; the size first."""
+    (and no user call sets them back), size and mtime besides; the size first. Not on
+    every change: a write through a shared memory mapping made dirty before the last
+    scan moves none of them, so a file is trusted by its stamp only where its judged
+    bytes are not checked again (a file it imports; a file read as data or sent to a
+    worker is checked against its digest)."""
     return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
 
 

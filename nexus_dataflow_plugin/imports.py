@@ -117,7 +117,7 @@ class ImportGraph:
             start = Path("/")
         else:
             start = self.roots[0]  # the worker runs in the project root
-        for _ in range(ref.ups):
+        for _ in range(min(ref.ups, len(start.parts))):  # past the root: the root
             start = start.parent
         return start / ref.tail if ref.tail else start
 
@@ -135,7 +135,7 @@ class ImportGraph:
         directories the files that imported it put on ``sys.path``)."""
         if ref.level:
             base = importer.parent
-            for _ in range(ref.level - 1):
+            for _ in range(min(ref.level - 1, len(base.parts))):  # past the root: the root
                 base = base.parent
             bases = [base]
             own: tuple[Path, ...] = ()

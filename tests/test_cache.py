@@ -144,6 +144,9 @@ def test_durations_are_kept_for_the_next_scan(tmp_path):
     cache.save()
     again = ScreenCache(root, tmp_path / "cache")
     assert again.timed() and again.duration(orders) == 0.25
+    (cache_file,) = (tmp_path / "cache").glob("screen-*.json")
+    cache_file.write_text(_forge(cache_file.read_text(), lambda e: e.__setitem__(3, 10**400)))
+    assert ScreenCache(root, tmp_path / "cache").duration(orders) is None  # not a float
 
 
 BROKEN = {
@@ -155,7 +158,19 @@ BROKEN = {
     ),
     "older_format": lambda good: json.dumps({**json.loads(good), "format": 3}),
     "nested_too_deep": lambda good: "[" * 100_000,
+    # Entries whose stat still matches, with a value of another type than the screen's.
+    "model_not_text": lambda good: _forge(good, lambda entry: entry[2].__setitem__(1, False)),
+    "error_a_list": lambda good: _forge(good, lambda entry: entry[2].__setitem__(0, ["x"])),
+    "line_infinite": lambda good: _forge(good, lambda entry: [
+        ref.__setitem__(3, float("inf")) for ref in entry[2][2]]),
 }
+
+
+def _forge(good: str, change) -> str:
+    document = json.loads(good)
+    for entry in document["files"].values():
+        change(entry)
+    return json.dumps(document)
 
 
 @pytest.mark.parametrize("damage", sorted(BROKEN))
@@ -307,3 +322,23 @@ def test_a_scan_that_only_adds_readings_keeps_those_stored(tmp_path):
     reads.save()
     again = _reads(tmp_path)
     assert again.get("/p/a.py", "k1") == again.get("/p/b.py", "k2") == "{}"
+
+
+def test_a_whole_scan_drops_the_entries_of_files_it_no_longer_asked_about(tmp_path):
+    """Renamed or deleted files leave nothing behind after a full scan; a scan of some
+    files (``only``) keeps the rest."""
+    root = _project(tmp_path / "app")
+    cache_dir = tmp_path / "cache"
+
+    def stored() -> list[str]:
+        (cache_file,) = cache_dir.glob("screen-*.json")
+        return sorted(Path(name).name for name in json.loads(cache_file.read_text())["files"])
+
+    SmartDiscovery(root, timeout=10, workers=1, cache_dir=cache_dir).run()
+    assert stored() == ["models.py", "orders.py"]
+    (root / "workflows" / "orders.py").rename(root / "workflows" / "invoices.py")
+    SmartDiscovery(root, timeout=10, workers=1, cache_dir=cache_dir).run(
+        only=["workflows/invoices.py"])
+    assert stored() == ["invoices.py", "models.py", "orders.py"]
+    SmartDiscovery(root, timeout=10, workers=1, cache_dir=cache_dir).run()
+    assert stored() == ["invoices.py", "models.py"]

@@ -157,6 +157,12 @@ def test_importing_a_package_runs_its_init_but_not_its_siblings(graph, tree):
     assert rel == ["database/__init__.py", "database/queries.py"]
 
 
+def test_a_relative_import_past_the_root_stops_at_the_root(graph, tree):
+    """A level no path has (a cache entry may say 10**300) is the root, not a long loop."""
+    importer = tree / "app" / "workflows" / "relative_import_of_models.py"
+    assert graph.resolve(importer, ImportRef("models", (), 10**300, 1)) == []
+
+
 def test_relative_import_resolves_against_the_package(graph, tree):
     importer = tree / "app" / "workflows" / "relative_import_of_models.py"
     files = graph.resolve(importer, ImportRef("models", ("Ticket",), 2, 1))
