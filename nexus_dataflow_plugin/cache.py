@@ -144,22 +144,16 @@ def _text(value: Any) -> str | None:
     raise ValueError(f"not text: {type(value).__name__}")
 
 
-def _str(value: Any) -> str:
-    if type(value) is str:
-        return value
-    raise ValueError(f"not text: {type(value).__name__}")
+def _only(kind: type) -> Callable[[Any], Any]:
+    """A check that passes a value of exactly ``kind`` (``bool`` is not an ``int`` here)."""
+    def check(value: Any) -> Any:
+        if type(value) is kind:
+            return value
+        raise ValueError(f"a {type(value).__name__} where a {kind.__name__} belongs")
+    return check
 
 
-def _int(value: Any) -> int:
-    if type(value) is int:
-        return value
-    raise ValueError(f"not a whole number: {type(value).__name__}")
-
-
-def _flag(value: Any) -> bool:
-    if type(value) is bool:
-        return value
-    raise ValueError(f"not true or false: {type(value).__name__}")
+_str, _int, _flag = _only(str), _only(int), _only(bool)
 
 
 def _ref(data: list[Any]) -> ImportRef:
