@@ -68,10 +68,9 @@ CACHE_FORMAT = 7
 _STAT, _SHA256, _FACTS, _DURATION = range(4)
 
 
-def _entry_for(entry: Any, stamp: list[int]) -> bool:
-    """``entry`` is a whole entry about a file with this stat."""
-    return (type(entry) is list and len(entry) == 4 and entry[_STAT] == stamp
-            and type(entry[_SHA256]) is str)
+def _whole(entry: Any) -> bool:
+    """``entry`` has an entry's shape (what it holds is checked where it is used)."""
+    return type(entry) is list and len(entry) == 4
 
 # Measured on CPython 3.11 (ast.parse, worst case an f-string of `{a}` fields): 50 KB
 # 0.2 s, 100 KB 0.64 s, 200 KB 2.4 s, 600 KB 20 s; plain code parses at about 1 MB/s.
@@ -370,7 +369,7 @@ class ScreenCache:
         """The sha256 (hex) of the exact bytes the screen judged, once ``facts(path)`` ran:
         the worker executes a file only if its bytes still have this digest."""
         entry = self._entries.get(str(path))
-        value = entry[_SHA256] if type(entry) is list and len(entry) == 4 else None
+        value = entry[_SHA256] if _whole(entry) else None
         return value if isinstance(value, str) else None
 
     def prefetch(self, files: Iterable[tuple[Path, list[int] | None]]) -> None:
@@ -393,13 +392,10 @@ class ScreenCache:
                     stamp = _stamp(os.stat(path))
             except OSError:
                 continue  # facts() reports it
-            entry = self._entries.get(str(path))
-            if _entry_for(entry, stamp):
-                try:  # known: its facts now, and ``facts`` looks no further
-                    self._memo[path] = facts_from_json(entry[_FACTS])
-                    continue
-                except (KeyError, TypeError, ValueError):
-                    pass  # a damaged entry costs a re-screen
+            cached = self._cached(path, stamp)
+            if cached is not None:  # known: its facts now, and ``facts`` looks no further
+                self._memo[path] = cached
+                continue
             self._stamps[path] = stamp
             if stamp[0] <= IN_PROCESS_MAX_BYTES:  # its size
                 cold.append(path)
@@ -443,16 +439,24 @@ class ScreenCache:
             stamp = stamp or _stamp(os.stat(path))
         except OSError as exc:
             return Facts(error=MSG_UNREADABLE.format(what=exc.strerror or exc))
-        entry = self._entries.get(str(path))
-        if _entry_for(entry, stamp):
-            try:
-                return facts_from_json(entry[_FACTS])
-            except (KeyError, TypeError, ValueError):
-                pass  # a damaged entry costs a re-screen
+        cached = self._cached(path, stamp)
+        if cached is not None:
+            return cached
         try:
             return stamp, path.read_bytes()
         except OSError as exc:
             return Facts(error=MSG_UNREADABLE.format(what=exc.strerror or exc))
+
+    def _cached(self, path: Path, stamp: list[int]) -> Facts | None:
+        """The facts stored for ``path`` while its stat is ``stamp``; None if there are
+        none, or they are damaged (a re-screen)."""
+        entry = self._entries.get(str(path))
+        if not (_whole(entry) and entry[_STAT] == stamp and type(entry[_SHA256]) is str):
+            return None
+        try:
+            return facts_from_json(entry[_FACTS])
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def _facts(self, path: Path) -> Facts:
         if self._running and path in self._running:  # (see prefetch)
@@ -503,17 +507,16 @@ class ScreenCache:
     def duration(self, path: Path | None) -> float | None:
         """How long importing ``path`` took in the last scan that imported it."""
         entry = self._entries.get(str(path))
-        value = entry[_DURATION] if type(entry) is list and len(entry) == 4 else None
+        value = entry[_DURATION] if _whole(entry) else None
         return value if type(value) is float and 0 <= value < math.inf else None
 
     def timed(self) -> bool:
         """Whether an earlier scan recorded how long any of these files took to import."""
-        return any(type(e) is list and len(e) == 4 and e[_DURATION] is not None
-                   for e in self._entries.values())
+        return any(_whole(e) and e[_DURATION] is not None for e in self._entries.values())
 
     def record_duration(self, path: Path | None, seconds: float) -> None:
         entry = self._entries.get(str(path))
-        if type(entry) is list and len(entry) == 4:
+        if _whole(entry):
             entry[_DURATION] = round(seconds, 4)
             self._dirty = True
 
@@ -605,15 +608,16 @@ class ReadCache:
     def __init__(self, path: Path, persist: bool = True) -> None:
         self.path = path
         self.persist = persist
-        self._stored: dict[str, tuple[str, bytes, int]] | None = None  # path -> key, line, at
+        # path -> its key, its record's sha256, its line, where the record starts in it
+        self._stored: dict[str, tuple[str, str, bytes, int]] | None = None
         self._untidy = False  # the file holds a line that is damaged or repeated
         self._hits: set[str] = set()
         self._asked: set[str] = set()
         self._new: set[str] = set()
         self._out: BinaryIO | None = None
 
-    def _load(self) -> dict[str, tuple[str, bytes, int]]:
-        stored: dict[str, tuple[str, bytes, int]] = {}
+    def _load(self) -> dict[str, tuple[str, str, bytes, int]]:
+        stored: dict[str, tuple[str, str, bytes, int]] = {}
         try:
             data = self.path.read_bytes()
         except OSError:
@@ -631,7 +635,7 @@ class ReadCache:
             except (ValueError, RecursionError):  # a damaged line costs a reading
                 self._untidy = True
                 continue
-            stored[name] = (key, line, len(key) + len(check) + 2 + end + 1)
+            stored[name] = (key, check, line, len(key) + len(check) + 2 + end + 1)
         return stored
 
     def get(self, path: str, key: str) -> str | None:
@@ -644,8 +648,7 @@ class ReadCache:
         stored = self._stored.get(path)
         if stored is None or stored[0] != key:
             return None
-        line, at = stored[1], stored[2]
-        check = line[len(key) + 1:line.index(b" ", len(key) + 1)].decode("ascii")
+        _, check, line, at = stored
         if hashlib.sha256(memoryview(line)[at:]).hexdigest() != check:
             self._untidy = True
             return None
@@ -681,7 +684,7 @@ class ReadCache:
             return
         try:
             out = self._output()
-            for name, (_, line, _) in stored.items():
+            for name, (_, _, line, _) in stored.items():
                 if name in self._new or (name not in self._hits and (
                         complete or name in self._asked)):
                     continue

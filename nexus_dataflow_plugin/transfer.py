@@ -111,13 +111,15 @@ def _lost_connections(workflow: Workflow, data: dict[str, Any]) -> list[str]:
     }
     for source, target, edge in workflow.graph.edges(data=True):
         pairs = dict(edge.get("mapping") or {})
-        outputs, inputs = edge.get("from_output"), edge.get("to_input")
-        if not isinstance(outputs, list):  # one connection; two or more between a
-            outputs, inputs = [outputs], [inputs]  # pair of nodes are lists, in step
-        for output, input_ in zip(outputs, inputs if isinstance(inputs, list) else [inputs],
-                                  strict=False):
-            if "from_output" in edge and isinstance(output, str):
-                pairs.setdefault(output, input_)
+        if "from_output" in edge:
+            outputs, inputs = edge["from_output"], edge.get("to_input")
+            if not isinstance(outputs, list):  # one connection; two or more between a
+                outputs, inputs = [outputs], [inputs]  # pair of nodes are lists, in step
+            elif not isinstance(inputs, list):
+                inputs = [inputs]
+            for output, input_ in zip(outputs, inputs, strict=False):
+                if isinstance(output, str):
+                    pairs.setdefault(output, input_)
         for output, input_ in pairs.items():
             if (source, output, target, input_) not in written:
                 return [LOSSY.format(what=f"connection {source}.{output} -> {target}.{input_}")]
