@@ -37,6 +37,7 @@ import math
 import os
 import select
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -336,10 +337,13 @@ class ScreenCache:
             self._load()
 
     def _load(self) -> None:
+        raw = _read_cache_file(self.path)
+        if raw is None:
+            self._dirty = self.path.exists()  # replaced at save, whatever it is
+            return
         try:
-            with self.path.open(encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
+            data = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             return
         if (
             isinstance(data, dict)
@@ -561,6 +565,32 @@ class ScreenCache:
             logger.debug("screen cache not saved to %s: %s", self.path, exc)
 
 
+# A cache file is read whole; one larger than this is not ours (1,000 files of 100-node
+# workflows make 77 MB of readings) and costs a re-screen instead of the server's memory.
+CACHE_FILE_MAX_BYTES = 512 * 1024**2
+
+
+def _read_cache_file(path: Path) -> bytes | None:
+    """The bytes of a cache file, or None when there is none to read: missing, not a
+    regular file (a FIFO planted there would block the scan), larger than
+    ``CACHE_FILE_MAX_BYTES``, or unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > CACHE_FILE_MAX_BYTES:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(CACHE_FILE_MAX_BYTES + 1)
+        return data if len(data) <= CACHE_FILE_MAX_BYTES else None
+    except (OSError, MemoryError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def _publish(path: Path, prefix: str, write: Callable[[BinaryIO], None]) -> None:
     """Replace ``path`` atomically with what ``write`` writes: into a temporary file
     beside it, renamed over it, or removed again when anything fails."""
@@ -618,15 +648,18 @@ class ReadCache:
 
     def _load(self) -> dict[str, tuple[str, str, bytes, int]]:
         stored: dict[str, tuple[str, str, bytes, int]] = {}
-        try:
-            data = self.path.read_bytes()
-        except OSError:
+        data = _read_cache_file(self.path)
+        if data is None:
+            self._untidy = self.path.exists()  # replaced at save, whatever it is
             return stored
         header, _, body = data.partition(b"\n")
         if header != _reads_header():
             self._untidy = bool(data)
             return stored
-        for line in body.split(b"\n") if body else ():
+        *lines, last = body.split(b"\n")  # every line ends in a newline: a last one
+        if last:  # without it was cut short
+            self._untidy = True
+        for line in lines:
             try:
                 key, check, rest = line.decode("ascii").split(" ", 2)
                 name, end = _decoder.raw_decode(rest)

@@ -474,14 +474,20 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
         replay.close()
 
 
-def recall(record: str) -> dict[str, Workflow] | None:
-    """The workflows of a ``Read.record``, rebuilt; None when the record is damaged or a
-    node type in it is no longer ``DATA_ONLY_NODES``' own class in this process."""
+def recall(record: str, *, max_nodes: int, max_bytes: int) -> dict[str, Workflow] | None:
+    """The workflows of a ``Read.record``, rebuilt; None when the record is damaged, is
+    past the bounds ``read`` keeps to, or a node type in it is no longer
+    ``DATA_ONLY_NODES``' own class in this process."""
     try:
+        if len(record) > max_bytes:  # ``read`` keeps its workflows' JSON to half of it
+            return None
         stored = json.loads(record)
         datas, names = stored["data"], stored["names"]
         if not names or not all(_data_only(node["node_type"]) for data in datas
                                 for node in data["nodes"].values()):
+            return None
+        counts = [len(data["nodes"]) + len(data["connections"]) for data in datas]
+        if sum(counts[place] for _, place in names) > max_nodes:
             return None
         built = []
         for data, made_up in zip(datas, stored["made_up"], strict=True):

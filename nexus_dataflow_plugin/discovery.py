@@ -367,7 +367,8 @@ class SmartDiscovery:
         key = hashlib.sha256(repr((judged, given, bounds)).encode()).hexdigest()
         where = str(candidate.path)  # not real: two candidates may be one file
         record = cache.reads.get(where, key)
-        workflows = declarative.recall(record) if record is not None else None
+        workflows = None if record is None else declarative.recall(
+            record, max_nodes=bounds["max_nodes"], max_bytes=bounds["max_bytes"])
         if workflows is None:
             read = declarative.read(cache.parsed(candidate.real, data),  # type: ignore[arg-type]
                                     *given, **bounds)

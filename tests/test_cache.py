@@ -342,3 +342,40 @@ def test_a_whole_scan_drops_the_entries_of_files_it_no_longer_asked_about(tmp_pa
     assert stored() == ["invoices.py", "models.py", "orders.py"]
     SmartDiscovery(root, timeout=10, workers=1, cache_dir=cache_dir).run()
     assert stored() == ["invoices.py", "models.py"]
+
+
+@pytest.mark.parametrize("kind", ["screen", "read"])
+def test_a_fifo_where_a_cache_file_belongs_is_replaced_not_waited_on(tmp_path, kind):
+    """A file of the project (or of another one sharing the cache directory) can plant a
+    FIFO under a cache file's name: the next scan does not block on it, and replaces it."""
+    import stat as stat_module
+    import threading
+
+    root = _project(tmp_path / "app")
+    cache_dir = tmp_path / "cache"
+    SmartDiscovery(root, timeout=10, workers=1, cache_dir=cache_dir).run()
+    (target,) = cache_dir.glob(f"{kind}-*")
+    target.unlink()
+    os.mkfifo(target)
+    scanned: list[object] = []
+    scan = threading.Thread(target=lambda: scanned.append(
+        SmartDiscovery(root, timeout=10, workers=1, cache_dir=cache_dir).run()), daemon=True)
+    scan.start()
+    scan.join(60)
+    if scan.is_alive():  # unblock the scan, then fail
+        with open(target, "wb"):
+            pass
+        pytest.fail("the scan waited on the FIFO")
+    assert sorted(scanned[0].workflows) == ["orders.build_pipeline"]
+    assert stat_module.S_ISREG(target.stat().st_mode)
+
+
+def test_a_warm_scan_with_nothing_new_leaves_the_readings_file_alone(tmp_path):
+    root = _project(tmp_path / "app")
+    cache_dir = tmp_path / "cache"
+    SmartDiscovery(root, timeout=10, workers=1, cache_dir=cache_dir).run()
+    (readings,) = cache_dir.glob("read-*")
+    before = readings.stat()
+    SmartDiscovery(root, timeout=10, workers=1, cache_dir=cache_dir).run()
+    after = readings.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

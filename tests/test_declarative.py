@@ -338,7 +338,23 @@ def test_a_stored_reading_is_not_recalled_once_the_app_replaced_python_code_node
     '"node_type": "DataFlowBulkDeleteNode", "config": {}}}}]}',
 ])
 def test_a_damaged_or_foreign_record_is_not_recalled(record):
-    assert declarative.recall(record) is None
+    assert declarative.recall(record, **BOUNDS) is None
+
+
+BOUNDS = {"max_nodes": 2000, "max_bytes": 16 << 20}
+
+
+def test_a_record_past_the_bounds_read_keeps_to_is_not_recalled():
+    """A record forged past ``max_result_nodes`` or ``max_result_bytes`` is not built in
+    the server: the bounds hold for what the cache holds as for the file itself."""
+    source = FIXTURES / "reads_as_data" / "unbuilt_builder.py"
+    read = declarative.read(parse(source.read_bytes()), str(source), "unbuilt_builder", (),
+                            max_nodes=2000, max_bytes=16 << 20, project_root="/p")
+    assert read is not None
+    assert declarative.recall(read.record, max_nodes=3, max_bytes=16 << 20) is not None
+    assert declarative.recall(read.record, max_nodes=2, max_bytes=16 << 20) is None
+    assert declarative.recall(read.record, max_nodes=2000, max_bytes=len(read.record) - 1) \
+        is None
 
 
 def _record() -> dict:
@@ -347,7 +363,7 @@ def _record() -> dict:
     source = FIXTURES / "reads_as_data" / "unbuilt_builder.py"
     read = declarative.read(parse(source.read_bytes()), str(source), "unbuilt_builder", (),
                             max_nodes=2000, max_bytes=16 << 20, project_root="/p")
-    assert read is not None and declarative.recall(read.record) is not None
+    assert read is not None and declarative.recall(read.record, **BOUNDS) is not None
     return json.loads(read.record)
 
 
@@ -366,7 +382,7 @@ def test_a_record_not_shaped_as_read_writes_it_is_not_recalled(change):
 
     record = _record()
     change(record)
-    assert declarative.recall(json.dumps(record)) is None
+    assert declarative.recall(json.dumps(record), **BOUNDS) is None
 
 
 def test_a_file_found_twice_through_a_symlink_is_read_once(tmp_path, monkeypatch):
