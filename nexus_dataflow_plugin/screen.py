@@ -118,21 +118,27 @@ _NESTED_SCOPES = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
 
 
 def _walk(roots: list[ast.AST], prune: frozenset[type] = frozenset()) -> list[ast.AST]:
-    """Every node under ``roots``, in ``ast.walk``'s order, without the ``Load``/``Store``
-    context markers: about half of ``ast.walk``'s cost, which dominates the screen after
-    parsing. Nodes of a ``prune`` class are listed but not entered."""
+    """Every node under ``roots`` the screen looks at, in ``ast.walk``'s order: without
+    what ``_FIELDS`` leaves out (the ``Load``/``Store`` markers, operators, ``import``
+    aliases), about a third of ``ast.walk``'s cost. Nodes of a ``prune`` class are
+    listed but not entered."""
     out = list(roots)
+    fields_of = _FIELDS
     i = 0
     while i < len(out):
         node = out[i]
         i += 1
-        if node.__class__ in prune:
+        kind = node.__class__
+        fields = fields_of.get(kind)
+        if fields is None:
+            fields = _child_fields(kind)
+        if not fields or kind in prune:
             continue
-        for name in node._fields:
+        for name in fields:
             value = getattr(node, name, None)
             if value.__class__ is list:
-                out.extend([v for v in value if isinstance(v, ast.AST)])
-            elif isinstance(value, ast.AST) and name != "ctx":
+                out += [v for v in value if v is not None] if kind in _HOLES else value
+            elif value is not None:
                 out.append(value)
     return out
 
@@ -164,29 +170,44 @@ def _never_runs(stmt: ast.stmt) -> bool:
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
-def _live_nodes(body: list[ast.stmt], factories: frozenset[str]) -> list[ast.AST]:
-    """Every node of the code that runs when the module is imported or its factories called.
+def _live_nodes(body: list[ast.stmt], factories: frozenset[str], keep: frozenset[type]
+                ) -> list[ast.AST]:
+    """The nodes of the ``keep`` classes, in order, in the code that runs when the module
+    is imported or its factories called.
 
     A function's body counts when it is one of the ``factories`` the worker calls
     or when its name is used in code that counts (a function that takes
     arguments and is never referenced is never called); the body of
     ``if __name__ == "__main__":`` and of ``if TYPE_CHECKING:`` never counts.
     Class bodies run at import.
+
+    The hottest loop of the screen (every node of most files passes here once): a node's
+    children are found through ``_FIELDS``, and leaves cost one lookup.
     """
     out: list[ast.AST] = []
     deferred: dict[str, list[ast.AST]] = {}
     used: set[str] = set()
     stack: list[ast.AST] = list(reversed(body))
+    fields_of = _FIELDS
+    name_kind, if_kind = ast.Name, ast.If
     while stack:
         node = stack.pop()
-        out.append(node)
         kind = node.__class__
-        children: list[ast.AST]
-        if kind is ast.Name:
+        if kind in keep:
+            out.append(node)
+        if kind is name_kind:
             name = node.id  # type: ignore[attr-defined]
             used.add(name)
-            children = deferred.pop(name, [])
-        elif kind in _FUNCTIONS:
+            if name in deferred:
+                stack.extend(reversed(deferred.pop(name)))
+            continue
+        fields = fields_of.get(kind)
+        if fields is None:
+            fields = _child_fields(kind)
+        if not fields:
+            continue
+        children: list[ast.AST]
+        if kind in _FUNCTIONS:
             args = node.args  # type: ignore[attr-defined]
             children = [*node.decorator_list, *args.defaults,  # type: ignore[attr-defined]
                         *(d for d in args.kw_defaults if d is not None)]
@@ -194,16 +215,18 @@ def _live_nodes(body: list[ast.stmt], factories: frozenset[str]) -> list[ast.AST
                 children += node.body  # type: ignore[attr-defined]
             else:
                 deferred.setdefault(node.name, []).extend(node.body)  # type: ignore[attr-defined]
-        elif _never_runs(node):  # type: ignore[arg-type]
+        elif kind is if_kind and _never_runs(node):  # type: ignore[arg-type]
             children = [node.test, *node.orelse]  # type: ignore[attr-defined]
         else:
             children = []
-            for field in _FIELDS.get(kind) or _child_fields(kind):
+            for field in fields:
                 value = getattr(node, field, None)
                 if value.__class__ is list:
-                    children.extend([v for v in value if v is not None])
+                    children += value
                 elif value is not None:
                     children.append(value)
+            if kind in _HOLES and None in children:
+                children = [child for child in children if child is not None]
         stack.extend(reversed(children))
     return out
 
@@ -216,6 +239,9 @@ _SCALAR_FIELDS = frozenset({
     "rest", "tag", "lineno",
 })
 _FIELDS: dict[type, tuple[str, ...]] = {}
+# Node classes with a list field that may hold None (``{**x}``'s key, a keyword-only
+# parameter without a default).
+_HOLES = frozenset({ast.Dict, ast.arguments})
 
 
 def _child_fields(kind: type) -> tuple[str, ...] | list[str]:
@@ -389,6 +415,15 @@ def _argument(call: ast.Call, index: int, keyword: str) -> ast.expr | None:
     return next((k.value for k in call.keywords if k.arg == keyword), None)
 
 
+# What ``_Scanner.scan`` looks at in the code that runs.
+_LIVE_KINDS = frozenset({ast.Call, ast.ImportFrom, ast.Import, ast.Assign, ast.AugAssign,
+                         ast.For})
+
+# What it looks at anywhere in a file that may define models.
+_MODEL_KINDS = frozenset({ast.ImportFrom, ast.Import, ast.Assign, ast.AnnAssign, ast.ClassDef,
+                          ast.Call})
+
+
 class _Scanner:
     """Passes over the tree collecting imports, DataFlow bindings and ``.model`` uses."""
 
@@ -412,7 +447,7 @@ class _Scanner:
     def scan(self, tree: ast.Module, factories: tuple[str, ...], models_possible: bool) -> None:
         """Collect what runs on import; look for DataFlow bindings only where the bytes
         allow any (everywhere in the file: a model defined anywhere makes a model file)."""
-        for node in _live_nodes(tree.body, frozenset(factories)):
+        for node in _live_nodes(tree.body, frozenset(factories), _LIVE_KINDS):
             kind = node.__class__  # ast.parse builds exact classes: cheaper than isinstance
             if kind is ast.Call:
                 self._call(node)  # type: ignore[arg-type]
@@ -426,7 +461,7 @@ class _Scanner:
                 self._for(node)  # type: ignore[arg-type]
         if not models_possible:
             return
-        nodes = _walk([tree])
+        nodes = [node for node in _walk([tree]) if node.__class__ in _MODEL_KINDS]
         for node in nodes:  # bindings first: they must be known before calls are classified
             if node.__class__ is ast.ImportFrom:
                 self._import_from(node, live=False)  # type: ignore[arg-type]

@@ -406,16 +406,19 @@ def test_screen_alone_handles_a_thousand_files_quickly_without_workers(tmp_path)
 
 
 def test_the_screens_walk_visits_what_ast_walk_does_in_the_same_order():
-    """The screen's faster walk only leaves out Load/Store/Del markers; first-seen
-    answers (the first dataflow import's line) depend on the order."""
+    """The screen's faster walk only leaves out leaves it never looks at (Load/Store/Del
+    markers, operators, ``import`` aliases); first-seen answers (the first dataflow
+    import's line) depend on the order."""
     import ast
 
+    unread = (ast.expr_context, ast.boolop, ast.operator, ast.unaryop, ast.cmpop, ast.alias,
+              ast.type_ignore)
     for path in sorted((Path(__file__).parent / "fixtures").rglob("*.py")):
         try:
             tree = ast.parse(path.read_bytes())
         except (SyntaxError, ValueError):
             continue
-        expected = [n for n in ast.walk(tree) if not isinstance(n, ast.expr_context)]
+        expected = [n for n in ast.walk(tree) if not isinstance(n, unread)]
         assert _walk([tree]) == expected, path
 
 
@@ -445,3 +448,23 @@ def test_a_loop_or_blocking_call_at_import_is_flagged_for_early_scheduling(sourc
 )
 def test_waiting_only_in_functions_or_under_the_main_guard_is_not_flagged(source):
     assert not analyze(source.encode()).may_block
+
+
+def test_code_behind_a_dict_unpacking_or_a_bare_keyword_only_parameter_is_still_screened():
+    """``{**x}`` leaves a hole in the dict's keys and ``def f(*, a)`` one in the defaults;
+    the walks step over the hole, not over what follows it."""
+    source = textwrap.dedent("""
+        import importlib
+
+        def build(*, name, size=importlib.import_module("sized").SIZE):
+            return name
+
+        settings = {**importlib.import_module("base_settings").VALUES, "debug": True}
+        from dataflow import DataFlow
+        db = DataFlow()
+        extra = {**{"k": 1}, "model": db.model(object)}
+    """).encode()
+    facts = analyze(source)
+    modules = [ref.module for ref in facts.imports]
+    assert "sized" in modules and "base_settings" in modules
+    assert facts.model is not None
