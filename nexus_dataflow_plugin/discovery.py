@@ -494,8 +494,11 @@ class SmartDiscovery:
         """The screen's answers for this project (kept between scans when ``persist``,
         by default the ``cache`` setting)."""
         keep = self.settings.cache if persist is None else persist
-        return ScreenCache(self.base, self.cache_dir, persist=keep,
-                           timeout=self.settings.timeout)
+        # Loading decodes every entry at once: with the collector running, in a process
+        # that has imported Kailash, 10,000 entries took 0.22 s instead of 0.02 s.
+        with paused_gc():
+            return ScreenCache(self.base, self.cache_dir, persist=keep,
+                               timeout=self.settings.timeout)
 
     def import_graph(self, cache: ScreenCache) -> ImportGraph:
         """The project's imports, resolved as the worker resolves them."""

@@ -379,3 +379,33 @@ def test_a_warm_scan_with_nothing_new_leaves_the_readings_file_alone(tmp_path):
     SmartDiscovery(root, timeout=10, workers=1, cache_dir=cache_dir).run()
     after = readings.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_loading_the_cache_runs_no_full_collection_even_outside_a_scan(tmp_path: Path):
+    """``screen_cache()`` is also how ``scan``, the manifest and ``explain`` load it: the
+    older generations' passes during the load cost ten times the load in a server's
+    heap (a young one may still run as the load begins)."""
+    import gc
+
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    for i in range(300):
+        (workflows / f"flow_{i}.py").write_text(RICH)
+    cache_dir = tmp_path / "cache"
+    SmartDiscovery(tmp_path, cache_dir=cache_dir).screen()
+    passes: list[str] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start" and info["generation"] > 0:
+            passes.append(f"generation {info['generation']}")
+
+    discovery = SmartDiscovery(tmp_path, cache_dir=cache_dir)
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        cache = discovery.screen_cache()
+    finally:
+        gc.callbacks.remove(count)
+    assert passes == []
+    assert gc.isenabled()
+    assert cache.facts((workflows / "flow_0.py").resolve()).imports
