@@ -49,6 +49,7 @@ from typing import Any, BinaryIO
 from . import __version__
 from .config import Settings
 from .finder import stamp as _stamp
+from .processes import ReadAheadProcess, usable_cores
 from .report import MSG_SCREEN_FAILED, MSG_SCREEN_TIMEOUT, MSG_UNREADABLE
 from .screen import (
     READY,
@@ -310,6 +311,11 @@ class _PoolProcess:
             self._close()
 
 
+# Given the small uncached files of a screen, in order: the read-ahead processes it
+# started for them, each with the places (in that list) of the files it answers.
+ReadAhead = Callable[[list[Path]], list[tuple[ReadAheadProcess, list[int]]]]
+
+
 class ScreenCache:
     """Facts per file, reused while the file's stat is unchanged.
 
@@ -331,6 +337,11 @@ class ScreenCache:
         self._stale: set[Path] = set()  # forgotten: a stat given to prefetch is older
         self._pools: list[_PoolProcess] = []
         self._pooled: dict[Path, tuple[_PoolProcess, int]] = {}
+        self._aheads: list[ReadAheadProcess] = []
+        self._ahead: dict[Path, tuple[ReadAheadProcess, int]] = {}
+        # path -> (the path it was read as, its record or None), from a read-ahead
+        self._read_ahead: dict[Path, tuple[str, str | None]] = {}
+        self._answered = 0  # files whose facts a read-ahead gave
         self._dirty = False
         self.reads = ReadCache(self.path.with_name(f"read-{digest}.txt"), persist)
         if persist:
@@ -365,6 +376,8 @@ class ScreenCache:
         self._memo.pop(path, None)
         self._stamps.pop(path, None)
         self._pooled.pop(path, None)
+        self._ahead.pop(path, None)
+        self._read_ahead.pop(path, None)
         self._stale.add(path)
         if self._entries.pop(str(path), None) is not None:
             self._dirty = True
@@ -376,11 +389,13 @@ class ScreenCache:
         value = entry[_SHA256] if _whole(entry) else None
         return value if isinstance(value, str) else None
 
-    def prefetch(self, files: Iterable[tuple[Path, list[int] | None]]) -> None:
+    def prefetch(self, files: Iterable[tuple[Path, list[int] | None]],
+                 ahead: ReadAhead | None = None) -> None:
         """Take the cached facts of ``files`` whose stat is unchanged, and start the
         screens of the others now: the large ones out of process side by side, so that
-        none waits for another's timeout, and the small ones in pool processes when
-        there are enough of them.
+        none waits for another's timeout, and the small ones in read-ahead processes
+        (``ahead``, given the small files in order: the processes it started and the
+        places of each one's files) or else in pool processes when there are enough.
 
         Each file comes with its ``finder.stamp`` if the caller has one (the finder
         takes it anyway): it is the cache key, and ``facts`` does not stat the file again.
@@ -415,13 +430,17 @@ class ScreenCache:
                     logger.debug("out-of-process screen of %s not started: %s", path, exc)
                     continue
                 self._running[path] = (stamp, hashlib.sha256(data).hexdigest(), job)
-        self._start_pool(cold)
+        started = ahead(cold) if ahead is not None and cold else []
+        for process, share in started:
+            self._aheads.append(process)
+            self._ahead.update((cold[index], (process, place)) for place, index in enumerate(share))
+        if not started:
+            self._start_pool(cold)
 
     def _start_pool(self, paths: list[Path]) -> None:
         """Share ``paths`` out among pool processes, one per core, in turn: the scan asks
         for them in this order, so each process works a little ahead of the scan."""
-        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                 else os.cpu_count() or 1)
+        cores = usable_cores()
         count = min(cores, len(paths) // POOL_MIN_FILES)
         if cores < 2 or count < 1:
             return
@@ -466,6 +485,19 @@ class ScreenCache:
         if self._running and path in self._running:  # (see prefetch)
             stamp, digest, job = self._running.pop(path)
             return self._store(path, stamp, digest, job.result())
+        if self._ahead and path in self._ahead:
+            process, place = self._ahead.pop(path)
+            reading = process.take(place)  # None: not answered yet, screened here
+            if reading is not None:
+                try:
+                    facts = facts_from_json(reading.facts)
+                except (TypeError, ValueError):
+                    facts = None
+                if facts is not None:
+                    self._answered += 1
+                    self._read_ahead[path] = (process.items[place].path, reading.record)
+                    return self._store(path, self._stamps.pop(path), reading.digest, facts,
+                                       reading.facts)
         answer = None
         pooled = self._pooled.pop(path, None) if self._pooled else None
         if pooled is not None:
@@ -496,6 +528,28 @@ class ScreenCache:
         if last is not None and last[0] == path and last[1] == data:
             return last[2]
         return parse(data)
+
+    def read_ahead(self, path: Path) -> tuple[str, str | None] | None:
+        """What a read-ahead process made of ``path``, once ``facts(path)`` took its
+        answer: the path it read it as, and its ``declarative`` record (None when the
+        file did not read as data there)."""
+        return self._read_ahead.pop(path, None)
+
+    def end_screens(self) -> None:
+        """End the screen's processes still running: the scan asks for no more facts."""
+        for path in list(self._running):
+            self._running.pop(path)[2].cancel()
+        for process in self._pools:
+            process.cancel()
+        self._pools.clear()
+        self._pooled.clear()
+        if self._aheads:
+            logger.debug("read-ahead processes answered %d of %d files", self._answered,
+                         sum(len(ahead.items) for ahead in self._aheads))
+        for ahead in self._aheads:
+            ahead.close()
+        self._aheads.clear()
+        self._ahead.clear()
 
     def _store(self, path: Path, stamp: list[int], digest: str, facts: Facts,
                encoded: list[Any] | None = None) -> Facts:
@@ -531,12 +585,7 @@ class ScreenCache:
         ``complete``: a whole scan, which asked for the facts (and the reading) of every
         file it needs; the entries of files it did not ask for (deleted, renamed, no
         longer imported) are dropped, so the cache stays the size of the project."""
-        for path in list(self._running):
-            self._running.pop(path)[2].cancel()
-        for process in self._pools:
-            process.cancel()
-        self._pools.clear()
-        self._pooled.clear()
+        self.end_screens()
         self.reads.save(complete=complete)
         if complete and self.persist:
             asked = {str(path) for path in self._memo}

@@ -29,7 +29,7 @@ from kailash.workflow import Workflow
 from . import declarative
 from . import protocol as proto
 from . import report as r
-from .cache import IN_PROCESS_MAX_BYTES, ScreenCache
+from .cache import IN_PROCESS_MAX_BYTES, ReadAhead, ScreenCache
 from .config import Settings, with_arguments
 from .finder import Candidate, Found, find_candidates, resolve_base
 from .imports import ImportGraph
@@ -46,6 +46,7 @@ from .isolation import (
 from .models import ModelIndex, dataflow_node_types
 from .paths import is_environment
 from .probe import workflow_name
+from .processes import ReadAheadProcess
 from .screen import Facts
 from .transfer import decode, quiet_rebuilds
 
@@ -249,8 +250,8 @@ class SmartDiscovery:
         graph = self.import_graph(cache)
         self.models = models = ModelIndex(self.base, graph, cache.facts,
                                           self.settings.max_file_bytes)
-        cache.prefetch((c.real, c.stamp) for c in candidates
-                       if c.real is not None and not c.refusal)
+        cache.prefetch(((c.real, c.stamp) for c in candidates
+                        if c.real is not None and not c.refusal), self._read_ahead(candidates))
         for candidate in candidates:
             began = time.monotonic()
             if candidate.refusal or candidate.real is None:
@@ -263,6 +264,28 @@ class SmartDiscovery:
                 yield Screened(candidate, facts, models.standins(facts.node_types))
             else:
                 yield r.FileResult(candidate.rel, *verdict, duration_s=time.monotonic() - began)
+        cache.end_screens()  # read-ahead processes on: their cores are the workers' now
+
+    def _read_ahead(self, candidates: Sequence[Candidate]) -> ReadAhead | None:
+        """Read-ahead processes on the given pool's warm workers, for the files the
+        screen has no facts of (None without a pool: a pool started for this scan is
+        not warm before its screen ends)."""
+        pool = self.pool
+        if pool is None:
+            return None
+        first: dict[Path, Candidate] = {}
+        for candidate in candidates:
+            if candidate.real is not None:
+                first.setdefault(candidate.real, candidate)
+
+        def start(cold: list[Path]) -> list[tuple[ReadAheadProcess, list[int]]]:
+            items = tuple(proto.ReadItem(str(path), str(first[path].path),
+                                         Path(first[path].rel).stem) for path in cold)
+            return pool.read_ahead(proto.ReadFiles(
+                items, IN_PROCESS_MAX_BYTES, self.limits.max_result_nodes,
+                self.limits.max_result_bytes, str(self.base)))
+
+        return start
 
     def _verdict(self, candidate: Candidate, facts: Facts, graph: ImportGraph
                  ) -> tuple[str, str] | None:
@@ -350,25 +373,35 @@ class SmartDiscovery:
 
     def _read(self, screened: Screened, cache: ScreenCache) -> Imported | None:
         """A file that only declares workflows, read as data (``declarative``) from the
-        very bytes the screen judged; None when it must run in a process of its own."""
+        very bytes the screen judged; None when it must run in a process of its own.
+
+        Its reading comes from a read-ahead process when one read it (as the same path),
+        else from the readings kept for these bytes, else from reading it here."""
         candidate = screened.candidate
         began = time.monotonic()
         judged = cache.digest(candidate.real)
-        try:
-            with open(candidate.real, "rb") as handle:  # type: ignore[arg-type] # screened
-                data = handle.read(IN_PROCESS_MAX_BYTES + 1)
-        except OSError:
-            return None
-        if len(data) > IN_PROCESS_MAX_BYTES or hashlib.sha256(data).hexdigest() != judged:
-            return None  # changed since the screen: its process finds out, as for any file
         given = (str(candidate.path), Path(candidate.rel).stem, screened.facts.factories)
         bounds = {"max_nodes": self.limits.max_result_nodes,
                   "max_bytes": self.limits.max_result_bytes, "project_root": str(self.base)}
         key = hashlib.sha256(repr((judged, given, bounds)).encode()).hexdigest()
         where = str(candidate.path)  # not real: two candidates may be one file
-        record = cache.reads.get(where, key)
+        ahead = cache.read_ahead(candidate.real)  # type: ignore[arg-type] # screened
+        record = ahead[1] if ahead is not None and ahead[0] == where else None
         workflows = None if record is None else declarative.recall(
             record, max_nodes=bounds["max_nodes"], max_bytes=bounds["max_bytes"])
+        if workflows is not None:
+            cache.reads.put(where, key, record)  # type: ignore[arg-type] # recalled
+        else:
+            try:
+                with open(candidate.real, "rb") as handle:  # type: ignore[arg-type] # screened
+                    data = handle.read(IN_PROCESS_MAX_BYTES + 1)
+            except OSError:
+                return None
+            if len(data) > IN_PROCESS_MAX_BYTES or hashlib.sha256(data).hexdigest() != judged:
+                return None  # changed since the screen: its process finds out, as for any file
+            record = cache.reads.get(where, key)
+            workflows = None if record is None else declarative.recall(
+                record, max_nodes=bounds["max_nodes"], max_bytes=bounds["max_bytes"])
         if workflows is None:
             read = declarative.read(cache.parsed(candidate.real, data),  # type: ignore[arg-type]
                                     *given, **bounds)

@@ -12,6 +12,7 @@ server directly. Process mechanics are ``processes``'s, the messages
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -30,7 +31,16 @@ from . import protocol as proto
 from . import report as r
 from .config import Settings
 from .paths import in_project
-from .processes import FileChannels, WorkerProcess, kill_file, new_token, renice, sweep
+from .processes import (
+    FileChannels,
+    ReadAheadProcess,
+    WorkerProcess,
+    kill_file,
+    new_token,
+    renice,
+    sweep,
+    usable_cores,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -321,6 +331,33 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- read-ahead ------------------------------------------------------------
+
+    def read_ahead(self, listing: proto.ReadFiles) -> list[tuple[ReadAheadProcess, list[int]]]:
+        """Read-ahead processes for ``listing`` on the idle warm workers (none while no
+        worker is warm: a screen never waits for one), each with its share: the places
+        in ``listing.items`` of the files it answers, in its own list's order."""
+        if not self.owned() or self._broken is not None or self._flights:
+            return []
+        for worker in self._workers:
+            if not worker.ready:
+                self._control(worker, deque())  # a Ready not read yet (no file is in flight)
+        idle = [w for w in self._workers if w.ready and w.alive]
+        items = listing.items
+        count = schedule.read_ahead_processes(len(items), len(idle), usable_cores())
+        started = []
+        for number in range(count):
+            share = list(range(number, len(items), count))
+            mine = dataclasses.replace(listing, items=tuple(items[i] for i in share))
+            try:
+                process = ReadAheadProcess(idle[number], -1 - number, mine,
+                                           self.limits.max_result_bytes + 4096)
+            except (OSError, AttributeError) as exc:  # AttributeError: no memfd_create
+                logger.debug("read-ahead not started: %s", exc)
+                break
+            started.append((process, share))
+        return started
 
     # -- the event loop ------------------------------------------------------
 

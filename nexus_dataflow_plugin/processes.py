@@ -199,10 +199,11 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    def send(self, run: proto.RunFile, fds: Sequence[int]) -> bool:
-        """Hand the worker a file with its channels; False if the worker is gone."""
+    def send(self, message: proto.RunFile | proto.ReadAhead, fds: Sequence[int]) -> bool:
+        """Hand the worker a file (or a read-ahead) with its channels; False if the
+        worker is gone."""
         try:
-            socket.send_fds(self.control, [proto.encode(run)], list(fds))
+            socket.send_fds(self.control, [proto.encode(message)], list(fds))
             return True
         except OSError:
             return False
@@ -264,6 +265,85 @@ class WorkerProcess:
         self.read_stderr()
         self.control.close()
         self.stderr.close()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class ReadAheadProcess:
+    """A worker's read-ahead process (see ``worker._read_ahead``), as the server sees it:
+    the ``Reading`` of each file of its list it has answered, by place in the list, read
+    without ever waiting; killed (``close``) when the screen no longer needs it.
+
+    Anything on its channel that is not a ``Started`` and then ``Reading`` frames ends
+    it: the server screens the files left unanswered itself.
+    """
+
+    def __init__(self, worker: WorkerProcess, number: int, listing: proto.ReadFiles,
+                 limit: int) -> None:
+        self.items = listing.items
+        self.answers: dict[int, proto.Reading] = {}
+        self.open = False
+        self.pid: int | None = None
+        self._pidfd: int | None = None
+        self._frames = proto.FrameReader(limit)
+        self.channel, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.channel.setblocking(False)
+        memory = os.memfd_create("nexus-dataflow-read-ahead", os.MFD_CLOEXEC)
+        try:
+            proto.write_all(memory, proto.encode(listing))
+            os.lseek(memory, 0, os.SEEK_SET)
+            self.open = worker.send(proto.ReadAhead(number), [memory, child.fileno()])
+        finally:
+            os.close(memory)
+            child.close()
+
+    def take(self, index: int) -> proto.Reading | None:
+        """The answer for the ``index``-th file, if it has come; never waits."""
+        if index not in self.answers and self.open:
+            self._drain()
+        return self.answers.pop(index, None)
+
+    def _drain(self) -> None:
+        try:
+            while self.open:
+                data = _drain(self.channel)
+                if not data:
+                    self.open = data is not None  # b"": nothing more now; None: ended
+                    return
+                for kind, body in self._frames.feed(data):
+                    if kind == proto.FRAME_STARTED and self.pid is None:
+                        self.pid = proto.decode(body, proto.Started).pid
+                        self._watch()
+                    elif kind == proto.FRAME_READING and self.pid is not None:
+                        reading = proto.decode(body, proto.Reading)
+                        self.answers[reading.index] = reading
+                    else:
+                        raise proto.ProtocolError(f"frame kind {kind} out of place")
+        except proto.ProtocolError as exc:
+            logger.warning("read-ahead process %s stopped: %s", self.pid, exc)
+            self.close()
+
+    def _watch(self) -> None:
+        try:
+            self._pidfd = os.pidfd_open(self.pid)  # type: ignore[arg-type]
+        except (AttributeError, OSError):
+            self._pidfd = None
+
+    def close(self) -> None:
+        """Kill it, if it is still reading; the rest of its list is the server's."""
+        if self.channel.fileno() < 0:
+            return  # closed before: its pid may be another process's by now
+        self.open = False
+        kill_file(self.pid, self._pidfd)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self.channel.close()
 
 
 def marked(token: str) -> list[int]:

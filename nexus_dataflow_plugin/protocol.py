@@ -9,8 +9,8 @@ given against the dataclass's field types, so a malformed message is a
 Channels (``processes`` makes them, ``worker`` hands them on):
 
 - per worker, control (server <-> worker, a ``SOCK_SEQPACKET`` socket pair, one
-  message a packet): ``Init`` and ``RunFile`` one way, ``Ready`` and ``Exited``
-  the other. A ``RunFile`` carries the child ends of the file's two channels
+  message a packet): ``Init``, ``RunFile`` and ``ReadAhead`` one way, ``Ready`` and
+  ``Exited`` the other. A ``RunFile`` carries the child ends of the file's two channels
   (``SCM_RIGHTS``); the worker closes its copies as soon as it has forked the
   file's process, so only that process holds them;
 - per file, a result channel (a ``SOCK_STREAM`` socket pair), which the file's
@@ -18,7 +18,10 @@ Channels (``processes`` makes them, ``worker`` hands them on):
   ``Result``, each a frame (kind byte, 4-byte length, JSON body), read by the
   server straight from the file's process, never through the worker;
 - per file a stderr channel (the process's descriptor 2), and per worker one for
-  its own stderr: bytes, not messages, kept as a bounded tail for reasons.
+  its own stderr: bytes, not messages, kept as a bounded tail for reasons;
+- per read-ahead process, a result channel as a file's (``Started``, then a
+  ``Reading`` frame per file it read), and the memory file its ``ReadFiles`` came in;
+  its stderr is ``/dev/null``.
 
 A file's process has ``/dev/null`` as stdin and stdout: nothing it prints is read.
 Sockets, not pipes: a pipe can be reopened through ``/proc/<pid>/fd`` by any
@@ -52,6 +55,7 @@ EXIT_NO_CHANNEL = 71
 FRAME_HEADER = struct.Struct(">BI")
 FRAME_STARTED = 1
 FRAME_RESULT = 2
+FRAME_READING = 3  # a read-ahead's answers, after its Started
 
 
 class ProtocolError(ValueError):
@@ -91,6 +95,37 @@ class RunFile:
 
 
 @dataclass(frozen=True)
+class ReadItem:
+    """One file for a read-ahead: where to read it (``real``), and the path and module
+    name it is read as (what ``declarative.read`` is given)."""
+
+    real: str
+    path: str
+    module: str
+
+
+@dataclass(frozen=True)
+class ReadAhead:
+    """Server -> worker: start a read-ahead process (``id``, below 0, names it in its
+    ``Exited``); attached, a memory file holding its ``ReadFiles`` and its result channel."""
+
+    id: int
+
+
+@dataclass(frozen=True)
+class ReadFiles:
+    """What a read-ahead process does: screen these files and read those that declare
+    workflows as data, from the last to the first (the server takes the first ones
+    itself). Only this package's code runs there, never a file's."""
+
+    items: tuple[ReadItem, ...]
+    max_file_bytes: int  # larger files are the server's to screen
+    max_nodes: int
+    max_bytes: int
+    project_root: str
+
+
+@dataclass(frozen=True)
 class Ready:
     """Worker -> server: warmed up, nothing of any candidate has run in it."""
 
@@ -111,6 +146,18 @@ class Started:
     """File process -> server, before any of the file runs: who to time and kill."""
 
     pid: int
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Read-ahead process -> server, one per file: the sha256 of the bytes it judged,
+    their facts (``screen.facts_to_json``) and, when the file declares workflows, the
+    workflows read from them (``declarative.Read.record``)."""
+
+    index: int
+    digest: str
+    facts: Any
+    record: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +210,9 @@ class Result:
 
 
 MESSAGES: dict[str, type] = {
-    cls.__name__: cls for cls in (Init, RunFile, Ready, Exited, Started, Result)
+    cls.__name__: cls
+    for cls in (Init, RunFile, ReadAhead, ReadFiles, Ready, Exited, Started, Reading,
+                Result)
 }
 
 
@@ -345,17 +394,21 @@ class FrameReader:
         ``OversizeFrame`` for a frame over the limit."""
         self.buffer += data
         frames = []
-        while len(self.buffer) >= FRAME_HEADER.size:
-            kind, size = FRAME_HEADER.unpack_from(self.buffer)
-            if kind not in (FRAME_STARTED, FRAME_RESULT):
-                raise ProtocolError(f"unknown frame kind {kind}")
-            if size > self.limit:
-                raise OversizeFrame(size)
-            end = FRAME_HEADER.size + size
-            if len(self.buffer) < end:
-                break
-            frames.append((kind, bytes(self.buffer[FRAME_HEADER.size:end])))
-            del self.buffer[:end]
+        at = 0  # the buffer is cut once: a read-ahead's answers come many to a read
+        try:
+            while len(self.buffer) - at >= FRAME_HEADER.size:
+                kind, size = FRAME_HEADER.unpack_from(self.buffer, at)
+                if kind not in (FRAME_STARTED, FRAME_RESULT, FRAME_READING):
+                    raise ProtocolError(f"unknown frame kind {kind}")
+                if size > self.limit:
+                    raise OversizeFrame(size)
+                end = at + FRAME_HEADER.size + size
+                if len(self.buffer) < end:
+                    break
+                frames.append((kind, bytes(self.buffer[at + FRAME_HEADER.size:end])))
+                at = end
+        finally:
+            del self.buffer[:at]
         return frames
 
 

@@ -32,6 +32,17 @@ SLOW_FILE_S = 0.5
 FILES_PER_WORKER = 50
 
 
+# A read-ahead process is worth starting for at least this many files: it needs about
+# 10 ms to fork and import the screen, in which the server screens a dozen itself.
+READ_AHEAD_MIN_FILES = 32
+
+
+def read_ahead_processes(files: int, idle_workers: int, cores: int) -> int:
+    """Read-ahead processes for a screen of ``files`` uncached files: one per core the
+    server leaves free, each on an idle warm worker, each with enough files."""
+    return max(0, min(idle_workers, cores - 1, files // READ_AHEAD_MIN_FILES))
+
+
 @dataclass(frozen=True)
 class Load:
     """A worker as the scheduler sees it."""

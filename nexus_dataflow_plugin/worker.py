@@ -9,7 +9,9 @@ would, plus the node libraries the server has (imported on first use).
 
 The worker warms up once (imports Kailash's core), then never runs user
 code: for each ``RunFile`` it forks a child from this clean, single-threaded
-process. The child keeps only the two channels the server made for that
+process; for a ``ReadAhead``, a process that screens and reads files as data
+with this package's own code (``_read_ahead``), while the server does the same
+from the other end of the list. The child keeps only the two channels the server made for that
 file, reports ``Started``, runs the file and sends its ``Result`` straight to
 the server, so a worker that a candidate stops or kills cannot hold up,
 lose or forge another file's result. The worker reaps its children, tells
@@ -20,6 +22,7 @@ behind (it is their subreaper). The server owns every deadline.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import importlib
@@ -31,6 +34,7 @@ import socket
 import sys
 import time
 import types
+from collections.abc import Callable
 from typing import Any
 
 from nexus_dataflow_plugin import guard, transfer
@@ -270,18 +274,87 @@ def _start(control: socket.socket, run: proto.RunFile, fds: list[int],
     sys.path[:] = list(init.library_path)  # a library's imports never find project files
     for module in run.preload:
         _import_quietly(module)  # once here, inherited by every later child
+
+    def file_process() -> None:
+        sys.path[:] = list(init.sys_path)  # the file's own view: the project first
+        _child(run, init, fds[0], fds[1])
+
+    return _fork(control, fds, file_process)
+
+
+def _fork(control: socket.socket, fds: list[int], body: Callable[[], None]
+          ) -> tuple[int, int | None]:
+    """Fork a child that runs ``body`` (and never returns); close our copies of ``fds``
+    (only the child holds them); the child's pid and pidfd."""
     gc.freeze()  # what the imports added, too
     pid = os.fork()
     if pid == 0:
         control.detach()  # the child closes its descriptor; the object must not close a reuse
-        sys.path[:] = list(init.sys_path)  # the file's own view: the project first
-        _child(run, init, fds[0], fds[1])
+        body()
     for fd in fds:
         os.close(fd)
     try:
         return pid, os.pidfd_open(pid)
     except (AttributeError, OSError):
         return pid, None
+
+
+def _read_ahead(init: proto.Init, listing_fd: int, result_fd: int) -> None:
+    """Runs in a forked read-ahead process: the listed files screened and, those that
+    declare workflows, read as data, from the last; a ``Reading`` each. Never returns.
+
+    Only this package's code runs here, on the files' bytes: ``screen`` and
+    ``declarative`` (imported here alone, so a file's process never has them; they
+    import only the standard library, Kailash, ``probe``, ``protocol``, ``report`` and
+    ``transfer``). A file it cannot read, or whose screen found an error, is left out:
+    the server screens it itself, so no limit of this process becomes a file's verdict.
+    """
+    code = 0
+    try:
+        os.setpgid(0, 0)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        with os.fdopen(listing_fd, "rb") as handle:
+            listing = proto.decode(handle.read(), proto.ReadFiles)
+        os.closerange(3, result_fd)
+        os.closerange(result_fd + 1, 1 << 20)
+        proto.write_all(result_fd, proto.frame(proto.FRAME_STARTED, proto.Started(os.getpid())))
+        if init.memory_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (init.memory_bytes, init.memory_bytes))
+        gc.disable()  # each file's trees and builders are freed as it ends
+
+        from nexus_dataflow_plugin import declarative, screen
+
+        with transfer.quiet_rebuilds:
+            for index in range(len(listing.items) - 1, -1, -1):
+                item = listing.items[index]
+                try:
+                    with open(item.real, "rb") as handle:
+                        data = handle.read(listing.max_file_bytes + 1)
+                except OSError:
+                    continue
+                if not 0 < len(data) <= listing.max_file_bytes:
+                    continue
+                tree = screen.parse(data)
+                facts = screen.analyze_tree(data, tree)
+                if facts.error is not None:
+                    continue
+                record = None
+                if facts.model is None:
+                    read = declarative.read(
+                        tree, item.path, item.module, facts.factories,
+                        max_nodes=listing.max_nodes, max_bytes=listing.max_bytes,
+                        project_root=listing.project_root)
+                    record = read.record if read is not None and read.workflows else None
+                reading = proto.Reading(index, hashlib.sha256(data).hexdigest(),
+                                        screen.facts_to_json(facts), record)
+                proto.write_all(result_fd, proto.frame(proto.FRAME_READING, reading))
+    except BaseException:  # noqa: BLE001 - the server screens what was not answered
+        code = 70
+    os._exit(code)
 
 
 def _status(status: int) -> tuple[int | None, int | None]:
@@ -307,7 +380,7 @@ def _serve(control: socket.socket, init: proto.Init, clean: tuple[Any, ...]) -> 
                     return
                 if not data:
                     return
-                run = proto.decode(data, proto.RunFile)
+                run = proto.decode(data, proto.RunFile, proto.ReadAhead)
                 if len(fds) != 2:
                     for fd in fds:
                         os.close(fd)
@@ -316,7 +389,10 @@ def _serve(control: socket.socket, init: proto.Init, clean: tuple[Any, ...]) -> 
                     # Changed from outside: end now, leaving the files already running
                     # alone (they report to the server directly; it sweeps up after).
                     os._exit(0)
-                pid, pidfd = _start(control, run, fds, init)
+                if isinstance(run, proto.ReadAhead):
+                    pid, pidfd = _fork(control, fds, functools.partial(_read_ahead, init, *fds))
+                else:
+                    pid, pidfd = _start(control, run, fds, init)
                 runs[pid] = (run.id, pidfd)
             for pid, (file_id, pidfd) in list(runs.items()):
                 waited, status = os.waitpid(pid, os.WNOHANG)

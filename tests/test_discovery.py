@@ -17,7 +17,7 @@ import pytest
 from conftest import place, runs, scan
 from kailash.workflow import Workflow
 
-from nexus_dataflow_plugin import SmartDiscovery, discover_workflows
+from nexus_dataflow_plugin import SmartDiscovery, discover_workflows, schedule
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engine"
 IMPORT_TREE = FIXTURES / "import_tree"
@@ -371,6 +371,9 @@ def test_a_file_the_screen_sees_may_block_starts_as_soon_as_it_is_screened(
         for i in range(20):
             shutil.copyfile(FIXTURES / "good_pipeline.py",
                             tmp_path / "workflows" / f"{prefix}{i:03}.py")
+    # The screen timed here is the server's own: a read-ahead process would answer the
+    # files from the other end of the list (tests/test_isolation.py).
+    monkeypatch.setattr(schedule, "READ_AHEAD_MIN_FILES", 10**9)
     discovery = SmartDiscovery(tmp_path, timeout=2, cache=False)
     with discovery.make_pool() as pool:
         SmartDiscovery(tmp_path, timeout=2, cache=False, pool=pool).run()  # a warm worker

@@ -6,6 +6,7 @@ and nothing ran in the test process.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -342,3 +343,122 @@ def test_nothing_of_a_scan_is_written_into_the_project(tmp_path):
     report = scan(tmp_path, timeout=10)
     assert report.file("workflows/uses_helper.py").status == "registered"
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+# --- read-ahead: the screen and the reading of declarations in a warm worker ---------------
+
+DECLARATIONS = sorted((Path(__file__).parent / "fixtures" / "declarative" / "reads_as_data")
+                      .glob("*.py"))
+ENGINE = Path(__file__).parent / "fixtures" / "engine"
+
+
+def _mixed_project(base: Path) -> Path:
+    """Every kind of file a screen decides: declarations, model files, files that must
+    run, a syntax error, a file importing models, a symlink to a declaration."""
+    workflows = base / "workflows"
+    workflows.mkdir(parents=True)
+    for i in range(12):
+        for source in DECLARATIONS:
+            shutil.copyfile(source, workflows / f"d{i:02}_{source.name}")
+    for i in range(10):
+        shutil.copyfile(ENGINE / "models_from_dataflow_import.py", workflows / f"m{i:02}_models.py")
+        shutil.copyfile(ENGINE / "good_pipeline.py", workflows / f"g{i:02}_pipeline.py")
+    (workflows / "broken.py").write_text("def oops(:\n")
+    (workflows / "uses_models.py").write_text("from workflows.m00_models import db\n")
+    (workflows / "twin_of_a_declaration.py").symlink_to(workflows / f"d00_{DECLARATIONS[0].name}")
+    return base
+
+
+def _outcome(report: DiscoveryReport) -> tuple:
+    files = sorted((f.path, f.status, f.reason, tuple(f.workflows)) for f in report.files)
+    shapes = {name: (w.to_dict()["nodes"], w.to_dict()["connections"])
+              for name, w in report.workflows.items()}
+    return files, shapes
+
+
+def _warm(pool, tmp_path: Path) -> None:
+    """A scan that needs a worker leaves the pool's workers warm, as a server's are."""
+    place(tmp_path / "warm-up", {"workflows/good.py": "good_pipeline.py"}, ENGINE)
+    SmartDiscovery(tmp_path / "warm-up", cache=False, pool=pool).run()
+
+
+def test_a_read_ahead_in_a_warm_worker_changes_nothing_of_a_cold_scans_report(
+        tmp_path, caplog):
+    """With a warm pool, part of the screen and of the reading happens in a read-ahead
+    process; every file's status, reason and workflows are what the server alone gives."""
+    base = _mixed_project(tmp_path / "project")
+    alone = SmartDiscovery(base, cache_dir=tmp_path / "alone").run()
+    discovery = SmartDiscovery(base, cache_dir=tmp_path / "ahead")
+    with discovery.make_pool().start() as pool:
+        _warm(pool, tmp_path)
+        with caplog.at_level("DEBUG", logger="nexus_dataflow_plugin.cache"):
+            ahead = SmartDiscovery(base, cache_dir=tmp_path / "ahead", pool=pool).run()
+    answered = [m for m in caplog.messages if m.startswith("read-ahead processes answered")]
+    assert answered and not answered[0].startswith("read-ahead processes answered 0 ")
+    assert _outcome(ahead) == _outcome(alone)
+    assert len(ahead.workflows) > 60
+    warm = SmartDiscovery(base, cache_dir=tmp_path / "ahead").run()  # what it stored
+    assert _outcome(warm) == _outcome(alone)
+
+
+def test_a_read_ahead_answers_from_the_last_file_with_the_screens_own_facts(tmp_path):
+    """The server screens from the first file; the read-ahead from the last, so neither
+    waits for the other. Its facts are the screen's, its records ``declarative.read``'s."""
+    from nexus_dataflow_plugin import declarative
+    from nexus_dataflow_plugin import protocol as proto
+    from nexus_dataflow_plugin.screen import analyze, facts_to_json, parse
+
+    base = _mixed_project(tmp_path / "project")
+    files = sorted((base / "workflows").glob("*.py"))
+    items = tuple(proto.ReadItem(str(f.resolve()), str(f), f.stem) for f in files)
+    discovery = SmartDiscovery(base)
+    with discovery.make_pool().start() as pool:
+        _warm(pool, tmp_path)
+        listing = proto.ReadFiles(items, 32 * 1024, 2000, 16 * 1024**2, str(base))
+        [(process, share)] = pool.read_ahead(listing)
+        assert share == list(range(len(items)))
+        deadline = time.monotonic() + 30
+        while len(process.answers) < 10 and process.open:
+            process.take(-1)  # no such file: takes in what has come
+            assert time.monotonic() < deadline, "no answers"
+            time.sleep(0.01)
+        answered = sorted(process.answers)
+        process.close()
+    assert answered == list(range(answered[0], len(items))), "not from the last"
+    for index in answered[-5:]:
+        data = files[index].read_bytes()
+        reading = process.answers[index]
+        assert reading.facts == json.loads(json.dumps(facts_to_json(analyze(data))))
+        facts = analyze(data)
+        read = declarative.read(parse(data), items[index].path, files[index].stem,
+                                facts.factories, max_nodes=2000, max_bytes=16 * 1024**2,
+                                project_root=str(base))
+        expected = None if read is None or not read.workflows or facts.model else read.record
+        assert (reading.record is None) == (expected is None)
+
+
+def test_a_read_ahead_process_that_dies_leaves_its_files_to_the_server(tmp_path):
+    """Killed mid-way (as an out-of-memory kill would), it simply stops answering: the
+    scan screens the rest itself and reports exactly what it reports alone."""
+    import signal
+
+    base = _mixed_project(tmp_path / "project")
+    alone = SmartDiscovery(base, cache_dir=tmp_path / "alone").run()
+    discovery = SmartDiscovery(base, cache_dir=tmp_path / "ahead")
+    with discovery.make_pool().start() as pool:
+        _warm(pool, tmp_path)
+        started = pool.read_ahead
+
+        def killed(listing):
+            processes = started(listing)
+            for process, _ in processes:
+                deadline = time.monotonic() + 30
+                while process.pid is None and process.open:
+                    process.take(-1)
+                    assert time.monotonic() < deadline
+                os.kill(process.pid, signal.SIGKILL)
+            return processes
+
+        pool.read_ahead = killed
+        ahead = SmartDiscovery(base, cache_dir=tmp_path / "ahead", pool=pool).run()
+    assert _outcome(ahead) == _outcome(alone)

@@ -19,6 +19,10 @@ EXAMPLES = [
     proto.Result(workflows=(proto.WorkflowData("workflow", {"nodes": {}}, {}, ()),),
                  failures=("f() raised",)),
     proto.Result(guarded=proto.Guarded("skipped_model", "db = DataFlow() at line 3")),
+    proto.ReadAhead(-1),
+    proto.ReadFiles((proto.ReadItem("/p/workflows/a.py", "workflows/a.py", "a"),), 32768, 2000,
+                    1 << 24, "/p"),
+    proto.Reading(0, "ab" * 32, [None, None, [], [], ["build"]], '{"names":[]}'),
 ]
 
 
@@ -72,6 +76,12 @@ def test_frames_split_anywhere_come_out_whole_and_an_oversize_one_is_refused_unr
     reader = proto.FrameReader(limit=1000)
     frames = [f for byte in stream for f in reader.feed(bytes([byte]))]
     assert [proto.decode(body) for _, body in frames] == [proto.Started(7), proto.Result()]
+    readings = [proto.Reading(i, "0" * 64, []) for i in range(50)]  # many to one read
+    together = b"".join(proto.frame(proto.FRAME_READING, m) for m in readings)
+    reader = proto.FrameReader(limit=1000)
+    frames = reader.feed(together[:-3]) + reader.feed(together[-3:])
+    assert [proto.decode(body) for _, body in frames] == readings
+    assert not reader.buffer
     with pytest.raises(proto.OversizeFrame) as refused:
         proto.FrameReader(limit=10).feed(proto.FRAME_HEADER.pack(proto.FRAME_RESULT, 11))
     assert refused.value.size == 11

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from nexus_dataflow_plugin import schedule
 from nexus_dataflow_plugin.schedule import MAX_SLOW, PER_WORKER, Load, assign
 
@@ -50,3 +52,16 @@ def test_files_that_wait_at_import_or_were_slow_last_time_are_expected_slow():
     assert schedule.expected_slow(0.7, False, 0.5)
     assert not schedule.expected_slow(0.1, False, 0.5)
     assert not schedule.expected_slow(None, False, 0.5)
+
+
+@pytest.mark.parametrize("files,idle,cores,expected", [
+    (1000, 2, 2, 1),   # two cores: the server on one, a read-ahead on the other
+    (1000, 4, 8, 4),   # one per idle worker, at most
+    (1000, 8, 4, 3),   # and a core left to the server
+    (40, 4, 8, 1),     # each with enough files to pay its start
+    (31, 4, 8, 0),
+    (1000, 0, 8, 0),   # no warm worker yet: the screen does not wait for one
+    (1000, 2, 1, 0),
+])
+def test_read_ahead_processes_take_the_cores_the_server_leaves(files, idle, cores, expected):
+    assert schedule.read_ahead_processes(files, idle, cores) == expected

@@ -25,6 +25,19 @@ def _modules(statement: str) -> set[str]:
     return set(json.loads(out.stdout))
 
 
+def test_a_read_ahead_process_imports_only_the_modules_the_worker_names_for_it():
+    """It imports ``screen`` and ``declarative`` after its fork (a file's process never
+    has them); they follow the worker's rule."""
+    statement = ("import nexus_dataflow_plugin.worker; "
+                 "from nexus_dataflow_plugin import declarative, screen")
+    modules = _modules(statement) - _modules("pass")
+    assert not {name.split(".")[0] for name in modules} & {"nexus", "dataflow", "fastapi"}
+    own = {name for name in modules if name.split(".")[0] == "nexus_dataflow_plugin"}
+    read_ahead = {"nexus_dataflow_plugin.declarative", "nexus_dataflow_plugin.screen",
+                  "nexus_dataflow_plugin.report"}
+    assert own <= ALLOWED_OWN | read_ahead, sorted(own - ALLOWED_OWN - read_ahead)
+
+
 def test_the_worker_imports_only_the_standard_library_kailash_and_the_modules_it_names():
     # What importing the worker adds to a bare interpreter (site's own start-up aside).
     modules = _modules("import nexus_dataflow_plugin.worker") - _modules("pass")
