@@ -496,8 +496,7 @@ class ScreenCache:
                 if facts is not None:
                     self._answered += 1
                     self._read_ahead[path] = (process.items[place].path, reading.record)
-                    return self._store(path, self._stamps.pop(path), reading.digest, facts,
-                                       reading.facts)
+                    return self._store(path, self._stamps.pop(path), reading.digest, facts)
         answer = None
         pooled = self._pooled.pop(path, None) if self._pooled else None
         if pooled is not None:

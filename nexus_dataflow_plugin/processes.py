@@ -287,8 +287,10 @@ class ReadAheadProcess:
                  limit: int) -> None:
         self.items = listing.items
         self.answers: dict[int, proto.Reading] = {}
+        self._taken: set[int] = set()  # files the server screened itself
         self.open = False
-        self.pid: int | None = None
+        self._started = False
+        self.pid: int | None = None  # None once it is killed, too
         self._pidfd: int | None = None
         self._frames = proto.FrameReader(limit)
         self.channel, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -303,10 +305,18 @@ class ReadAheadProcess:
             child.close()
 
     def take(self, index: int) -> proto.Reading | None:
-        """The answer for the ``index``-th file, if it has come; never waits."""
+        """The answer for the ``index``-th file, if it has come; never waits. A file not
+        answered yet is the server's: its answer, if it comes, is dropped; and once the
+        server takes an answer right after a file it screened itself, the two have met
+        and the process stops (what it sent before stays readable)."""
         if index not in self.answers and self.open:
             self._drain()
-        return self.answers.pop(index, None)
+        reading = self.answers.pop(index, None)
+        if reading is None:
+            self._taken.add(index)
+        elif index - 1 in self._taken:
+            self._stop()
+        return reading
 
     def _drain(self) -> None:
         try:
@@ -316,12 +326,14 @@ class ReadAheadProcess:
                     self.open = data is not None  # b"": nothing more now; None: ended
                     return
                 for kind, body in self._frames.feed(data):
-                    if kind == proto.FRAME_STARTED and self.pid is None:
+                    if kind == proto.FRAME_STARTED and not self._started:
+                        self._started = True
                         self.pid = proto.decode(body, proto.Started).pid
                         self._watch()
-                    elif kind == proto.FRAME_READING and self.pid is not None:
+                    elif kind == proto.FRAME_READING and self._started:
                         reading = proto.decode(body, proto.Reading)
-                        self.answers[reading.index] = reading
+                        if reading.index not in self._taken:
+                            self.answers[reading.index] = reading
                     else:
                         raise proto.ProtocolError(f"frame kind {kind} out of place")
         except proto.ProtocolError as exc:
@@ -334,15 +346,19 @@ class ReadAheadProcess:
         except (AttributeError, OSError):
             self._pidfd = None
 
-    def close(self) -> None:
-        """Kill it, if it is still reading; the rest of its list is the server's."""
-        if self.channel.fileno() < 0:
-            return  # closed before: its pid may be another process's by now
-        self.open = False
-        kill_file(self.pid, self._pidfd)
+    def _stop(self) -> None:
+        """Kill the process; its pidfd goes with it (its pid may be another's after)."""
+        if self._pidfd is not None or self.pid is not None:
+            kill_file(self.pid, self._pidfd)
         if self._pidfd is not None:
             os.close(self._pidfd)
-            self._pidfd = None
+        self._pidfd = self.pid = None
+
+    def close(self) -> None:
+        """Kill it, if it is still reading, and close its channel: the rest of its list
+        is the server's."""
+        self.open = False
+        self._stop()
         self.channel.close()
 
 
