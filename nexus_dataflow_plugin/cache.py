@@ -37,7 +37,6 @@ import math
 import os
 import select
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from typing import Any, BinaryIO
 from . import __version__
 from .config import Settings
 from .finder import stamp as _stamp
+from .paths import read_regular
 from .processes import ReadAheadProcess, usable_cores
 from .report import MSG_SCREEN_FAILED, MSG_SCREEN_TIMEOUT, MSG_UNREADABLE
 from .screen import (
@@ -466,7 +466,7 @@ class ScreenCache:
         if cached is not None:
             return cached
         try:
-            return stamp, path.read_bytes()
+            return stamp, read_regular(path)
         except OSError as exc:
             return Facts(error=MSG_UNREADABLE.format(what=exc.strerror or exc))
 
@@ -623,20 +623,10 @@ def _read_cache_file(path: Path) -> bytes | None:
     regular file (a FIFO planted there would block the scan), larger than
     ``CACHE_FILE_MAX_BYTES``, or unreadable."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > CACHE_FILE_MAX_BYTES:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read(CACHE_FILE_MAX_BYTES + 1)
-        return data if len(data) <= CACHE_FILE_MAX_BYTES else None
+        data = read_regular(path, CACHE_FILE_MAX_BYTES)
     except (OSError, MemoryError):
         return None
-    finally:
-        os.close(fd)
+    return data if len(data) <= CACHE_FILE_MAX_BYTES else None
 
 
 def _publish(path: Path, prefix: str, write: Callable[[BinaryIO], None]) -> None:

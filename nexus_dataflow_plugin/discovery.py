@@ -44,7 +44,7 @@ from .isolation import (
     library_node_modules,
 )
 from .models import ModelIndex, dataflow_node_types
-from .paths import is_environment
+from .paths import is_environment, read_regular
 from .probe import workflow_name
 from .processes import ReadAheadProcess
 from .screen import Facts
@@ -393,8 +393,7 @@ class SmartDiscovery:
             cache.reads.put(where, key, record)  # type: ignore[arg-type] # recalled
         else:
             try:
-                with open(candidate.real, "rb") as handle:  # type: ignore[arg-type] # screened
-                    data = handle.read(IN_PROCESS_MAX_BYTES + 1)
+                data = read_regular(candidate.real, IN_PROCESS_MAX_BYTES)  # type: ignore[arg-type]
             except OSError:
                 return None
             if len(data) > IN_PROCESS_MAX_BYTES or hashlib.sha256(data).hexdigest() != judged:

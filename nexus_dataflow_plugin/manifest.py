@@ -37,6 +37,7 @@ from .config import Settings
 from .discovery import SmartDiscovery, name_workflows
 from .finder import Candidate, find_candidates
 from .isolation import WorkerPool
+from .paths import read_regular
 from .transfer import decode, quiet_rebuilds
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def installed_versions() -> dict[str, str]:
 def digest(path: Path) -> str | None:
     """sha256 of the file's bytes; None when it cannot be read."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashlib.sha256(read_regular(path)).hexdigest()
     except OSError:
         return None
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from .dataflow_workflows import OPERATIONS, node_name_for
 from .imports import FactsOf, ImportGraph
 from .isolation import GENERATED_NODES_MODULE
+from .paths import read_regular
 
 
 def dataflow_node_types() -> frozenset[str]:
@@ -92,7 +93,7 @@ class ModelIndex:
             info = path.stat()
             if not stat.S_ISREG(info.st_mode) or info.st_size > self.max_file_bytes:
                 return
-            if b".model" not in path.read_bytes():
+            if b".model" not in read_regular(path, self.max_file_bytes):
                 return
         except OSError:
             return

@@ -7,7 +7,9 @@ imported by the server, and the import graph must not crawl them.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 import sysconfig
 from functools import lru_cache
@@ -83,3 +85,21 @@ def find_spec_beside(finder: object, name: str, path: object = None,
         if spec is not None:
             return spec
     return None
+
+
+def read_regular(path: str | os.PathLike[str], limit: int | None = None) -> bytes:
+    """The bytes of ``path`` (up to ``limit`` + 1 of them), if it is a regular file, else
+    ``OSError``.
+
+    Opened without blocking: the finder saw a regular file, but a file running in a
+    worker meanwhile can put a FIFO under its name, and a plain ``open`` would wait for a
+    writer forever, and the scan with it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read() if limit is None else handle.read(limit + 1)
+    finally:
+        os.close(fd)

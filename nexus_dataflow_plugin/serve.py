@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import report as r
+from .paths import read_regular
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -210,7 +211,7 @@ def find_model_files(base: Path, settings: Settings) -> list[str]:
                     path.stat().st_size > settings.max_file_bytes
                 ):
                     continue
-                data = path.read_bytes()
+                data = read_regular(path, settings.max_file_bytes)
             except OSError:
                 continue
             facts = analyze(data)

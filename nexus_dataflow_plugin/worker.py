@@ -37,7 +37,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from nexus_dataflow_plugin import guard, transfer
+from nexus_dataflow_plugin import guard, paths, transfer
 from nexus_dataflow_plugin import protocol as proto
 from nexus_dataflow_plugin.probe import (
     MSG_IMPORT_MEMORY,
@@ -332,8 +332,7 @@ def _read_ahead(init: proto.Init, listing_fd: int, result_fd: int) -> None:
             for index in range(len(listing.items) - 1, -1, -1):
                 item = listing.items[index]
                 try:
-                    with open(item.real, "rb") as handle:
-                        data = handle.read(listing.max_file_bytes + 1)
+                    data = paths.read_regular(item.real, listing.max_file_bytes)
                 except OSError:
                     continue
                 if not 0 < len(data) <= listing.max_file_bytes:

@@ -208,6 +208,16 @@ def scan(path: Path, **options: Any) -> DiscoveryReport:
     return SmartDiscovery(path, **settings).run()
 
 
+def warm(pool: Any, directory: Path) -> None:
+    """Leave ``pool``'s workers warm, as a server's are by its first scan: a scan (of a
+    project made in ``directory``) with one file that needs a worker."""
+    from nexus_dataflow_plugin import SmartDiscovery
+
+    engine = Path(__file__).parent / "fixtures" / "engine"
+    place(directory, {"workflows/good.py": "good_pipeline.py"}, engine)
+    SmartDiscovery(directory, cache=False, pool=pool).run()
+
+
 @pytest.fixture(scope="module")
 def tree(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test module's project: its ``LAYOUT`` of ``FIXTURES``, built once per module."""

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import scan
+from conftest import scan, warm
 from hostile import (
     MARKER_ENV,
     MATRIX,
@@ -481,3 +482,44 @@ def test_a_file_that_kills_every_new_worker_delays_the_scan_but_raises_nothing(
         alive, others = survivors(marks)
         kill_survivors(marks)
     assert not alive and not others
+
+
+def test_a_fifo_put_where_a_file_was_during_the_screen_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With warm workers, the first file runs while the server still screens the rest;
+    it swaps a later file for a FIFO with no writer. The server opens files without
+    blocking: that file is an error, the others are untouched, the scan ends."""
+    from nexus_dataflow_plugin import SmartDiscovery
+
+    hostile = {"workflows/aa_puts_a_fifo_where_a_later_file_was.py":
+               "puts_a_fifo_where_a_later_file_was.py"}
+    tree, marks = make_tree(tmp_path, {**hostile, **GOOD_FILES})
+    monkeypatch.setenv(MARKER_ENV, str(marks))
+    workflows = tree / "workflows"
+    declaration = ("from kailash.workflow.builder import WorkflowBuilder\n\n"
+                   "workflow = WorkflowBuilder()\n"
+                   "workflow.add_node('PythonCodeNode', 'n', {'code': 'result = {}'})\n")
+    for i in range(600):  # enough that the screen is still going when the first one runs
+        (workflows / f"m{i:03}.py").write_text(declaration)
+    victim = workflows / "m299_victim.py"  # in the middle: the last the screen reaches
+    victim.write_text(declaration)
+    reports: list[r.DiscoveryReport] = []
+    with SmartDiscovery(tree, timeout=5).make_pool().start() as pool:
+        warm(pool, tmp_path / "warm-up")
+        scanning = threading.Thread(target=lambda: reports.append(
+            SmartDiscovery(tree, cache=False, timeout=5, pool=pool).run()), daemon=True)
+        scanning.start()
+        scanning.join(60)
+        try:
+            assert reports, "the scan hung on the FIFO"
+        finally:
+            if scanning.is_alive():  # let a blocked open return, then end what it left
+                os.close(os.open(victim, os.O_WRONLY | os.O_NONBLOCK))
+            kill_survivors(marks)
+    report = reports[0]
+    assert victim.is_fifo()
+    entry = report.file("workflows/m299_victim.py")
+    assert entry.status == r.ERROR and "not a regular file" in entry.reason, entry
+    _good_files_are_their_own(report, marks)
+    assert len([f for f in report.files if f.status == r.REGISTERED]) >= 600

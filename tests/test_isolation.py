@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import place, runs, scan
+from conftest import place, runs, scan, warm
 
 from nexus_dataflow_plugin import DiscoveryReport, SmartDiscovery
 
@@ -376,12 +376,6 @@ def _outcome(report: DiscoveryReport) -> tuple:
     return files, shapes
 
 
-def _warm(pool, tmp_path: Path) -> None:
-    """A scan that needs a worker leaves the pool's workers warm, as a server's are."""
-    place(tmp_path / "warm-up", {"workflows/good.py": "good_pipeline.py"}, ENGINE)
-    SmartDiscovery(tmp_path / "warm-up", cache=False, pool=pool).run()
-
-
 def test_a_read_ahead_in_a_warm_worker_changes_nothing_of_a_cold_scans_report(
         tmp_path, caplog):
     """With a warm pool, part of the screen and of the reading happens in a read-ahead
@@ -390,15 +384,15 @@ def test_a_read_ahead_in_a_warm_worker_changes_nothing_of_a_cold_scans_report(
     alone = SmartDiscovery(base, cache_dir=tmp_path / "alone").run()
     discovery = SmartDiscovery(base, cache_dir=tmp_path / "ahead")
     with discovery.make_pool().start() as pool:
-        _warm(pool, tmp_path)
+        warm(pool, tmp_path / "warm-up")
         with caplog.at_level("DEBUG", logger="nexus_dataflow_plugin.cache"):
             ahead = SmartDiscovery(base, cache_dir=tmp_path / "ahead", pool=pool).run()
     answered = [m for m in caplog.messages if m.startswith("read-ahead processes answered")]
     assert answered and not answered[0].startswith("read-ahead processes answered 0 ")
     assert _outcome(ahead) == _outcome(alone)
     assert len(ahead.workflows) > 60
-    warm = SmartDiscovery(base, cache_dir=tmp_path / "ahead").run()  # what it stored
-    assert _outcome(warm) == _outcome(alone)
+    again = SmartDiscovery(base, cache_dir=tmp_path / "ahead").run()  # what it stored
+    assert _outcome(again) == _outcome(alone)
 
 
 def test_a_read_ahead_answers_from_the_last_file_with_the_screens_own_facts(tmp_path):
@@ -413,7 +407,7 @@ def test_a_read_ahead_answers_from_the_last_file_with_the_screens_own_facts(tmp_
     items = tuple(proto.ReadItem(str(f.resolve()), str(f), f.stem) for f in files)
     discovery = SmartDiscovery(base)
     with discovery.make_pool().start() as pool:
-        _warm(pool, tmp_path)
+        warm(pool, tmp_path / "warm-up")
         listing = proto.ReadFiles(items, 32 * 1024, 2000, 16 * 1024**2, str(base))
         [(process, share)] = pool.read_ahead(listing)
         assert share == list(range(len(items)))
@@ -446,7 +440,7 @@ def test_a_read_ahead_process_that_dies_leaves_its_files_to_the_server(tmp_path)
     alone = SmartDiscovery(base, cache_dir=tmp_path / "alone").run()
     discovery = SmartDiscovery(base, cache_dir=tmp_path / "ahead")
     with discovery.make_pool().start() as pool:
-        _warm(pool, tmp_path)
+        warm(pool, tmp_path / "warm-up")
         started = pool.read_ahead
 
         def killed(listing):
