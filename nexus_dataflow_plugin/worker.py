@@ -189,6 +189,18 @@ def _private_channel(fd: int) -> int:
     return high
 
 
+def _own_process(stderr_fd: int | None) -> None:
+    """A forked child's start: a process group of its own (killed as one), the default
+    signal handlers, ``/dev/null`` as stdin and stdout, and as stderr unless given."""
+    os.setpgid(0, 0)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(null if stderr_fd is None else stderr_fd, 2)
+
+
 def _child(run: proto.RunFile, init: proto.Init, result_fd: int, stderr_fd: int) -> None:
     """Runs in the forked child: one file, then exit. Never returns.
 
@@ -197,13 +209,7 @@ def _child(run: proto.RunFile, init: proto.Init, result_fd: int, stderr_fd: int)
     """
     code = 0
     try:
-        os.setpgid(0, 0)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.dup2(stderr_fd, 2)
+        _own_process(stderr_fd)
         channel = _private_channel(result_fd)
         os.closerange(3, channel)
         os.closerange(channel + 1, 1 << 20)
@@ -311,12 +317,7 @@ def _read_ahead(init: proto.Init, listing_fd: int, result_fd: int) -> None:
     """
     code = 0
     try:
-        os.setpgid(0, 0)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
+        _own_process(None)
         with os.fdopen(listing_fd, "rb") as handle:
             listing = proto.decode(handle.read(), proto.ReadFiles)
         os.closerange(3, result_fd)
@@ -325,35 +326,39 @@ def _read_ahead(init: proto.Init, listing_fd: int, result_fd: int) -> None:
         if init.memory_bytes:
             resource.setrlimit(resource.RLIMIT_AS, (init.memory_bytes, init.memory_bytes))
         gc.disable()  # each file's trees and builders are freed as it ends
-
-        from nexus_dataflow_plugin import declarative, screen
-
         with transfer.quiet_rebuilds:
             for index in range(len(listing.items) - 1, -1, -1):
-                item = listing.items[index]
-                try:
-                    data = paths.read_regular(item.real, listing.max_file_bytes)
-                except OSError:
-                    continue
-                if not 0 < len(data) <= listing.max_file_bytes:
-                    continue
-                tree = screen.parse(data)
-                facts = screen.analyze_tree(data, tree)
-                if facts.error is not None:
-                    continue
-                record = None
-                if facts.model is None:
-                    read = declarative.read(
-                        tree, item.path, item.module, facts.factories,
-                        max_nodes=listing.max_nodes, max_bytes=listing.max_bytes,
-                        project_root=listing.project_root)
-                    record = read.record if read is not None and read.workflows else None
-                reading = proto.Reading(index, hashlib.sha256(data).hexdigest(),
-                                        screen.facts_to_json(facts), record)
-                proto.write_all(result_fd, proto.frame(proto.FRAME_READING, reading))
+                reading = _reading(listing, index)
+                if reading is not None:
+                    proto.write_all(result_fd, proto.frame(proto.FRAME_READING, reading))
     except BaseException:  # noqa: BLE001 - the server screens what was not answered
         code = 70
     os._exit(code)
+
+
+def _reading(listing: proto.ReadFiles, index: int) -> proto.Reading | None:
+    """The read-ahead's answer for one file of ``listing``; None to leave it to the server."""
+    from nexus_dataflow_plugin import declarative, screen
+
+    item = listing.items[index]
+    try:
+        data = paths.read_regular(item.real, listing.max_file_bytes)
+    except OSError:
+        return None
+    if not 0 < len(data) <= listing.max_file_bytes:
+        return None
+    tree = screen.parse(data)
+    facts = screen.analyze_tree(data, tree)
+    if facts.error is not None:
+        return None
+    record = None
+    if facts.model is None:
+        read = declarative.read(tree, item.path, item.module, facts.factories,
+                                max_nodes=listing.max_nodes, max_bytes=listing.max_bytes,
+                                project_root=listing.project_root)
+        record = read.record if read is not None and read.workflows else None
+    return proto.Reading(index, hashlib.sha256(data).hexdigest(), screen.facts_to_json(facts),
+                         record)
 
 
 def _status(status: int) -> tuple[int | None, int | None]:
