@@ -531,8 +531,16 @@ class ScreenCache:
     def read_ahead(self, path: Path) -> tuple[str, str | None] | None:
         """What a read-ahead process made of ``path``, once ``facts(path)`` took its
         answer: the path it read it as, and its ``declarative`` record (None when the
-        file did not read as data there)."""
-        return self._read_ahead.pop(path, None)
+        file did not read as data there); None also when the file's stat has changed
+        since (rewritten after it was judged: it is read again, and found out)."""
+        answer = self._read_ahead.pop(path, None)
+        entry = self._entries.get(str(path))
+        try:
+            if answer is not None and _whole(entry) and entry[_STAT] == _stamp(os.stat(path)):
+                return answer
+        except OSError:
+            pass
+        return None
 
     def end_screens(self) -> None:
         """End the screen's processes still running: the scan asks for no more facts."""

@@ -373,43 +373,51 @@ class SmartDiscovery:
 
     def _read(self, screened: Screened, cache: ScreenCache) -> Imported | None:
         """A file that only declares workflows, read as data (``declarative``) from the
-        very bytes the screen judged; None when it must run in a process of its own.
-
-        Its reading comes from a read-ahead process when one read it (as the same path),
-        else from the readings kept for these bytes, else from reading it here."""
+        very bytes the screen judged; None when it must run in a process of its own."""
         candidate = screened.candidate
         began = time.monotonic()
-        judged = cache.digest(candidate.real)
         given = (str(candidate.path), Path(candidate.rel).stem, screened.facts.factories)
         bounds = {"max_nodes": self.limits.max_result_nodes,
                   "max_bytes": self.limits.max_result_bytes, "project_root": str(self.base)}
+        judged = cache.digest(candidate.real)
         key = hashlib.sha256(repr((judged, given, bounds)).encode()).hexdigest()
-        where = str(candidate.path)  # not real: two candidates may be one file
-        ahead = cache.read_ahead(candidate.real)  # type: ignore[arg-type] # screened
-        record = ahead[1] if ahead is not None and ahead[0] == where else None
-        workflows = None if record is None else declarative.recall(
-            record, max_nodes=bounds["max_nodes"], max_bytes=bounds["max_bytes"])
-        if workflows is not None:
-            cache.reads.put(where, key, record)  # type: ignore[arg-type] # recalled
-        else:
-            try:
-                data = read_regular(candidate.real, IN_PROCESS_MAX_BYTES)  # type: ignore[arg-type]
-            except OSError:
-                return None
-            if len(data) > IN_PROCESS_MAX_BYTES or hashlib.sha256(data).hexdigest() != judged:
-                return None  # changed since the screen: its process finds out, as for any file
-            record = cache.reads.get(where, key)
-            workflows = None if record is None else declarative.recall(
-                record, max_nodes=bounds["max_nodes"], max_bytes=bounds["max_bytes"])
-        if workflows is None:
-            read = declarative.read(cache.parsed(candidate.real, data),  # type: ignore[arg-type]
-                                    *given, **bounds)
-            if read is None or not read.workflows:  # none: the worker's report says why
-                return None
-            cache.reads.put(where, key, read.record)
-            workflows = read.workflows
+        read = self._reading(candidate.real, judged, given, bounds, key,  # type: ignore[arg-type]
+                             cache)
+        if read is None:
+            return None
+        workflows, new = read
+        if new is not None:
+            cache.reads.put(given[0], key, new)  # the path, not real: two may be one file
         return self._found(candidate.rel, _Loaded(workflows, [], []),
                            time.monotonic() - began, r.MSG_READ)
+
+    @staticmethod
+    def _reading(real: Path, judged: str | None, given: tuple[str, str, tuple[str, ...]],
+                 bounds: dict[str, Any], key: str, cache: ScreenCache
+                 ) -> tuple[dict[str, Workflow], str | None] | None:
+        """The file's workflows and, when they are new to the readings kept, their record:
+        the read-ahead's reading of it (as the same path), else the reading kept for the
+        bytes judged, else a reading of those bytes here. None: not data, or changed."""
+        limits = {"max_nodes": bounds["max_nodes"], "max_bytes": bounds["max_bytes"]}
+        ahead = cache.read_ahead(real)
+        if ahead is not None and ahead[0] == given[0] and ahead[1] is not None:
+            workflows = declarative.recall(ahead[1], **limits)
+            if workflows is not None:
+                return workflows, ahead[1]
+        try:
+            data = read_regular(real, IN_PROCESS_MAX_BYTES)
+        except OSError:
+            return None
+        if len(data) > IN_PROCESS_MAX_BYTES or hashlib.sha256(data).hexdigest() != judged:
+            return None  # changed since the screen: its process finds out, as for any file
+        kept = cache.reads.get(given[0], key)
+        workflows = None if kept is None else declarative.recall(kept, **limits)
+        if workflows is not None:
+            return workflows, None
+        read = declarative.read(cache.parsed(real, data), *given, **bounds)
+        if read is None or not read.workflows:  # none: the worker's report says why
+            return None
+        return read.workflows, read.record
 
     def _imported(self, rel: str, outcome: Outcome) -> Imported:
         """A file's outcome as a status and reason, with the workflows it gave."""

@@ -456,3 +456,40 @@ def test_a_read_ahead_process_that_dies_leaves_its_files_to_the_server(tmp_path)
         pool.read_ahead = killed
         ahead = SmartDiscovery(base, cache_dir=tmp_path / "ahead", pool=pool).run()
     assert _outcome(ahead) == _outcome(alone)
+
+
+def test_a_declaration_rewritten_after_the_read_ahead_read_it_is_found_out(
+        tmp_path, monkeypatch):
+    """The read-ahead judged the file's bytes; rewritten before the server uses its
+    reading (same size, mtime set back: a model file now), the file is read again and
+    found out, as without a read-ahead: its process refuses the new bytes unrun, the
+    screen sees the model file they are."""
+    from nexus_dataflow_plugin import report as r
+    from nexus_dataflow_plugin.cache import ScreenCache
+
+    base = tmp_path / "project"
+    workflows = base / "workflows"
+    workflows.mkdir(parents=True)
+    for i in range(40):
+        shutil.copyfile(DECLARATIONS[0], workflows / f"d{i:02}.py")
+    target = workflows / "zz_last.py"  # the read-ahead's first file
+    shutil.copyfile(DECLARATIONS[0], target)
+    model = "from dataflow import DataFlow\ndb = DataFlow('sqlite:///:memory:')\n"
+    model_bytes = model.ljust(len(target.read_text()), "#").encode()
+    real_digest = ScreenCache.digest
+
+    def digest_then_rewrite(self, path):
+        judged = real_digest(self, path)
+        if path.name == "zz_last.py" and path.read_bytes() != model_bytes:
+            stat = path.stat()
+            path.write_bytes(model_bytes)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        return judged
+
+    with SmartDiscovery(base).make_pool().start() as pool:
+        warm(pool, tmp_path / "warm-up")
+        monkeypatch.setattr(ScreenCache, "digest", digest_then_rewrite)
+        report = SmartDiscovery(base, cache=False, pool=pool).run()
+    entry = report.file("workflows/zz_last.py")
+    assert entry.status == r.SKIPPED_MODEL, entry.reason
+    assert all(report.file(f"workflows/d{i:02}.py").status == r.REGISTERED for i in range(40))
