@@ -488,7 +488,7 @@ class ScreenCache:
         if self._ahead and path in self._ahead:
             process, place = self._ahead.pop(path)
             reading = process.take(place)  # None: not answered yet, screened here
-            if reading is not None:
+            if reading is not None and self._unchanged(path, self._stamps.get(path)):
                 try:
                     facts = facts_from_json(reading.facts)
                 except (TypeError, ValueError):
@@ -535,12 +535,18 @@ class ScreenCache:
         since (rewritten after it was judged: it is read again, and found out)."""
         answer = self._read_ahead.pop(path, None)
         entry = self._entries.get(str(path))
-        try:
-            if answer is not None and _whole(entry) and entry[_STAT] == _stamp(os.stat(path)):
-                return answer
-        except OSError:
-            pass
+        if answer is not None and _whole(entry) and self._unchanged(path, entry[_STAT]):
+            return answer
         return None
+
+    @staticmethod
+    def _unchanged(path: Path, stamp: list[int] | None) -> bool:
+        """``path``'s stat is still ``stamp``: a read-ahead read the file long before the
+        server's turn for it, and a file running meanwhile may have changed it since."""
+        try:
+            return stamp is not None and _stamp(os.stat(path)) == stamp
+        except OSError:
+            return False
 
     def end_screens(self) -> None:
         """End the screen's processes still running: the scan asks for no more facts."""

@@ -69,6 +69,9 @@ DATA_ONLY_KEYS = frozenset({"code", "description", "max_code_lines"})
 _SCALARS = (str, int, float, bool, type(None))
 _MAX_DEPTH = 32
 _MAX_NAME = 256  # characters in a node id, a port or a connection's end
+# Compiling nests about a C call per level of the tree, against a limit of three per
+# Python frame left: 200 levels compile from any caller, anywhere in a scan.
+_MAX_COMPILE_DEPTH = 200
 # Work, over all of a file's builder calls: characters of argument, counting a value
 # as often as it is passed (a config dict bound once and passed to every node), and
 # each node a ``build()`` constructs, as often as it is built (a builder built under
@@ -231,12 +234,13 @@ class _Scope:
         elif not isinstance(statement, ast.Pass):
             raise _NotData(type(statement).__name__)
 
-    def value(self, node: ast.expr) -> Any:
-        """A whole expression: a literal, a name (bound to anything), or a call."""
+    def value(self, node: ast.expr, depth: int = 0) -> Any:
+        """A whole expression: a literal, a name (bound to anything), or a call (``depth``:
+        the calls it is inside, as the receiver or an argument of each)."""
         if isinstance(node, ast.Name):
             return self.lookup(node.id)
         if isinstance(node, ast.Call):
-            return self.call(node)
+            return self.call(node, depth)
         return self.literal(node, 0)
 
     def literal(self, node: ast.expr, depth: int) -> Any:
@@ -268,9 +272,11 @@ class _Scope:
             return value
         raise _NotData(type(node).__name__)
 
-    def call(self, node: ast.expr) -> Any:
+    def call(self, node: ast.expr, depth: int = 0) -> Any:
         if not isinstance(node, ast.Call):
             raise _NotData(type(node).__name__)
+        if depth > _MAX_DEPTH:  # a chain of calls: what the stack allows must not decide
+            raise _NotData("calls nested too deep")
         if any(isinstance(a, ast.Starred) for a in node.args) or any(
                 k.arg is None for k in node.keywords):
             raise _NotData("* or ** in a call")
@@ -284,11 +290,11 @@ class _Scope:
             return _Builder(self.replay)
         if not isinstance(func, ast.Attribute):
             raise _NotData("a call of an expression")
-        target = self.value(func.value)
+        target = self.value(func.value, depth + 1)
         if type(target) is not _Builder:
             raise _NotData(f".{func.attr}() of something other than a WorkflowBuilder")
-        args = [self.value(a) for a in node.args]
-        kwargs = {k.arg: self.value(k.value) for k in node.keywords}
+        args = [self.value(a, depth + 1) for a in node.args]
+        kwargs = {k.arg: self.value(k.value, depth + 1) for k in node.keywords}
         added = _check(func.attr, args, kwargs, target)
         self.replay.charge([args, kwargs])
         self.replay.charge_connections(target, added)
@@ -352,6 +358,20 @@ def _data_only(node_type: str) -> bool:
     module = DATA_ONLY_NODES.get(node_type)
     cls = NodeRegistry._nodes.get(node_type)
     return module is not None and cls is not None and cls.__module__ == module
+
+
+def _deeper_than(tree: ast.AST, limit: int) -> bool:
+    """The tree nests more than ``limit`` nodes deep. Compiling a tree recurses as deep
+    as it nests, against a limit that counts the caller's own stack: past this depth,
+    whether it compiles would depend on who reads the file (the server, deep in a scan,
+    or a read-ahead process), so such a file goes to its process instead."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return False
 
 
 def _at_start(body: list[ast.stmt], index: int) -> bool:
@@ -440,6 +460,8 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
         if probed.failures:
             return None
         if replay.skipped or not all(f.ran for f in replay.factories):
+            if _deeper_than(tree, _MAX_COMPILE_DEPTH):  # (see _deeper_than)
+                raise _NotData(f"code nested more than {_MAX_COMPILE_DEPTH} deep")
             compile(tree, path, "exec", dont_inherit=True)  # SyntaxError: the worker's
         nodes = size = 0
         index: dict[int, int] = {}  # id(workflow) -> its place in texts and counts

@@ -142,6 +142,37 @@ def test_the_reader_declines_anything_outside_its_language(source):
                             max_bytes=16 << 20, project_root="/p") is not None
 
 
+def _read_from_depth(source: str, frames: int):
+    """``declarative.read`` of ``source`` called ``frames`` Python frames deep."""
+    def down(n: int):
+        if n:
+            return down(n - 1)
+        return declarative.read(parse(source.encode()), "/p/workflows/f.py", "f", (),
+                                max_nodes=2000, max_bytes=16 << 20, project_root="/p")
+    return down(frames)
+
+
+@pytest.mark.parametrize("source, read", [
+    # a chain of add_connection calls (each returns the builder): 30 links read, 40 do not
+    ("b.add_node('PythonCodeNode', 'a', cfg)\nb.add_node('PythonCodeNode', 'z', cfg)\nb"
+     + "".join(f".add_connection('a', 'o{i}', 'z', 'i{i}')" for i in range(30)) + "\n", True),
+    ("b.add_node('PythonCodeNode', 'a', cfg)\nb.add_node('PythonCodeNode', 'z', cfg)\nb"
+     + "".join(f".add_connection('a', 'o{i}', 'z', 'i{i}')" for i in range(40)) + "\n", False),
+    # code nested 300 deep under a __main__ guard (compiled, not replayed): not read
+    ("if __name__ == '__main__':\n    x = " + "-" * 300 + "1\n", False),
+    ("if __name__ == '__main__':\n    x = " + "-" * 100 + "1\n", True),
+])
+def test_whether_a_file_reads_as_data_does_not_depend_on_the_readers_stack(source, read):
+    """The server reads deep in a scan, a read-ahead process near the bottom of its stack:
+    a chain of calls and a nested tree are bounded by the reader itself, so both decide
+    alike, whatever the recursion limit leaves them."""
+    head = ("from kailash.workflow.builder import WorkflowBuilder\n"
+            "b = WorkflowBuilder()\ncfg = {'code': 'result = {}'}\n")
+    shallow, deep = _read_from_depth(head + source, 0), _read_from_depth(head + source, 600)
+    assert (shallow is not None) == read
+    assert (deep is not None) == read
+
+
 @pytest.mark.parametrize("nodes, aliases, read", [(100, 1, True), (300, 40, False)])
 def test_each_build_is_charged_when_it_happens_whoever_builds(nodes, aliases, read):
     """A factory called first fills the builder that other names hold: the probe's builds

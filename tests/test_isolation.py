@@ -493,3 +493,34 @@ def test_a_declaration_rewritten_after_the_read_ahead_read_it_is_found_out(
     entry = report.file("workflows/zz_last.py")
     assert entry.status == r.SKIPPED_MODEL, entry.reason
     assert all(report.file(f"workflows/d{i:02}.py").status == r.REGISTERED for i in range(40))
+
+
+def test_a_file_swapped_for_a_fifo_after_the_read_ahead_read_it_is_an_error_as_without_it(
+        tmp_path, monkeypatch):
+    """The read-ahead read the last file first; a FIFO takes its place before the
+    server's turn for it. The server takes no reading of a file whose stat changed: it
+    screens the file itself, which cannot be read (as the server alone reports it)."""
+    from nexus_dataflow_plugin import report as r
+    from nexus_dataflow_plugin.cache import ScreenCache
+
+    base = tmp_path / "project"
+    workflows = base / "workflows"
+    workflows.mkdir(parents=True)
+    for i in range(40):
+        shutil.copyfile(DECLARATIONS[0], workflows / f"d{i:02}.py")
+    target = workflows / "zz_last.py"  # the read-ahead's first file
+    shutil.copyfile(DECLARATIONS[0], target)
+    real_facts = ScreenCache.facts
+
+    def swap_then_ask(self, path):
+        if path.name == "zz_last.py" and not target.is_fifo():
+            target.unlink()
+            os.mkfifo(target)
+        return real_facts(self, path)
+
+    with SmartDiscovery(base).make_pool().start() as pool:
+        warm(pool, tmp_path / "warm-up")
+        monkeypatch.setattr(ScreenCache, "facts", swap_then_ask)
+        report = SmartDiscovery(base, cache=False, pool=pool).run()
+    entry = report.file("workflows/zz_last.py")
+    assert entry.status == r.ERROR and "not a regular file" in entry.reason, entry
