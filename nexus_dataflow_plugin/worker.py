@@ -265,13 +265,18 @@ def _state() -> tuple[Any, ...]:
     """What a file's process inherits from this worker besides its memory: resource
     limits, scheduling, priority, CPU affinity, cwd, umask. A file that changed any of
     them from outside (``prlimit``, ``renice``, ``chrt`` on its worker) would change
-    every later file's run, so the worker compares them before each fork."""
+    every later file's run, so the worker compares them before each fork. A working
+    directory removed from under it counts as changed too."""
     umask = os.umask(0)
     os.umask(umask)
     limits = tuple(resource.getrlimit(getattr(resource, name))
                    for name in sorted(dir(resource)) if name.startswith("RLIMIT_"))
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:  # the project directory was removed (and perhaps made anew) since
+        cwd = None
     return (limits, os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0),
-            tuple(sorted(os.sched_getaffinity(0))), os.getcwd(), umask)
+            tuple(sorted(os.sched_getaffinity(0))), cwd, umask)
 
 
 def _start(control: socket.socket, run: proto.RunFile, fds: list[int],

@@ -524,3 +524,22 @@ def test_a_file_swapped_for_a_fifo_after_the_read_ahead_read_it_is_an_error_as_w
         report = SmartDiscovery(base, cache=False, pool=pool).run()
     entry = report.file("workflows/zz_last.py")
     assert entry.status == r.ERROR and "not a regular file" in entry.reason, entry
+
+
+def test_a_project_directory_made_anew_under_warm_workers_costs_no_file_its_status(tmp_path):
+    """Removed and made again (a fresh checkout) while the pool's workers are warm: their
+    working directory is gone, so they hand their first file back and end, and the file
+    runs in a fresh worker, as any file whose worker changed from outside."""
+    from nexus_dataflow_plugin import report as r
+
+    base = tmp_path / "project"
+    layout = {"workflows/good.py": "good_pipeline.py"}
+    place(base, layout, ENGINE)
+    with SmartDiscovery(base).make_pool().start() as pool:
+        assert SmartDiscovery(base, cache=False, pool=pool).run().file(
+            "workflows/good.py").status == r.REGISTERED
+        shutil.rmtree(base)
+        place(base, layout, ENGINE)
+        report = SmartDiscovery(base, cache=False, pool=pool).run()
+    assert report.file("workflows/good.py").status == r.REGISTERED, report.file(
+        "workflows/good.py")
