@@ -313,7 +313,7 @@ class _PoolProcess:
 
 # Given the small uncached files of a screen, in order: the read-ahead processes it
 # started for them, each with the places (in that list) of the files it answers.
-ReadAhead = Callable[[list[Path]], list[tuple[ReadAheadProcess, list[int]]]]
+StartsReadAhead = Callable[[list[Path]], list[tuple[ReadAheadProcess, list[int]]]]
 
 
 class ScreenCache:
@@ -390,7 +390,7 @@ class ScreenCache:
         return value if isinstance(value, str) else None
 
     def prefetch(self, files: Iterable[tuple[Path, list[int] | None]],
-                 ahead: ReadAhead | None = None) -> None:
+                 ahead: StartsReadAhead | None = None) -> None:
         """Take the cached facts of ``files`` whose stat is unchanged, and start the
         screens of the others now: the large ones out of process side by side, so that
         none waits for another's timeout, and the small ones in read-ahead processes
@@ -637,6 +637,8 @@ def _read_cache_file(path: Path) -> bytes | None:
     regular file (a FIFO planted there would block the scan), larger than
     ``CACHE_FILE_MAX_BYTES``, or unreadable."""
     try:
+        if os.stat(path).st_size > CACHE_FILE_MAX_BYTES:  # (a FIFO's stat does not block)
+            return None
         data = read_regular(path, CACHE_FILE_MAX_BYTES)
     except (OSError, MemoryError):
         return None

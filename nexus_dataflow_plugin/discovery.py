@@ -29,7 +29,7 @@ from kailash.workflow import Workflow
 from . import declarative
 from . import protocol as proto
 from . import report as r
-from .cache import IN_PROCESS_MAX_BYTES, ReadAhead, ScreenCache
+from .cache import IN_PROCESS_MAX_BYTES, ScreenCache, StartsReadAhead
 from .config import Settings, with_arguments
 from .finder import Candidate, Found, find_candidates, resolve_base
 from .imports import ImportGraph
@@ -266,7 +266,7 @@ class SmartDiscovery:
                 yield r.FileResult(candidate.rel, *verdict, duration_s=time.monotonic() - began)
         cache.end_screens()  # read-ahead processes on: their cores are the workers' now
 
-    def _read_ahead(self, candidates: Sequence[Candidate]) -> ReadAhead | None:
+    def _read_ahead(self, candidates: Sequence[Candidate]) -> StartsReadAhead | None:
         """Read-ahead processes on the given pool's warm workers, for the files the
         screen has no facts of (None without a pool: a pool started for this scan is
         not warm before its screen ends)."""

@@ -293,16 +293,16 @@ class ReadAheadProcess:
         self.pid: int | None = None  # None once it is killed, too
         self._pidfd: int | None = None
         self._frames = proto.FrameReader(limit)
-        self.channel, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.channel.setblocking(False)
         memory = os.memfd_create("nexus-dataflow-read-ahead", os.MFD_CLOEXEC)
         try:
             proto.write_all(memory, proto.encode(listing))
             os.lseek(memory, 0, os.SEEK_SET)
-            self.open = worker.send(proto.ReadAhead(number), [memory, child.fileno()])
+            self.channel, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            with child:
+                self.channel.setblocking(False)
+                self.open = worker.send(proto.ReadAhead(number), [memory, child.fileno()])
         finally:
             os.close(memory)
-            child.close()
 
     def take(self, index: int) -> proto.Reading | None:
         """The answer for the ``index``-th file, if it has come; never waits. A file not
