@@ -47,6 +47,7 @@ from typing import Any, BinaryIO
 
 from . import __version__
 from .config import Settings
+from .finder import MSG_TOO_LARGE
 from .finder import stamp as _stamp
 from .paths import read_regular
 from .processes import ReadAheadProcess, usable_cores
@@ -324,11 +325,15 @@ class ScreenCache:
     """
 
     def __init__(self, base: Path, directory: Path | None = None, persist: bool = True,
-                 timeout: float = Settings.timeout) -> None:
+                 timeout: float = Settings.timeout,
+                 max_file_bytes: int = Settings.max_file_bytes) -> None:
         digest = hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:16]
         self.path = (directory or default_cache_dir()) / f"screen-{digest}.json"
         self.persist = persist
         self.timeout = timeout
+        # A file is read up to this: a candidate grown since the finder measured it, or a
+        # module a candidate imports, is no more the server's memory than a candidate.
+        self.max_file_bytes = max_file_bytes
         self._entries: dict[str, Any] = {}
         self._memo: dict[Path, Facts] = {}
         self._last_tree: tuple[Path, bytes, ast.Module | str] | None = None
@@ -466,9 +471,16 @@ class ScreenCache:
         if cached is not None:
             return cached
         try:
-            return stamp, read_regular(path)
+            data = read_regular(path, self.max_file_bytes)
         except OSError as exc:
             return Facts(error=MSG_UNREADABLE.format(what=exc.strerror or exc))
+        if len(data) > self.max_file_bytes:  # grown since its stat, or a module it imports
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = len(data)
+            return Facts(error=MSG_TOO_LARGE.format(size=size, limit=self.max_file_bytes))
+        return stamp, data
 
     def _cached(self, path: Path, stamp: list[int]) -> Facts | None:
         """The facts stored for ``path`` while its stat is ``stamp``; None if there are

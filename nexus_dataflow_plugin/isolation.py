@@ -13,6 +13,7 @@ server directly. Process mechanics are ``processes``'s, the messages
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -146,6 +147,10 @@ class _Flight:
     dead_at: float | None = None
     result_open: bool = True
     orphaned: bool = False  # its worker was retired before the file reported Started
+    # What the worker calls it (``RunFile.id``, then ``Exited.id``): unique in the pool,
+    # unlike the task's id (its place in a scan), so a late ``Exited`` of an earlier
+    # scan's file is never taken for this one's.
+    dispatch: int = 0
 
     def running_s(self, now: float) -> float:
         return now - (self.started_at if self.started_at is not None else self.dispatched_at)
@@ -226,6 +231,7 @@ class WorkerPool:
         self._broken: str | None = None  # why no worker can start, once that is clear
         self._workers: list[WorkerProcess] = []
         self._flights: dict[int, _Flight] = {}
+        self._dispatches = itertools.count()
         self._selector = selectors.DefaultSelector()
 
     # -- lifecycle ---------------------------------------------------------
@@ -450,13 +456,14 @@ class WorkerPool:
         inner = max(self.limits.timeout_s * 0.8, self.limits.timeout_s - 1.0)
         modules = self.init.node_modules
         preload = sorted({modules[t] for t in task.node_types if t in modules})
-        run = proto.RunFile(task.id, task.path, task.module, tuple(task.factories),
+        dispatch = next(self._dispatches)
+        run = proto.RunFile(dispatch, task.path, task.module, tuple(task.factories),
                             tuple(preload), inner, task.digest, tuple(task.standins))
         channels, child_fds = FileChannels.open(self.limits.max_result_bytes + 4096)
         sent = worker.send(run, child_fds)
         for fd in child_fds:
             _close(fd)
-        flight = _Flight(task, worker, channels, time.monotonic(), slow)
+        flight = _Flight(task, worker, channels, time.monotonic(), slow, dispatch=dispatch)
         self._flights[task.id] = flight
         self._selector.register(channels.result, selectors.EVENT_READ, ("result", flight))
         self._selector.register(channels.stderr, selectors.EVENT_READ, ("fstderr", flight))
@@ -513,7 +520,8 @@ class WorkerPool:
                 worker.ready = True
                 self._start_failures = 0
                 continue
-            flight = self._flights.get(message.id)
+            flight = next((f for f in self._flights.values() if f.dispatch == message.id),
+                          None)
             if flight is None or flight.worker is not worker:
                 continue  # a file already finished (killed after its result): expected
             flight.exit = (message.code, message.signal)

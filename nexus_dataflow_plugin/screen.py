@@ -21,6 +21,7 @@ import ast
 import hashlib
 import json
 import re
+import sys
 import threading
 import warnings
 from typing import IO, Any, NamedTuple
@@ -700,13 +701,43 @@ def _ast_parse(data: bytes) -> ast.Module:
             return ast.parse(data)
 
 
+# Building the syntax tree's objects recurses once per level of nesting against the
+# recursion limit, which counts the caller's own frames: a file nested near the limit
+# would parse in a shallow process (a read-ahead) and not in the server deep in a scan.
+# A parse that runs out retries with this much room above the caller, whoever it is.
+PARSE_ROOM = 1000
+_ROOM = threading.Lock()
+
+
+def _frames() -> int:
+    frame, count = sys._getframe(), 0
+    while frame is not None:
+        frame, count = frame.f_back, count + 1
+    return count
+
+
+def _parse_with_room(data: bytes) -> ast.Module:
+    """``_ast_parse`` with at least ``PARSE_ROOM`` frames of recursion above this one:
+    the limit is only ever raised, and only while this parse runs."""
+    with _ROOM:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, _frames() + PARSE_ROOM))
+        try:
+            return _ast_parse(data)
+        finally:
+            sys.setrecursionlimit(limit)
+
+
 def parse(data: bytes) -> ast.Module | str:
     """The AST, or an error message with the line."""
     nul = data.find(b"\0")
     if nul >= 0:
         return MSG_NUL.format(line=data.count(b"\n", 0, nul) + 1, offset=nul)
     try:
-        return _ast_parse(data)
+        try:
+            return _ast_parse(data)
+        except RecursionError:
+            return _parse_with_room(data)
     except SyntaxError as exc:
         message = MSG_DECODE if _ENCODING_WORDS.search(exc.msg or "") else MSG_SYNTAX
         return message.format(what=exc.msg, line=exc.lineno or 1)

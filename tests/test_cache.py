@@ -409,3 +409,14 @@ def test_loading_the_cache_runs_no_full_collection_even_outside_a_scan(tmp_path:
     assert passes == []
     assert gc.isenabled()
     assert cache.facts((workflows / "flow_0.py").resolve()).imports
+
+
+def test_a_file_larger_than_max_file_bytes_is_not_read_whole(tmp_path: Path):
+    """A candidate grown after the finder measured it, or a module a candidate imports,
+    is read up to ``max_file_bytes`` and refused: no more of it reaches the server."""
+    big = tmp_path / "helpers.py"
+    with big.open("wb") as handle:
+        handle.truncate(1 << 30)  # a sparse gigabyte
+    cache = ScreenCache(tmp_path, tmp_path / "cache", max_file_bytes=4096)
+    facts = cache.facts(big)
+    assert facts.error is not None and "over the 4,096-byte limit" in facts.error

@@ -529,7 +529,9 @@ def test_a_file_swapped_for_a_fifo_after_the_read_ahead_read_it_is_an_error_as_w
 def test_a_project_directory_made_anew_under_warm_workers_costs_no_file_its_status(tmp_path):
     """Removed and made again (a fresh checkout) while the pool's workers are warm: their
     working directory is gone, so they hand their first file back and end, and the file
-    runs in a fresh worker, as any file whose worker changed from outside."""
+    runs in a fresh worker, as any file whose worker changed from outside. (Its task id
+    is the first scan's too: that file's late ``Exited`` was once taken for this one's,
+    which then read as "exited with status 0 before reporting".)"""
     from nexus_dataflow_plugin import report as r
 
     base = tmp_path / "project"

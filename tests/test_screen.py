@@ -468,3 +468,21 @@ def test_code_behind_a_dict_unpacking_or_a_bare_keyword_only_parameter_is_still_
     modules = [ref.module for ref in facts.imports]
     assert "sized" in modules and "base_settings" in modules
     assert facts.model is not None
+
+
+def test_a_file_nested_near_the_recursion_limit_parses_alike_from_any_depth():
+    """Building the tree's objects recurses per level against a limit that counts the
+    caller's frames: the server, deep in a scan, parses what a shallow read-ahead does."""
+    import sys
+
+    from nexus_dataflow_plugin.screen import parse
+
+    source = ("x = " + "+".join(["1"] * 2500) + "\n").encode()  # parses from a shallow stack
+
+    def down(n: int):
+        return down(n - 1) if n else parse(source)
+
+    limit = sys.getrecursionlimit()
+    shallow, deep = parse(source), down(300)
+    assert not isinstance(shallow, str) and not isinstance(deep, str), str(deep)[:80]
+    assert sys.getrecursionlimit() == limit  # raised only while the parse ran
