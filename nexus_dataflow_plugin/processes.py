@@ -105,10 +105,7 @@ class FileChannels:
 
     def watch(self, pid: int) -> None:
         """Start watching the file's process itself (so its death is seen, whoever reaps it)."""
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self.pidfd = None
+        self.pidfd = pidfd_of(pid)
 
     def close(self) -> None:
         for sock in (self.result, self.stderr):
@@ -116,6 +113,15 @@ class FileChannels:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+
+
+def pidfd_of(pid: int) -> int | None:
+    """A descriptor for the process ``pid`` (a kill through it never hits a recycled
+    pid), or None where the platform has none or the process is gone."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def kill_file(pid: int | None, pidfd: int | None) -> None:
@@ -310,7 +316,7 @@ class ReadAheadProcess:
         server takes an answer right after a file it screened itself, the two have met
         and the process stops (what it sent before stays readable)."""
         if index not in self.answers and self.open:
-            self._drain()
+            self._take_in()
         reading = self.answers.pop(index, None)
         if reading is None:
             self._taken.add(index)
@@ -318,7 +324,8 @@ class ReadAheadProcess:
             self._stop()
         return reading
 
-    def _drain(self) -> None:
+    def _take_in(self) -> None:
+        """Every answer readable now (see ``take``)."""
         try:
             while self.open:
                 data = _drain(self.channel)
@@ -329,7 +336,7 @@ class ReadAheadProcess:
                     if kind == proto.FRAME_STARTED and not self._started:
                         self._started = True
                         self.pid = proto.decode(body, proto.Started).pid
-                        self._watch()
+                        self._pidfd = pidfd_of(self.pid)
                     elif kind == proto.FRAME_READING and self._started:
                         reading = proto.decode(body, proto.Reading)
                         if reading.index not in self._taken:
@@ -339,12 +346,6 @@ class ReadAheadProcess:
         except proto.ProtocolError as exc:
             logger.warning("read-ahead process %s stopped: %s", self.pid, exc)
             self.close()
-
-    def _watch(self) -> None:
-        try:
-            self._pidfd = os.pidfd_open(self.pid)  # type: ignore[arg-type]
-        except (AttributeError, OSError):
-            self._pidfd = None
 
     def _stop(self) -> None:
         """Kill the process; its pidfd goes with it (its pid may be another's after)."""
