@@ -119,7 +119,7 @@ class ReadFiles:
     itself). Only this package's code runs there, never a file's."""
 
     items: tuple[ReadItem, ...]
-    max_file_bytes: int  # larger files are the server's to screen
+    screen_max_bytes: int  # files it screens are at most this; larger ones are the server's
     max_nodes: int
     max_bytes: int
     project_root: str

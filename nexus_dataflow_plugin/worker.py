@@ -347,10 +347,10 @@ def _reading(listing: proto.ReadFiles, index: int) -> proto.Reading | None:
 
     item = listing.items[index]
     try:
-        data = paths.read_regular(item.real, listing.max_file_bytes)
+        data = paths.read_regular(item.real, listing.screen_max_bytes)
     except OSError:
         return None
-    if not 0 < len(data) <= listing.max_file_bytes:
+    if not 0 < len(data) <= listing.screen_max_bytes:
         return None
     tree = screen.parse(data)
     facts = screen.analyze_tree(data, tree)
