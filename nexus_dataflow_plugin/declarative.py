@@ -44,7 +44,7 @@ from kailash.workflow.builder import WorkflowBuilder
 from .probe import probe
 from .protocol import is_text
 from .screen import is_main_guard
-from .transfer import encode
+from .transfer import encode, rebuild
 
 logger = logging.getLogger(__name__)
 
@@ -511,7 +511,7 @@ def recall(record: str, *, max_nodes: int, max_bytes: int) -> dict[str, Workflow
         counts = [len(data["nodes"]) + len(data["connections"]) for data in datas]
         if sum(counts[place] for _, place in names) > max_nodes:
             return None
-        built = []
+        built, strings = [], {}
         for data, made_up in zip(datas, stored["made_up"], strict=True):
             new_id, new_name, new_time = made_up
             if {type(flag) for flag in made_up} != {bool} or not (
@@ -523,7 +523,7 @@ def recall(record: str, *, max_nodes: int, max_bytes: int) -> dict[str, Workflow
                 data["name"] = f"Workflow-{data['workflow_id'][:8]}"
             if new_time:
                 data["metadata"]["created_at"] = datetime.now(UTC).isoformat()
-            built.append(Workflow.from_dict(data))
+            built.append(rebuild(data, strings))
         found = {}
         for attr, place in names:
             if type(attr) is not str or type(place) is not int or not 0 <= place < len(built):

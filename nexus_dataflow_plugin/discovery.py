@@ -90,6 +90,7 @@ class _Loaded:
 def _decode_result(result: proto.Result, models: ModelIndex | None = None,
                    models_loaded: bool = True) -> _Loaded:
     loaded = _Loaded({}, [], list(result.failures))
+    strings: dict[str, str] = {}
     for entry in result.workflows:
         problems = list(entry.problems)
         if entry.model_nodes and models is not None and not problems:
@@ -106,7 +107,7 @@ def _decode_result(result: proto.Result, models: ModelIndex | None = None,
                 continue
         if not problems and entry.data is not None:
             try:
-                loaded.workflows[entry.attr] = decode(entry.data, entry.node_modules)
+                loaded.workflows[entry.attr] = decode(entry.data, entry.node_modules, strings)
                 continue
             except Exception as exc:  # noqa: BLE001 - any rebuild failure is reported
                 problems = [f"{type(exc).__name__}: {exc}"]

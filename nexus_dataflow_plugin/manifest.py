@@ -382,13 +382,15 @@ def _rebuild(manifest: Mapping[str, Any], rels: Iterable[str]) -> tuple[
     """Each file's workflows rebuilt from data; the files where that failed, and why."""
     by_file: dict[str, dict[str, Workflow]] = {rel: {} for rel in rels}
     failed: dict[str, str] = {}
+    strings: dict[str, str] = {}
     with quiet_rebuilds:
         for name, record in manifest["workflows"].items():
             rel = record["file"]
             if rel not in by_file or rel in failed:
                 continue
             try:
-                by_file[rel][name] = decode(record["data"], record.get("node_modules") or {})
+                by_file[rel][name] = decode(record["data"], record.get("node_modules") or {},
+                                            strings)
             except Exception as exc:  # noqa: BLE001 - any rebuild failure: rescan that file
                 failed[rel] = UNREBUILDABLE.format(error=f"{type(exc).__name__}: {exc}")
     return by_file, failed

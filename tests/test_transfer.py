@@ -136,6 +136,31 @@ def test_encode_is_plain_json_and_decode_rebuilds_the_same_graph(tmp_path):
         original.graph.edges(data=True), key=repr
     )
 
+def test_workflows_rebuilt_together_hold_one_object_per_equal_string(tmp_path):
+    """The server keeps what it rebuilds: equal strings decoded apart (node types, the
+    same code) are one object across a file's workflows, and the graph is unchanged."""
+    import json
+
+    encoded = transfer.encode(_pipeline(), str(tmp_path), set())
+    text = json.dumps(encoded.data)
+    strings: dict[str, str] = {}
+    first, second = (transfer.decode(json.loads(text), encoded.node_modules, strings)
+                     for _ in range(2))
+    assert first.to_dict()["nodes"] == second.to_dict()["nodes"] == encoded.data["nodes"]
+    assert first.nodes["a"].node_type is second.nodes["b"].node_type
+    assert first.nodes["a"].config["code"] is second.nodes["a"].config["code"]
+
+
+def test_a_rebuild_walks_config_nested_past_the_recursion_limit(tmp_path):
+    encoded = transfer.encode(_pipeline(), str(tmp_path), set())
+    deep: object = "leaf"
+    for _ in range(sys.getrecursionlimit() + 100):
+        deep = [deep]
+    encoded.data["metadata"]["deep"] = deep
+    rebuilt = transfer.rebuild(encoded.data, {})
+    assert set(rebuilt.nodes) == {"a", "b"}
+
+
 
 def test_two_connections_between_one_pair_of_nodes_travel(tmp_path):
     """Kailash keeps them on one edge, its ports as lists; encode once raised TypeError
