@@ -12,6 +12,9 @@ what was written, so the benchmark can check both implementations against it).
   (``DataFlow("sqlite:///<dbs>/mN.db")`` and one or two ``@db.model`` classes),
   half plain workflow files of 2 to 5 ``PythonCodeNode`` nodes with connections.
 - ``workflows_tree``: ``n`` plain workflow files, no models.
+- ``builders_tree``: ``n`` workflow files that build with a loop over their steps and
+  a helper function for each node's code, as people write them: no declaration the
+  server can read as data, so each runs in a process of its own.
 - ``add_hostile``: files that hang at import (sleep, busy loop, a busy loop
   that ignores SIGALRM).
 - ``screen_tree``: ``n`` files for the static screen alone (the mixed kinds).
@@ -124,6 +127,42 @@ def workflows_tree(root: Path, n: int, seed: int = 2) -> Tree:
     for i in range(n):
         stem = f"flow_{i:05d}"
         text, names = workflow_source(rng, stem)
+        _write(root / WORKFLOWS_DIR / f"{stem}.py", text)
+        tree.expected |= names
+        tree.files += 1
+    return tree
+
+
+def builder_source(rng: random.Random, stem: str) -> tuple[str, set[str]]:
+    """A workflow file that computes its nodes (a loop, a helper, an f-string), in a
+    factory or at module level, and the names it yields."""
+    steps = rng.randint(2, 6)
+    head = [f'"""Workflow file {stem} (generated): steps built in a loop."""', "",
+            "from kailash.workflow.builder import WorkflowBuilder", "",
+            f'STEPS = [f"step{{k}}" for k in range({steps})]', "", "",
+            "def _code(k: int) -> str:",
+            f'    return f"result = {{{{\'value\': {{k}} + {rng.randint(1, 99)}}}}}"', "", ""]
+    loop = ["for k, step in enumerate(STEPS):",
+            '    BUILDER.add_node("PythonCodeNode", step, {"code": _code(k)})',
+            "for a, b in zip(STEPS, STEPS[1:]):",
+            '    BUILDER.add_connection(a, "result", b, "data")']
+    if rng.randrange(2):
+        body = ["def build_pipeline():", "    BUILDER = WorkflowBuilder()",
+                *("    " + line for line in loop), "    return BUILDER.build()"]
+        names = {f"{stem}.build_pipeline"}
+    else:
+        body = ["BUILDER = WorkflowBuilder()", *loop, "workflow = BUILDER.build()"]
+        names = {stem}
+    return "\n".join(head + body) + "\n", names
+
+
+def builders_tree(root: Path, n: int, seed: int = 3) -> Tree:
+    """``n`` workflow files that compute their nodes, in workflows/, no models."""
+    rng = random.Random(seed)
+    tree = Tree(root)
+    for i in range(n):
+        stem = f"built_{i:05d}"
+        text, names = builder_source(rng, stem)
         _write(root / WORKFLOWS_DIR / f"{stem}.py", text)
         tree.expected |= names
         tree.files += 1

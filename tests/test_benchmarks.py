@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 RUN = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-BENIGN = ("seed", "mixed-40", "workflows-20")
+BENIGN = ("seed", "mixed-40", "workflows-20", "builders-20")
 
 
 @pytest.fixture(scope="module")
