@@ -7,9 +7,17 @@ fixed by its text. ``read`` replays exactly its builder calls, with its literals
 on real builders in this process (Kailash's code, never the file's), and finds
 the workflows with the worker's own ``probe``; no process is forked for it.
 
-The language is small on purpose, and bounded: a file of at most 32 KB, literals
-nested at most 32 deep, ``BUDGET`` of work over the whole file (every argument
-counted as often as it is passed, every node as often as it is built), at most
+The language is small on purpose, and bounded. Besides builder calls with literal
+arguments it has what files use to compute those arguments: ``for`` loops over
+lists, tuples, strings, dicts and their ``items()``/``keys()``/``values()``,
+``range``, ``enumerate`` and ``zip``; list comprehensions; f-strings; ``+`` of
+strings, numbers, lists or tuples and ``-`` of numbers; indexing and slicing; ``len``
+and ``str``; functions with positional parameters, which the file calls itself. Each
+is evaluated by Python on the file's own values, in Python's order and scopes.
+Bounds: a file of at most 32 KB; expressions, calls and loops nested at most 32 deep
+in all; ``BUDGET`` of work over the whole file (every argument counted as often as
+it is passed, every node as often as it is built, every loop turn and call by the
+size of the code it runs, every string made by its length); at most
 ``MAX_CONNECTIONS`` per builder. Anything outside it (any other call, name,
 statement or expression; a node type not in ``DATA_ONLY_NODES``, whose
 construction is known to do nothing but check and store its configuration, or a
@@ -28,9 +36,11 @@ up afresh, as a build would.
 from __future__ import annotations
 
 import ast
+import builtins
 import json
 import logging
 import math
+import re
 import sys
 import uuid
 from collections.abc import Collection
@@ -67,6 +77,15 @@ _IMPORTS = {
 # them than keep them (no logger named after them, no mode that logs at every build).
 DATA_ONLY_KEYS = frozenset({"code", "description", "max_code_lines"})
 _SCALARS = (str, int, float, bool, type(None))
+# Builtins a file may name while it binds no such name itself: the first five only in
+# the calls ``_Scope.iterable`` and ``_Scope.builtin`` check, the rest as annotations.
+_BUILTINS = {name: getattr(builtins, name) for name in (
+    "range", "enumerate", "zip", "len", "str", "int", "float", "bool", "list", "dict",
+    "tuple", "object")}
+# An f-string field's format spec: fill and alignment, sign, width and precision of
+# at most three digits, a type. Nothing that makes a field longer than a few KB.
+_FORMAT_SPEC = re.compile(r"(.?[<>=^])?[-+ ]?z?#?0?\d{0,3}[,_]?(\.\d{1,3})?[bcdeEfFgGnosxX%]?",
+                          re.DOTALL)
 _MAX_DEPTH = 32
 _MAX_NAME = 256  # characters in a node id, a port or a connection's end
 # Compiling nests about a C call per level of the tree, against a limit of three per
@@ -95,7 +114,9 @@ class _Replay:
         # Code the replay does not run (a ``__main__`` guard, a function the probe does
         # not call) must still compile, as it must for the worker's import.
         self.skipped = False
-        self.factories: list[_Factory] = []
+        self.future_annotations = False  # ``from __future__ import annotations``
+        self.factories: list[_Function] = []
+        self._sizes: dict[int, int] = {}  # id(code) -> how many syntax nodes it has
         # id(workflow) -> which of its id, name and time its build made up (see ``recall``)
         self.made_up: dict[int, list[bool]] = {}
 
@@ -119,6 +140,20 @@ class _Replay:
             else:
                 self._spend(8)
 
+    def charge_size(self, size: int) -> None:
+        """A value the file's code made (a string, list or tuple): its length."""
+        self._spend(size)
+
+    def charge_run(self, code: ast.AST | list[ast.stmt]) -> None:
+        """One more turn of a loop or comprehension, or call of a function: its work is
+        in proportion to the code it runs (the calls in it charge their own)."""
+        size = self._sizes.get(id(code))
+        if size is None:
+            size = self._sizes[id(code)] = sum(
+                1 for part in (code if isinstance(code, list) else [code])
+                for _ in ast.walk(part))
+        self._spend(_ITEM_WEIGHT + 4 * size)
+
     def charge_build(self, builder: WorkflowBuilder) -> None:
         """A build constructs every node again (and ``validate_parameter_declarations``
         once more), and checks each connection against those before it."""
@@ -140,6 +175,7 @@ class _Replay:
         self.namespace.clear()
         self.factories.clear()
         self.made_up.clear()
+        self._sizes.clear()
 
     def _spend(self, amount: int) -> None:
         self.spent += amount
@@ -170,42 +206,79 @@ class _Builder(WorkflowBuilder):
         return workflow
 
 
-class _Factory:
-    """A function the file defines, with no parameters and a body ``read`` can replay;
-    calling it replays that body, as a call of the function would run it."""
+class _Function:
+    """A function the file defines, with positional parameters or none, and a body
+    ``read`` can replay; a call replays that body in a scope of its own, as the
+    function would run. The probe calls those the screen found to be factories; the
+    file's code calls any, with ``depth`` how deep its call already is."""
 
-    def __init__(self, name: str, body: list[ast.stmt], replay: _Replay) -> None:
+    def __init__(self, name: str, params: list[str], body: list[ast.stmt],
+                 replay: _Replay) -> None:
         self.__name__ = name
+        self._params = params
         self._body = body
         self._replay = replay
         self.ran = False  # its whole body replayed
         replay.factories.append(self)
-        self._local_names = frozenset(
-            target.id for statement in body if isinstance(statement, ast.Assign)
-            for target in statement.targets if isinstance(target, ast.Name))
+        self._local_names = frozenset(params) | _bound_in(body)
 
-    def __call__(self) -> Any:
-        scope = _Scope(self._replay, {}, self._local_names)
+    def __call__(self, *args: Any, depth: int = 0) -> Any:
+        if len(args) != len(self._params):
+            raise _NotData(f"{self.__name__}() called with {len(args)} arguments")
+        if depth > _MAX_DEPTH:
+            raise _NotData("calls nested too deep")
+        self._replay.charge_run(self._body)
+        scope = _Scope(self._replay, dict(zip(self._params, args, strict=True)),
+                       self._local_names, depth=depth + 1)
         value = None
         for statement in self._body:
             if isinstance(statement, ast.Return):
-                value = None if statement.value is None else scope.value(statement.value)
+                value = None if statement.value is None else scope.value(statement.value,
+                                                                          scope.depth)
             else:
                 scope.run(statement)
         self.ran = True
         return value
 
 
+def _targets(target: ast.expr) -> list[str]:
+    """The names a ``for`` or comprehension target binds (a name, or names unpacked)."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [name for item in target.elts for name in _targets(item)]
+    raise _NotData(f"a {type(target).__name__} as a loop target")
+
+
+def _bound_in(body: list[ast.stmt]) -> frozenset[str]:
+    """The names a function's body assigns anywhere, its loops' included: as in Python,
+    each is the function's own from its start, bound yet or not."""
+    names: set[str] = set()
+    pending = list(body)
+    while pending:
+        statement = pending.pop()
+        if isinstance(statement, ast.Assign):
+            names.update(t.id for t in statement.targets if isinstance(t, ast.Name))
+        elif isinstance(statement, ast.For):
+            names.update(_targets(statement.target))
+            pending.extend(statement.body)
+    return frozenset(names)
+
+
 class _Scope:
-    """The module's scope (``locals_`` None) or a factory call's: the statements and
-    expressions of the language, as Python evaluates them."""
+    """The module's scope (``locals_`` None), a function call's, or a comprehension's
+    (``enclosing``: the scope it is written in): the statements and expressions of the
+    language, as Python evaluates them. ``depth``: how deep its code already runs."""
 
     def __init__(self, replay: _Replay, locals_: dict[str, Any] | None = None,
-                 local_names: frozenset[str] = frozenset()) -> None:
+                 local_names: frozenset[str] = frozenset(), *, depth: int = 0,
+                 enclosing: _Scope | None = None) -> None:
         self.replay = replay
         self.globals = replay.namespace
         self.locals = locals_
         self.local_names = local_names
+        self.depth = depth
+        self.enclosing = enclosing
 
     def bind(self, name: str, value: Any) -> None:
         if name.startswith("__"):  # __name__ decides the __main__ guard; no dunder moves
@@ -213,47 +286,228 @@ class _Scope:
         (self.globals if self.locals is None else self.locals)[name] = value
 
     def lookup(self, name: str) -> Any:
-        if self.locals is not None and name in self.local_names:
-            if name not in self.locals:
-                raise _NotData(f"{name} used before it is assigned")
-            return self.locals[name]
-        if name not in self.globals:
-            raise _NotData(f"{name} is not defined by the file")
-        return self.globals[name]
+        scope: _Scope | None = self
+        while scope is not None and scope.locals is not None:
+            if name in scope.local_names:
+                if name not in scope.locals:
+                    raise _NotData(f"{name} used before it is assigned")
+                return scope.locals[name]
+            scope = scope.enclosing  # a function's is None: it is defined in the module
+        if name in self.globals:
+            return self.globals[name]
+        if name in _BUILTINS:
+            return _BUILTINS[name]
+        raise _NotData(f"{name} is not defined by the file")
 
-    def run(self, statement: ast.stmt) -> None:
+    def assign(self, target: ast.expr, value: Any) -> None:
+        """Bind a loop's or comprehension's target: a name, or names unpacked from a
+        tuple or list of exactly as many items."""
+        if isinstance(target, ast.Name):
+            self.bind(target.id, value)
+            return
+        if not isinstance(target, (ast.Tuple, ast.List)) or any(
+                isinstance(item, ast.Starred) for item in target.elts):
+            raise _NotData(f"a {type(target).__name__} as a loop target")
+        if type(value) not in (tuple, list) or len(value) != len(target.elts):
+            raise _NotData("a loop target that does not unpack its item exactly")
+        for item, part in zip(target.elts, value, strict=True):
+            self.assign(item, part)
+
+    def run(self, statement: ast.stmt, depth: int | None = None) -> None:
+        depth = self.depth if depth is None else depth
+        if depth > _MAX_DEPTH:
+            raise _NotData("loops nested too deep")
         if isinstance(statement, ast.Expr):
             if not isinstance(statement.value, ast.Constant):  # a docstring or a string
-                self.call(statement.value)
+                self.call(statement.value, depth)
         elif isinstance(statement, ast.Assign):
             if not all(isinstance(t, ast.Name) for t in statement.targets):
                 raise _NotData("assignment to something other than a name")
-            value = self.value(statement.value)
+            value = self.value(statement.value, depth)
             for target in statement.targets:
                 self.bind(target.id, value)  # type: ignore[attr-defined]
+        elif isinstance(statement, ast.For):
+            if statement.orelse:
+                raise _NotData("a for loop with an else")
+            items = self.iterable(statement.iter, depth)
+            if not items:
+                self.replay.skipped = True  # its body must still compile
+            for item in items:
+                self.replay.charge_run(statement.body)
+                self.assign(statement.target, item)
+                for inner in statement.body:
+                    self.run(inner, depth + 1)
         elif not isinstance(statement, ast.Pass):
             raise _NotData(type(statement).__name__)
 
     def value(self, node: ast.expr, depth: int = 0) -> Any:
-        """A whole expression: a literal, a name (bound to anything), or a call (``depth``:
-        the calls it is inside, as the receiver or an argument of each)."""
+        """A whole expression (``depth``: the expressions, calls and loops it is in)."""
+        if depth > _MAX_DEPTH:
+            raise _NotData("an expression nested too deep")
         if isinstance(node, ast.Name):
             return self.lookup(node.id)
         if isinstance(node, ast.Call):
             return self.call(node, depth)
-        return self.literal(node, 0)
+        if isinstance(node, ast.JoinedStr):
+            return self.fstring(node, depth)
+        if isinstance(node, ast.BinOp):
+            return self.binop(node, depth)
+        if isinstance(node, ast.Subscript):
+            return self.subscript(node, depth)
+        if isinstance(node, ast.ListComp):
+            return self.comprehension(node, depth)
+        return self.literal(node, depth)
+
+    def scalar(self, node: ast.expr, depth: int) -> Any:
+        """An expression whose value must be a string, a number, a bool or None."""
+        value = self.value(node, depth)
+        if not isinstance(value, _SCALARS):
+            raise _NotData(f"a {type(value).__name__} where a string or number belongs")
+        return value
+
+    def iterable(self, node: ast.expr, depth: int) -> list[Any]:
+        """The items a ``for`` loop or comprehension goes through, in Python's order:
+        of a list or tuple written there (of anything), or a list, tuple, string or
+        dict (its keys) the file made; of a dict's
+        ``items()``, ``keys()`` or ``values()``; of ``range`` of ints, or ``enumerate``
+        or ``zip`` of any of these. (Those three only here, so none is ever gone
+        through twice: they are iterators, empty once used.)"""
+        if isinstance(node, ast.Call) and not node.keywords and not any(
+                isinstance(a, ast.Starred) for a in node.args):
+            func, args = node.func, node.args
+            called = self.lookup(func.id) if isinstance(func, ast.Name) else None
+            if called is range:
+                bounds = [self.value(a, depth + 1) for a in args]
+                if not 1 <= len(bounds) <= 3 or any(type(b) is not int for b in bounds):
+                    raise _NotData("range() of something other than one to three ints")
+                span = range(*bounds)
+                if len(span) * _ITEM_WEIGHT > BUDGET:  # each turn is charged as it runs
+                    raise _NotData("a range longer than the budget allows")
+                return list(span)
+            if called is enumerate and 1 <= len(args) <= 2:
+                items = self.iterable(args[0], depth + 1)
+                start = self.value(args[1], depth + 1) if len(args) == 2 else 0
+                if type(start) is not int:
+                    raise _NotData("enumerate() from something other than an int")
+                return list(enumerate(items, start))
+            if called is zip:
+                return list(zip(*[self.iterable(a, depth + 1) for a in args], strict=False))
+            if isinstance(func, ast.Attribute) and func.attr in ("items", "keys", "values") \
+                    and not args:
+                target = self.value(func.value, depth + 1)
+                if type(target) is dict:
+                    return list(getattr(target, func.attr)())
+        if isinstance(node, (ast.Tuple, ast.List)) and not any(
+                isinstance(item, ast.Starred) for item in node.elts):
+            return [self.value(item, depth + 1) for item in node.elts]  # gone through, not kept
+        value = self.value(node, depth)
+        if type(value) in (list, tuple, str, dict):
+            return list(value)
+        raise _NotData(f"a loop over a {type(value).__name__}")
+
+    def builtin(self, func: Any, node: ast.Call, depth: int) -> Any:
+        """``len(x)`` of a list, tuple, string or dict; ``str(x)`` of a scalar."""
+        if node.keywords or len(node.args) != 1 or isinstance(node.args[0], ast.Starred):
+            raise _NotData(f"{func.__name__}() in an unusual form")
+        value = self.value(node.args[0], depth + 1)
+        if func is len and type(value) in (list, tuple, str, dict):
+            return len(value)
+        if func is str and isinstance(value, _SCALARS):
+            text = str(value)
+            self.replay.charge_size(len(text))
+            return text
+        raise _NotData(f"{func.__name__}() of a {type(value).__name__}")
+
+    def fstring(self, node: ast.JoinedStr, depth: int) -> str:
+        parts = []
+        for part in node.values:
+            if isinstance(part, ast.Constant) and type(part.value) is str:
+                parts.append(part.value)
+                continue
+            if not isinstance(part, ast.FormattedValue):
+                raise _NotData(type(part).__name__)
+            value = self.scalar(part.value, depth + 1)
+            if part.conversion != -1:
+                value = {ord("s"): str, ord("r"): repr, ord("a"): ascii}[part.conversion](value)
+            spec = ""
+            if part.format_spec is not None:
+                pieces = part.format_spec.values  # type: ignore[attr-defined]
+                if not all(isinstance(p, ast.Constant) and type(p.value) is str for p in pieces):
+                    raise _NotData("a format spec computed as the file runs")
+                spec = "".join(p.value for p in pieces)
+                if not _FORMAT_SPEC.fullmatch(spec):
+                    raise _NotData(f"an unusual format spec {spec!r}")
+            parts.append(format(value, spec))
+        text = "".join(parts)
+        _text(text)
+        self.replay.charge_size(len(text))
+        return text
+
+    def binop(self, node: ast.BinOp, depth: int) -> Any:
+        """``+`` of two strings, numbers, lists or tuples; ``-`` of two numbers."""
+        left, right = self.value(node.left, depth + 1), self.value(node.right, depth + 1)
+        kinds = {type(left), type(right)}
+        if isinstance(node.op, ast.Add) and len(kinds) == 1 and kinds <= {str, list, tuple}:
+            self.replay.charge_size(len(left) + len(right))
+        elif not (isinstance(node.op, (ast.Add, ast.Sub)) and kinds <= {int, float}):
+            raise _NotData(f"a {type(node.op).__name__} of {type(left).__name__} and "
+                           f"{type(right).__name__}")
+        value = left + right if isinstance(node.op, ast.Add) else left - right
+        if type(value) is float and not math.isfinite(value):
+            raise _NotData("a number that is not finite")
+        return value
+
+    def subscript(self, node: ast.Subscript, depth: int) -> Any:
+        """An item of a list, tuple or string by an int, of a dict by a string; a slice
+        of a list, tuple or string by ints."""
+        container = self.value(node.value, depth + 1)
+        index = node.slice
+        if isinstance(index, ast.Slice):
+            bounds = [None if part is None else self.value(part, depth + 1)
+                      for part in (index.lower, index.upper, index.step)]
+            if type(container) not in (list, tuple, str) or not all(
+                    b is None or type(b) is int for b in bounds) or bounds[2] == 0:
+                raise _NotData("an unusual slice")
+            value = container[bounds[0]:bounds[1]:bounds[2]]
+            self.replay.charge_size(len(value))
+            return value
+        key = self.value(index, depth + 1)
+        if (type(container) in (list, tuple, str) and type(key) is int) or (
+                type(container) is dict and type(key) is str):
+            return container[key]  # IndexError, KeyError: the file's process reports it
+        raise _NotData("an unusual subscript")
+
+    def comprehension(self, node: ast.ListComp, depth: int) -> list[Any]:
+        """``[item for target in iterable]``: the iterable evaluated here, each item in a
+        scope of its own whose enclosing scope is this one, as in Python."""
+        if len(node.generators) != 1 or node.generators[0].ifs or node.generators[0].is_async:
+            raise _NotData("a comprehension with more than one for, or an if")
+        generator = node.generators[0]
+        items = self.iterable(generator.iter, depth + 1)
+        if not items:
+            self.replay.skipped = True  # its item must still compile
+        names = frozenset(_targets(generator.target))
+        out = []
+        for item in items:
+            self.replay.charge_run(node.elt)
+            scope = _Scope(self.replay, {}, names, depth=depth + 1, enclosing=self)
+            scope.assign(generator.target, item)
+            out.append(scope.value(node.elt, depth + 1))
+        self.replay.charge_size(len(out))
+        return out
 
     def literal(self, node: ast.expr, depth: int) -> Any:
-        """A literal built in place; a name inside one must hold a string or a number, so
-        no literal shares a container with another."""
+        """A literal built in place; an expression inside one (a name, a call, an
+        f-string...) must give a string or a number, so no literal shares a container
+        with another."""
         if depth > _MAX_DEPTH:
             raise _NotData("a literal nested too deep")
         if isinstance(node, ast.Constant):
             return _constant(node.value)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            operand = node.operand
-            if isinstance(operand, ast.Constant) and type(operand.value) in (int, float):
-                return -operand.value if isinstance(node.op, ast.USub) else operand.value
+            operand = self.value(node.operand, depth + 1)
+            if type(operand) in (int, float):
+                return -operand if isinstance(node.op, ast.USub) else +operand
             raise _NotData("a unary operator on something other than a number")
         if isinstance(node, ast.Dict):
             keys = []
@@ -265,11 +519,10 @@ class _Scope:
                             strict=True))
         if isinstance(node, ast.List):
             return [self.literal(item, depth + 1) for item in node.elts]
-        if isinstance(node, ast.Name) and depth:
-            value = self.lookup(node.id)
-            if not isinstance(value, _SCALARS):
-                raise _NotData(f"{node.id} inside a literal holds a {type(value).__name__}")
-            return value
+        if isinstance(node, ast.Tuple):
+            return tuple(self.literal(item, depth + 1) for item in node.elts)
+        if isinstance(node, (ast.Name, ast.Call, ast.JoinedStr, ast.BinOp, ast.Subscript)):
+            return self.scalar(node, depth + 1)
         raise _NotData(type(node).__name__)
 
     def call(self, node: ast.expr, depth: int = 0) -> Any:
@@ -285,7 +538,13 @@ class _Scope:
             raise _NotData("a keyword the compiler refuses")  # repeated, or __debug__
         func = node.func
         if isinstance(func, ast.Name):
-            if self.lookup(func.id) is not WorkflowBuilder or node.args or node.keywords:
+            called = self.lookup(func.id)
+            if type(called) is _Function and not node.keywords:
+                args = [self.value(a, depth + 1) for a in node.args]
+                return called(*args, depth=depth + 1)
+            if called is len or called is str:
+                return self.builtin(called, node, depth)
+            if called is not WorkflowBuilder or node.args or node.keywords:
                 raise _NotData(f"a call of {func.id}")
             return _Builder(self.replay)
         if not isinstance(func, ast.Attribute):
@@ -394,6 +653,7 @@ def _import(statement: ast.ImportFrom, scope: _Scope) -> None:
             # The module's own feature object, as the import binds it (this very
             # module's first line imported ``__future__``).
             scope.bind(alias.name, sys.modules["__future__"].annotations)
+            scope.replay.future_annotations = True
         return
     exports = _IMPORTS.get(statement.module or "")
     if exports is None:
@@ -404,18 +664,33 @@ def _import(statement: ast.ImportFrom, scope: _Scope) -> None:
         scope.bind(alias.asname or alias.name, exports[alias.name])
 
 
-def _function(statement: ast.FunctionDef, replay: _Replay) -> _Factory:
+def _function(statement: ast.FunctionDef, scope: _Scope) -> _Function:
+    """The function a ``def`` makes: plain positional parameters, no defaults and no
+    decorators. Its annotations are evaluated now, as Python does (unless the
+    ``__future__`` import defers them): each must be a name the file or the builtins
+    bind, or a string."""
     args = statement.args
-    if statement.decorator_list or args.posonlyargs or args.args or args.vararg or \
-            args.kwonlyargs or args.kwarg or statement.returns is not None:
-        raise _NotData(f"function {statement.name} takes parameters, is decorated or annotated")
+    if statement.decorator_list or args.posonlyargs or args.vararg or args.kwonlyargs or \
+            args.kwarg or args.defaults:
+        raise _NotData(f"function {statement.name} has decorators, defaults, or * or ** "
+                       "parameters")
+    params = [arg.arg for arg in args.args]
+    if len(set(params)) != len(params) or any(p.startswith("__") for p in params):
+        raise _NotData(f"function {statement.name} repeats a parameter or names a dunder")
+    for annotation in [arg.annotation for arg in args.args] + [statement.returns]:
+        if annotation is None or scope.replay.future_annotations or (
+                isinstance(annotation, ast.Constant) and type(annotation.value) is str):
+            continue
+        if not isinstance(annotation, ast.Name):
+            raise _NotData(f"an annotation in {statement.name} other than a name")
+        scope.lookup(annotation.id)  # undefined: the file's process reports the NameError
     *body, last = statement.body
     for inner in body:
-        if not isinstance(inner, (ast.Expr, ast.Assign, ast.Pass)):
+        if not isinstance(inner, (ast.Expr, ast.Assign, ast.Pass, ast.For)):
             raise _NotData(f"a {type(inner).__name__} in {statement.name}")
-    if not isinstance(last, (ast.Expr, ast.Assign, ast.Pass, ast.Return)):
+    if not isinstance(last, (ast.Expr, ast.Assign, ast.Pass, ast.For, ast.Return)):
         raise _NotData(f"a {type(last).__name__} in {statement.name}")
-    return _Factory(statement.name, statement.body, replay)
+    return _Function(statement.name, params, statement.body, scope.replay)
 
 
 def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:
@@ -427,7 +702,7 @@ def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:
                 raise _NotData("a __future__ import after other statements")  # compiler
             _import(statement, scope)
         elif isinstance(statement, ast.FunctionDef):
-            scope.bind(statement.name, _function(statement, replay))
+            scope.bind(statement.name, _function(statement, scope))
         elif isinstance(statement, ast.If):
             if module == "__main__" or not is_main_guard(statement.test) or statement.orelse:
                 raise _NotData("an if statement other than a __main__ guard")
@@ -455,7 +730,7 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
     replay = _Replay(module)
     try:
         probed = probe(_replay(tree, replay, module), path, factories,
-                       factory=lambda name, obj: isinstance(obj, _Factory)
+                       factory=lambda name, obj: isinstance(obj, _Function)
                        and obj.__name__ in factories)
         if probed.failures:
             return None

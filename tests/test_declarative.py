@@ -48,11 +48,14 @@ def test_a_declarative_file_gives_what_its_worker_gives_without_a_process(tmp_pa
     assert all(f.status == r.REGISTERED and f.reason.startswith(READ) for f in read.files)
     assert all(f.reason.startswith(IMPORTED) for f in imported.files)
     assert sorted(read.workflows) == sorted(imported.workflows) == [
+        "comprehensions_dicts_and_slices.etl", "comprehensions_dicts_and_slices.make_labelled",
         "factories_aliases_and_a_guard.also_report",
         "factories_aliases_and_a_guard.extend_pipeline",
         "factories_aliases_and_a_guard.make_report",
         "factories_aliases_and_a_guard.pipeline",
-        "module_builder_then_built", "two_connections_between_one_pair", "unbuilt_builder",
+        "module_builder_then_built", "steps_built_in_loops_with_helpers.build_reverse",
+        "steps_built_in_loops_with_helpers.built", "steps_built_in_loops_with_helpers.pipeline",
+        "two_connections_between_one_pair", "unbuilt_builder",
     ]
     for name, workflow in read.workflows.items():
         assert _shape(workflow) == _shape(imported.workflows[name]), name
@@ -80,9 +83,7 @@ def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fix
 
 @pytest.mark.parametrize("source", [
     "import os\n",
-    "for i in range(2):\n    pass\n",
     "b.nodes\n",
-    "b.add_node('PythonCodeNode', 'n', {'code': f'result = {1}'})\n",
     "b.add_node('PythonCodeNode', 'n', {'code': 'x', 'pair': (1, 2)})\n",
     "b.add_node('PythonCodeNode', 'n', {'code': 'x', **{}})\n",
     "b.add_node('PythonCodeNode', 'n', {'code': 'x', 'more': cfg})\n",  # a dict in a literal
@@ -92,14 +93,57 @@ def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fix
     "b.add_node(WorkflowBuilder, 'n', {})\n",
     "b.set_workflow_parameters(x=1)\n",
     "x = undefined_name\n",
-    "def f(arg):\n    return b\n",
     "@staticmethod\ndef f():\n    return b\n",
-    "def f():\n    for i in []:\n        pass\n    return b\n",
     "if True:\n    pass\n",
     "class Pipeline:\n    pass\n",
     "make = lambda: b\n",
     "b.build(name=['not', 'a', 'scalar'])\n",
     "x = " + "[" * 40 + "]" * 40 + "\n",
+    # loops, comprehensions and functions outside the forms read replays,
+    "for i in range(3):\n    break\n",
+    "for i in range(3):\n    pass\nelse:\n    pass\n",
+    "for i in range(3):\n    if i:\n        pass\n",
+    "x = [i for i in range(3) if i]\n",
+    "x = [i for i in range(3) for j in range(2)]\n",
+    "x = range(3)\n",  # an iterator outside a loop
+    "e = enumerate([1])\nfor i in e:\n    pass\n",
+    "for i in range(2.0):\n    pass\n",
+    "for a, b2 in [(1, 2, 3)]:\n    pass\n",
+    "for a, *rest in [(1, 2, 3)]:\n    pass\n",
+    "def f(k=1):\n    return b\n",
+    "def f(*args):\n    return b\n",
+    "def f(k, k):\n    return k\n",
+    "def f(k: Undefined):\n    return k\n",  # a NameError as the def runs
+    "def f(k: list[str]):\n    return k\n",
+    "def f(k):\n    return k\nx = f(k=1)\n",
+    "def f():\n    return b\nx = f(1)\n",
+    "def f():\n    for i in range(2):\n        return b\n",
+    "def f(k):\n    x = y\n    y = 1\n    return x\nz = f(1)\n",  # UnboundLocalError
+    "x = 1\ndef f(k):\n    x = x + 1\n    return x\nz = f(1)\n",
+    "x = [i for i in range(2)]\ny = i\n",  # a comprehension's variable stays in it
+    "x = True + 1\n",
+    "x = 'a' * 3\n",
+    "x = 2 ** 8\n",
+    "x = 'a' + 1\n",
+    "x = f'{[1]}'\n",
+    "x = f'{1:{5}}'\n",
+    "x = [1, 2][True]\n",
+    "x = {'a': 1}[0]\n",
+    "x = 'abc'[::0]\n",
+    "x = len(3)\n",
+    "x = str([1])\n",
+    "x = str(1, 2)\n",
+    "for k in {'a': 1}.get('a'):\n    pass\n",
+    # and work past the budget or nesting past the bounds, whatever the code does.
+    "for i in range(100000):\n    pass\n",
+    "for i in range(300):\n    for j in range(300):\n        pass\n",
+    "s = 'x'\nfor i in range(40):\n    s = s + s\n",
+    "s = [0]\nfor i in range(40):\n    s = s + s\n",
+    "def f(k):\n    return f(k)\nx = f(1)\n",
+    "def f(k):\n    return g(k)\ndef g(k):\n    return f(k)\nx = f(1)\n",
+    "x = f'{1:>99999}'\n",
+    "x = [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[i for i in range(2)]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
+    "".join("    " * i + f"for i{i} in range(1):\n" for i in range(40)) + "    " * 40 + "pass\n",
     # Found by an attack run: what only the compiler refuses (the worker's SyntaxError),
     "w = b.build(name='x', name='y')\n",
     "w = b.build(__debug__=1)\n",
@@ -142,6 +186,84 @@ def test_the_reader_declines_anything_outside_its_language(source):
                             max_bytes=16 << 20, project_root="/p") is not None
 
 
+_HEAD = "from kailash.workflow.builder import WorkflowBuilder\n"
+
+
+def _read_and_run(source: str) -> tuple[dict, dict]:
+    """The shapes of a source's workflows read as data, and run for real (compiled and
+    executed here, then probed as its worker probes it)."""
+    from nexus_dataflow_plugin.probe import probe
+    from nexus_dataflow_plugin.screen import analyze_tree
+
+    data = (_HEAD + source).encode()
+    tree = parse(data)
+    factories = analyze_tree(data, tree).factories
+    read = declarative.read(tree, "/p/workflows/f.py", "f", factories, max_nodes=2000,
+                            max_bytes=16 << 20, project_root="/p")
+    assert read is not None, "not read as data"
+    namespace = {"__name__": "f"}
+    exec(compile(data, "/p/workflows/f.py", "exec"), namespace)
+    ran = probe(namespace, "/p/workflows/f.py", factories)
+    assert not ran.failures
+    return ({k: _shape(w) for k, w in read.workflows.items()},
+            {k: _shape(w) for k, w in ran.workflows.items()})
+
+
+@pytest.mark.parametrize("source", [
+    # loops over each kind, their variables left in the module as Python leaves them
+    "b = WorkflowBuilder()\nfor i in range(3):\n    b.add_node('PythonCodeNode', f'n{i}', "
+    "{'code': 'result = {}'})\nlast = i\n",
+    "b = WorkflowBuilder()\nfor k, v in {'x': 'a = 1', 'y': 'a = 2'}.items():\n"
+    "    b.add_node('PythonCodeNode', k + '_' + str(len(v)), {'code': v})\n",
+    "b = WorkflowBuilder()\nfor c in 'ab':\n    b.add_node('PythonCodeNode', c, {'code': c})\n"
+    "for k in {'p': 1, 'q': 2}:\n    b.add_node('PythonCodeNode', k, {'code': k})\n",
+    "b = WorkflowBuilder()\nfor (i, (x, y)) in enumerate(zip('ab', range(10, 12)), -1):\n"
+    "    b.add_node('PythonCodeNode', f'{x}{i}{y}', {'code': f'{i!r}{x!r}{y:>4}'})\n",
+    "b = WorkflowBuilder()\nfor i in range(2):\n    for j in range(i, 3):\n"
+    "        b.add_node('PythonCodeNode', f'{i}-{j}', {'code': str(i - j)})\n",
+    # a loop variable holding a builder is a builder the probe finds, as in Python
+    "B = WorkflowBuilder()\nC = WorkflowBuilder()\nfor b in (B, C):\n"
+    "    b.add_node('PythonCodeNode', 'n', {'code': 'x'})\n",
+    # functions: parameters, locals, globals read late, a builder passed and returned
+    "N = 2\ndef code(k):\n    text = f'result = {k + N}'\n    return text\nN = 5\n"
+    "b = WorkflowBuilder()\nb.add_node('PythonCodeNode', 'n', {'code': code(1)})\n",
+    "def fill(builder, names):\n    for n in names:\n        builder.add_node('PythonCodeNode', "
+    "n, {'code': n})\n    return builder\ndef make():\n    return fill(WorkflowBuilder(), "
+    "['a', 'b']).build()\nalso = fill(WorkflowBuilder(), ['c'])\n",
+    "def name(i: int) -> str:\n    return 'n' + str(i)\ndef make():\n    b = WorkflowBuilder()\n"
+    "    for i in range(2):\n        b.add_node('PythonCodeNode', name(i), {'code': name(-i)})\n"
+    "    b.add_connection(name(0), 'result', name(1), 'data')\n    return b.build()\n",
+    # comprehensions see the enclosing function's names; their own stay inside
+    "def make():\n    pre = 'p'\n    names = [pre + str(i) for i in range(3)]\n"
+    "    b = WorkflowBuilder()\n    for n in names[::-1]:\n        b.add_node('PythonCodeNode', "
+    "n, {'code': n})\n    return b.build()\n",
+    "i = 'outer'\nx = [i + 'x' for i in ['a']]\nb = WorkflowBuilder()\n"
+    "b.add_node('PythonCodeNode', i, {'code': x[0]})\n",
+    # f-strings, numbers, slices, indexes
+    "b = WorkflowBuilder()\nb.add_node('PythonCodeNode', f'{1.5!s}|{True}|{None}|{-2:+05d}', "
+    "{'code': f'{2.25:.1f} {7:x} {0.5:%} {\"q\"!r} {\"é\"!a} {3=}'})\n",
+    "L = ['a', 'b', 'c', 'd']\nb = WorkflowBuilder()\nfor n in L[1:3] + L[:1] + L[3::5]:\n"
+    "    b.add_node('PythonCodeNode', n + L[-1], {'code': str((1, 2)[-1]) + 'abc'[1:]})\n",
+    "b = WorkflowBuilder()\nb.add_node('PythonCodeNode', 'n', {'code': str(0.1 + 0.2 - 1)})\n",
+    "b = WorkflowBuilder()\nb.add_node('PythonCodeNode', 'n', {'code': 'x', 'description': "
+    "str(len({'a': 1, 'b': 2}))})\n",
+    # builtins a file redefines are its own
+    "def len(x):\n    return 'mine'\nb = WorkflowBuilder()\nb.add_node('PythonCodeNode', "
+    "len([]), {'code': 'x'})\n",
+])
+def test_code_that_computes_builder_calls_reads_as_running_it_would_give(source):
+    read, ran = _read_and_run(source)
+    assert read == ran
+
+
+def _comprehensions(levels: int) -> str:
+    """A list comprehension whose item is one, ``levels`` deep."""
+    text = "0"
+    for level in range(levels):
+        text = f"[{text} for i{level} in range(1)]"
+    return text
+
+
 def _read_from_depth(source: str, frames: int):
     """``declarative.read`` of ``source`` called ``frames`` Python frames deep."""
     def down(n: int):
@@ -161,6 +283,17 @@ def _read_from_depth(source: str, frames: int):
     # code nested 300 deep under a __main__ guard (compiled, not replayed): not read
     ("if __name__ == '__main__':\n    x = " + "-" * 300 + "1\n", False),
     ("if __name__ == '__main__':\n    x = " + "-" * 100 + "1\n", True),
+    # loops in loops, and functions calling functions: 30 loops or 12 calls deep read
+    ("".join("    " * i + f"for i{i} in range(1):\n" for i in range(30)) + "    " * 30
+     + "pass\n", True),
+    ("".join("    " * i + f"for i{i} in range(1):\n" for i in range(40)) + "    " * 40
+     + "pass\n", False),
+    ("def f0(k):\n    return k\n" + "".join(f"def f{i}(k):\n    return f{i - 1}(k)\n"
+                                          for i in range(1, 12)) + "x = f11(1)\n", True),
+    ("def f0(k):\n    return k\n" + "".join(f"def f{i}(k):\n    return f{i - 1}(k)\n"
+                                          for i in range(1, 20)) + "x = f19(1)\n", False),
+    ("x = " + _comprehensions(10) + "\n", True),
+    ("x = " + _comprehensions(40) + "\n", False),
 ])
 def test_whether_a_file_reads_as_data_does_not_depend_on_the_readers_stack(source, read):
     """The server reads deep in a scan, a read-ahead process near the bottom of its stack:
