@@ -42,6 +42,8 @@ import logging
 import math
 import re
 import sys
+import types
+import typing
 import uuid
 from collections.abc import Collection
 from datetime import UTC, datetime
@@ -65,13 +67,15 @@ DATA_ONLY_NODES = {
     "PythonCodeNode": "kailash.nodes.code.python",
 }
 
-# What a declarative file may import: the values it binds are the modules' own.
+# What a declarative file may import: the values it binds are the modules' own
+# (``typing``'s for annotations: importing it runs nothing, the server has it).
 _IMPORTS = {
     module: {name: getattr(sys.modules[module], name) for name in names
              if hasattr(sys.modules[module], name)}
     for module, names in (("kailash.workflow.builder", ("WorkflowBuilder",)),
                           ("kailash.workflow", ("WorkflowBuilder", "Workflow")),
-                          ("kailash", ("WorkflowBuilder", "Workflow")))
+                          ("kailash", ("WorkflowBuilder", "Workflow")),
+                          ("typing", tuple(typing.__all__)))
 }
 # The keys a data-only node's config may have: the node does nothing else with
 # them than keep them (no logger named after them, no mode that logs at every build).
@@ -664,11 +668,40 @@ def _import(statement: ast.ImportFrom, scope: _Scope) -> None:
         scope.bind(alias.asname or alias.name, exports[alias.name])
 
 
+def _annotation(node: ast.expr, scope: _Scope) -> Any:
+    """An annotation evaluated as the ``def`` runs: a constant, a name the file or the
+    builtins bind (undefined: the NameError the file's process reports), or a subscript,
+    tuple or ``|`` of these, evaluated for real only over classes (Kailash's or the
+    builtins': a file defines none) and ``typing``'s objects, whose ``[]`` and ``|``
+    only make type objects."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return scope.lookup(node.id)
+    if isinstance(node, ast.Tuple):
+        return tuple(_annotation(item, scope) for item in node.elts)
+    if isinstance(node, ast.Subscript):
+        parts = [_annotation(node.value, scope), _annotation(node.slice, scope)]
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        parts = [_annotation(node.left, scope), _annotation(node.right, scope)]
+    else:
+        raise _NotData(f"a {type(node).__name__} in an annotation")
+    if not all(_a_type(part) for part in parts):
+        raise _NotData("an annotation over something other than types")
+    return parts[0][parts[1]] if isinstance(node, ast.Subscript) else parts[0] | parts[1]
+
+
+def _a_type(value: Any) -> bool:
+    if type(value) is tuple:
+        return all(map(_a_type, value))
+    return value is None or value is Ellipsis or isinstance(
+        value, (type, types.GenericAlias, types.UnionType)) or type(value).__module__ == "typing"
+
+
 def _function(statement: ast.FunctionDef, scope: _Scope) -> _Function:
     """The function a ``def`` makes: plain positional parameters, no defaults and no
-    decorators. Its annotations are evaluated now, as Python does (unless the
-    ``__future__`` import defers them): each must be a name the file or the builtins
-    bind, or a string."""
+    decorators. Its annotations are evaluated now, as Python does, unless the
+    ``__future__`` import defers them (``_annotation``)."""
     args = statement.args
     if statement.decorator_list or args.posonlyargs or args.vararg or args.kwonlyargs or \
             args.kwarg or args.defaults:
@@ -677,13 +710,10 @@ def _function(statement: ast.FunctionDef, scope: _Scope) -> _Function:
     params = [arg.arg for arg in args.args]
     if len(set(params)) != len(params) or any(p.startswith("__") for p in params):
         raise _NotData(f"function {statement.name} repeats a parameter or names a dunder")
-    for annotation in [arg.annotation for arg in args.args] + [statement.returns]:
-        if annotation is None or scope.replay.future_annotations or (
-                isinstance(annotation, ast.Constant) and type(annotation.value) is str):
-            continue
-        if not isinstance(annotation, ast.Name):
-            raise _NotData(f"an annotation in {statement.name} other than a name")
-        scope.lookup(annotation.id)  # undefined: the file's process reports the NameError
+    if not scope.replay.future_annotations:
+        for annotation in [arg.annotation for arg in args.args] + [statement.returns]:
+            if annotation is not None:
+                _annotation(annotation, scope)
     *body, last = statement.body
     for inner in body:
         if not isinstance(inner, (ast.Expr, ast.Assign, ast.Pass, ast.For)):

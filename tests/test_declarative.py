@@ -114,7 +114,10 @@ def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fix
     "def f(*args):\n    return b\n",
     "def f(k, k):\n    return k\n",
     "def f(k: Undefined):\n    return k\n",  # a NameError as the def runs
-    "def f(k: list[str]):\n    return k\n",
+    "def f(k: b):\n    return k\nx = f(1)\n",  # a builder is no type
+    "def f(k: List[int]):\n    return k\n",  # typing's List, not imported
+    "def f(k: len[int]):\n    return k\n",
+    "from typing import Dict\ndef f(k: Dict[int]):\n    return k\n",  # too few: TypeError
     "def f(k):\n    return k\nx = f(k=1)\n",
     "def f():\n    return b\nx = f(1)\n",
     "def f():\n    for i in range(2):\n        return b\n",
@@ -247,6 +250,11 @@ def _read_and_run(source: str) -> tuple[dict, dict]:
     "b = WorkflowBuilder()\nb.add_node('PythonCodeNode', 'n', {'code': str(0.1 + 0.2 - 1)})\n",
     "b = WorkflowBuilder()\nb.add_node('PythonCodeNode', 'n', {'code': 'x', 'description': "
     "str(len({'a': 1, 'b': 2}))})\n",
+    # annotations evaluated as the def runs, over builtin, typing and Kailash types
+    "from typing import Any, Dict, Optional\nfrom kailash.workflow import Workflow\n"
+    "def name(k: Dict[str, Any], n: int | None, s: 'later', t: list[tuple[int, ...]]) "
+    "-> Optional[Workflow]:\n    return 'n' + str(n)\nb = WorkflowBuilder()\n"
+    "b.add_node('PythonCodeNode', name({}, 1, 2, 3), {'code': 'x'})\n",
     # builtins a file redefines are its own
     "def len(x):\n    return 'mine'\nb = WorkflowBuilder()\nb.add_node('PythonCodeNode', "
     "len([]), {'code': 'x'})\n",
