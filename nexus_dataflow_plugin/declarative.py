@@ -91,6 +91,13 @@ _BUILTINS = {name: getattr(builtins, name) for name in (
 _FORMAT_SPEC = re.compile(r"(.?[<>=^])?[-+ ]?z?#?0?\d{0,3}[,_]?(\.\d{1,3})?[bcdeEfFgGnosxX%]?",
                           re.DOTALL)
 _MAX_DEPTH = 32
+# Loops nest at most this deep (the compiler refuses more than 20 blocks), list
+# comprehensions at most this deep within one another (CPython 3.12.1 and 3.13.0
+# crash compiling list, set or dict comprehensions nested more than 20 deep), loop
+# targets unpack at most this deep.
+_MAX_LOOPS = 10
+_MAX_COMPREHENSIONS = 8
+_MAX_TARGET = 8
 _MAX_NAME = 256  # characters in a node id, a port or a connection's end
 # Compiling nests about a C call per level of the tree, against a limit of three per
 # Python frame left: 200 levels compile from any caller, anywhere in a scan.
@@ -141,6 +148,8 @@ class _Replay:
             elif isinstance(item, list):
                 self._spend(_ITEM_WEIGHT * len(item))
                 stack.extend(item)
+            elif isinstance(item, tuple):  # a list once it has been data: as the worker's
+                raise _NotData("a tuple in a builder call's arguments")
             else:
                 self._spend(8)
 
@@ -245,12 +254,14 @@ class _Function:
         return value
 
 
-def _targets(target: ast.expr) -> list[str]:
+def _targets(target: ast.expr, depth: int = 0) -> list[str]:
     """The names a ``for`` or comprehension target binds (a name, or names unpacked)."""
+    if depth > _MAX_TARGET:
+        raise _NotData("a loop target nested too deep")
     if isinstance(target, ast.Name):
         return [target.id]
     if isinstance(target, (ast.Tuple, ast.List)):
-        return [name for item in target.elts for name in _targets(item)]
+        return [name for item in target.elts for name in _targets(item, depth + 1)]
     raise _NotData(f"a {type(target).__name__} as a loop target")
 
 
@@ -283,6 +294,8 @@ class _Scope:
         self.local_names = local_names
         self.depth = depth
         self.enclosing = enclosing
+        # the comprehensions this scope is the item of, one within another
+        self.comprehensions = 0 if enclosing is None else enclosing.comprehensions + 1
 
     def bind(self, name: str, value: Any) -> None:
         if name.startswith("__"):  # __name__ decides the __main__ guard; no dunder moves
@@ -303,9 +316,11 @@ class _Scope:
             return _BUILTINS[name]
         raise _NotData(f"{name} is not defined by the file")
 
-    def assign(self, target: ast.expr, value: Any) -> None:
+    def assign(self, target: ast.expr, value: Any, depth: int = 0) -> None:
         """Bind a loop's or comprehension's target: a name, or names unpacked from a
         tuple or list of exactly as many items."""
+        if depth > _MAX_TARGET:
+            raise _NotData("a loop target nested too deep")
         if isinstance(target, ast.Name):
             self.bind(target.id, value)
             return
@@ -315,11 +330,12 @@ class _Scope:
         if type(value) not in (tuple, list) or len(value) != len(target.elts):
             raise _NotData("a loop target that does not unpack its item exactly")
         for item, part in zip(target.elts, value, strict=True):
-            self.assign(item, part)
+            self.assign(item, part, depth + 1)
 
-    def run(self, statement: ast.stmt, depth: int | None = None) -> None:
+    def run(self, statement: ast.stmt, depth: int | None = None, loops: int = 0) -> None:
+        """Replay a statement (``loops``: the loops it is in, in its function or module)."""
         depth = self.depth if depth is None else depth
-        if depth > _MAX_DEPTH:
+        if depth > _MAX_DEPTH or loops > _MAX_LOOPS:
             raise _NotData("loops nested too deep")
         if isinstance(statement, ast.Expr):
             if not isinstance(statement.value, ast.Constant):  # a docstring or a string
@@ -340,7 +356,7 @@ class _Scope:
                 self.replay.charge_run(statement.body)
                 self.assign(statement.target, item)
                 for inner in statement.body:
-                    self.run(inner, depth + 1)
+                    self.run(inner, depth + 1, loops + 1)
         elif not isinstance(statement, ast.Pass):
             raise _NotData(type(statement).__name__)
 
@@ -385,27 +401,31 @@ class _Scope:
                 if not 1 <= len(bounds) <= 3 or any(type(b) is not int for b in bounds):
                     raise _NotData("range() of something other than one to three ints")
                 span = range(*bounds)
-                if len(span) * _ITEM_WEIGHT > BUDGET:  # each turn is charged as it runs
-                    raise _NotData("a range longer than the budget allows")
+                self.replay.charge_size(len(span))  # (before the list is made)
                 return list(span)
             if called is enumerate and 1 <= len(args) <= 2:
                 items = self.iterable(args[0], depth + 1)
                 start = self.value(args[1], depth + 1) if len(args) == 2 else 0
                 if type(start) is not int:
                     raise _NotData("enumerate() from something other than an int")
+                self.replay.charge_size(2 * len(items))
                 return list(enumerate(items, start))
             if called is zip:
-                return list(zip(*[self.iterable(a, depth + 1) for a in args], strict=False))
+                lists = [self.iterable(a, depth + 1) for a in args]
+                self.replay.charge_size(min(map(len, lists), default=0) * (len(lists) + 1))
+                return list(zip(*lists, strict=False))
             if isinstance(func, ast.Attribute) and func.attr in ("items", "keys", "values") \
                     and not args:
                 target = self.value(func.value, depth + 1)
                 if type(target) is dict:
+                    self.replay.charge_size((1 + (func.attr == "items")) * len(target))
                     return list(getattr(target, func.attr)())
         if isinstance(node, (ast.Tuple, ast.List)) and not any(
                 isinstance(item, ast.Starred) for item in node.elts):
             return [self.value(item, depth + 1) for item in node.elts]  # gone through, not kept
         value = self.value(node, depth)
         if type(value) in (list, tuple, str, dict):
+            self.replay.charge_size(len(value))
             return list(value)
         raise _NotData(f"a loop over a {type(value).__name__}")
 
@@ -441,10 +461,11 @@ class _Scope:
                 spec = "".join(p.value for p in pieces)
                 if not _FORMAT_SPEC.fullmatch(spec):
                     raise _NotData(f"an unusual format spec {spec!r}")
-            parts.append(format(value, spec))
+            field = format(value, spec)
+            self.replay.charge_size(len(field))  # each as it is made, before the join
+            parts.append(field)
         text = "".join(parts)
         _text(text)
-        self.replay.charge_size(len(text))
         return text
 
     def binop(self, node: ast.BinOp, depth: int) -> Any:
@@ -472,9 +493,9 @@ class _Scope:
             if type(container) not in (list, tuple, str) or not all(
                     b is None or type(b) is int for b in bounds) or bounds[2] == 0:
                 raise _NotData("an unusual slice")
-            value = container[bounds[0]:bounds[1]:bounds[2]]
-            self.replay.charge_size(len(value))
-            return value
+            span = slice(*bounds)
+            self.replay.charge_size(len(range(*span.indices(len(container)))))
+            return container[span]
         key = self.value(index, depth + 1)
         if (type(container) in (list, tuple, str) and type(key) is int) or (
                 type(container) is dict and type(key) is str):
@@ -486,6 +507,8 @@ class _Scope:
         scope of its own whose enclosing scope is this one, as in Python."""
         if len(node.generators) != 1 or node.generators[0].ifs or node.generators[0].is_async:
             raise _NotData("a comprehension with more than one for, or an if")
+        if self.comprehensions >= _MAX_COMPREHENSIONS:
+            raise _NotData("comprehensions nested too deep")
         generator = node.generators[0]
         items = self.iterable(generator.iter, depth + 1)
         if not items:
@@ -623,18 +646,27 @@ def _data_only(node_type: str) -> bool:
     return module is not None and cls is not None and cls.__module__ == module
 
 
-def _deeper_than(tree: ast.AST, limit: int) -> bool:
-    """The tree nests more than ``limit`` nodes deep. Compiling a tree recurses as deep
-    as it nests, against a limit that counts the caller's own stack: past this depth,
-    whether it compiles would depend on who reads the file (the server, deep in a scan,
-    or a read-ahead process), so such a file goes to its process instead."""
-    stack = [(tree, 0)]
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _uncompilable_here(tree: ast.AST) -> str | None:
+    """Why the server must not compile this tree, if it must not. Compiling recurses as
+    deep as the tree nests, against a limit that counts the caller's own stack: past
+    ``_MAX_COMPILE_DEPTH``, whether it compiles would depend on who reads the file (the
+    server, deep in a scan, or a read-ahead process). And CPython 3.12.1 and 3.13.0
+    crash (SIGSEGV) compiling list, set or dict comprehensions nested more than 20 deep
+    within one another. Such a file goes to its process instead."""
+    stack = [(tree, 0, 0)]
     while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
-    return False
+        node, depth, comprehensions = stack.pop()
+        comprehensions += isinstance(node, _COMPREHENSIONS)
+        if depth > _MAX_COMPILE_DEPTH:
+            return f"code nested more than {_MAX_COMPILE_DEPTH} deep"
+        if comprehensions > _MAX_COMPREHENSIONS:
+            return "comprehensions nested too deep"
+        stack.extend((child, depth + 1, comprehensions)
+                     for child in ast.iter_child_nodes(node))
+    return None
 
 
 def _at_start(body: list[ast.stmt], index: int) -> bool:
@@ -668,22 +700,31 @@ def _import(statement: ast.ImportFrom, scope: _Scope) -> None:
         scope.bind(alias.asname or alias.name, exports[alias.name])
 
 
-def _annotation(node: ast.expr, scope: _Scope) -> Any:
+_ANNOTATION_NODES = (ast.Constant, ast.Name, ast.Tuple, ast.Subscript, ast.BinOp, ast.BitOr,
+                     ast.Load)
+
+
+def _annotation(node: ast.expr, scope: _Scope, depth: int = 0) -> Any:
     """An annotation evaluated as the ``def`` runs: a constant, a name the file or the
     builtins bind (undefined: the NameError the file's process reports), or a subscript,
     tuple or ``|`` of these, evaluated for real only over classes (Kailash's or the
     builtins': a file defines none) and ``typing``'s objects, whose ``[]`` and ``|``
     only make type objects."""
+    if depth > _MAX_DEPTH:  # typing recurses over what it is given too
+        raise _NotData("an annotation nested too deep")
+    scope.replay.charge_size(_ITEM_WEIGHT)
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Name):
         return scope.lookup(node.id)
     if isinstance(node, ast.Tuple):
-        return tuple(_annotation(item, scope) for item in node.elts)
+        return tuple(_annotation(item, scope, depth + 1) for item in node.elts)
     if isinstance(node, ast.Subscript):
-        parts = [_annotation(node.value, scope), _annotation(node.slice, scope)]
+        parts = [_annotation(node.value, scope, depth + 1),
+                 _annotation(node.slice, scope, depth + 1)]
     elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        parts = [_annotation(node.left, scope), _annotation(node.right, scope)]
+        parts = [_annotation(node.left, scope, depth + 1),
+                 _annotation(node.right, scope, depth + 1)]
     else:
         raise _NotData(f"a {type(node).__name__} in an annotation")
     if not all(_a_type(part) for part in parts):
@@ -710,17 +751,41 @@ def _function(statement: ast.FunctionDef, scope: _Scope) -> _Function:
     params = [arg.arg for arg in args.args]
     if len(set(params)) != len(params) or any(p.startswith("__") for p in params):
         raise _NotData(f"function {statement.name} repeats a parameter or names a dunder")
-    if not scope.replay.future_annotations:
-        for annotation in [arg.annotation for arg in args.args] + [statement.returns]:
-            if annotation is not None:
-                _annotation(annotation, scope)
-    *body, last = statement.body
-    for inner in body:
-        if not isinstance(inner, (ast.Expr, ast.Assign, ast.Pass, ast.For)):
-            raise _NotData(f"a {type(inner).__name__} in {statement.name}")
-    if not isinstance(last, (ast.Expr, ast.Assign, ast.Pass, ast.For, ast.Return)):
-        raise _NotData(f"a {type(last).__name__} in {statement.name}")
+    for annotation in [arg.annotation for arg in args.args] + [statement.returns]:
+        if annotation is None:
+            continue
+        if not all(isinstance(part, _ANNOTATION_NODES) for part in ast.walk(annotation)):
+            # (the compiler refuses yield, await or := in one, even deferred)
+            raise _NotData(f"an annotation in {statement.name} other than a type's name")
+        if not scope.replay.future_annotations:
+            _annotation(annotation, scope)
+    _plain_body(statement.body, statement.name)
     return _Function(statement.name, params, statement.body, scope.replay)
+
+
+def _plain_body(body: list[ast.stmt], name: str) -> None:
+    """Refuse a function whose body holds, anywhere, run or not, a statement outside the
+    language or an expression that changes what the function is. In Python a ``yield``
+    that never runs still makes the function a generator, and ``global x``, ``x += 1``,
+    ``import x`` or ``x := 1`` in a loop over nothing still make ``x`` global or the
+    function's own: with only assignments to names, loops, calls and a last ``return``,
+    the names it binds are those ``_bound_in`` finds."""
+    *init, last = body
+    pending = init + ([] if isinstance(last, ast.Return) else [last])
+    while pending:
+        statement = pending.pop()
+        if isinstance(statement, ast.For) and not statement.orelse:
+            _targets(statement.target)
+            pending.extend(statement.body)
+        elif not (isinstance(statement, (ast.Expr, ast.Pass)) or (
+                isinstance(statement, ast.Assign)
+                and all(isinstance(t, ast.Name) for t in statement.targets))):
+            raise _NotData(f"a {type(statement).__name__} in {name}")
+    for statement in body:
+        for node in ast.walk(statement):
+            if isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr,
+                                 ast.Lambda)):
+                raise _NotData(f"a {type(node).__name__} in {name}")
 
 
 def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:
@@ -765,8 +830,9 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
         if probed.failures:
             return None
         if replay.skipped or not all(f.ran for f in replay.factories):
-            if _deeper_than(tree, _MAX_COMPILE_DEPTH):  # (see _deeper_than)
-                raise _NotData(f"code nested more than {_MAX_COMPILE_DEPTH} deep")
+            refusal = _uncompilable_here(tree)
+            if refusal is not None:
+                raise _NotData(refusal)
             compile(tree, path, "exec", dont_inherit=True)  # SyntaxError: the worker's
         nodes = size = 0
         index: dict[int, int] = {}  # id(workflow) -> its place in texts and counts

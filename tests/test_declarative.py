@@ -38,6 +38,14 @@ def _shape(workflow) -> tuple:
     return data["name"][:9], data.get("description"), nodes, connections
 
 
+def _comprehensions(levels: int) -> str:
+    """A list comprehension whose item is one, ``levels`` deep."""
+    text = "0"
+    for level in range(levels):
+        text = f"[{text} for i{level} in range(1)]"
+    return text
+
+
 def test_a_declarative_file_gives_what_its_worker_gives_without_a_process(tmp_path, monkeypatch):
     """Each shape the reader replays, against the same file with ``import os`` appended
     (no longer declarative: it runs in a worker): the same names, the same workflows."""
@@ -137,6 +145,26 @@ def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fix
     "x = str([1])\n",
     "x = str(1, 2)\n",
     "for k in {'a': 1}.get('a'):\n    pass\n",
+    # a tuple in a node's config (a list once it is data, as the worker sends it),
+    "b.add_node('PythonCodeNode', 'n', {'code': ('a', 1), 'max_code_lines': 0})\n",
+    # code that never runs but changes what a function is (found by the attack run):
+    "def make():\n    c = WorkflowBuilder()\n    for i in []:\n        yield\n    return c\n"
+    "w = make()\n",
+    "x = 'g'\ndef make():\n    c = WorkflowBuilder()\n    c.add_node('PythonCodeNode', x, cfg)\n"
+    "    for i in []:\n        x, y = 1, 2\n    return c\nw = make()\n",
+    "x = 'g'\ndef make():\n    c = WorkflowBuilder()\n    c.add_node('PythonCodeNode', x, cfg)\n"
+    "    for i in []:\n        print(x := 1)\n    return c\nw = make()\n",
+    "def make():\n    for i in []:\n        global b\n    b = WorkflowBuilder()\n    return b\n"
+    "w = make()\n",
+    "def make():\n    f = lambda: 1\n    return b\n",
+    # a loop target unpacking deeper than the reader goes (its stack would decide),
+    "l = 'a'\nfor i in range(20):\n    l = [l]\nfor " + "[" * 20 + "x" + "]" * 20 + " in [l]:\n"
+    "    pass\n",
+    # comprehensions nested past what CPython 3.12.1 and 3.13.0 compile without crashing,
+    # in code only compiled (a __main__ guard),
+    "if __name__ == '__main__':\n    x = " + _comprehensions(21) + "\n",
+    # an annotation nested deeper than the reader goes (typing recurses over it too),
+    "from typing import List\ndef f(k: " + "List[" * 40 + "int" + "]" * 40 + "):\n    return k\n",
     # and work past the budget or nesting past the bounds, whatever the code does.
     "for i in range(100000):\n    pass\n",
     "for i in range(300):\n    for j in range(300):\n        pass\n",
@@ -181,6 +209,7 @@ def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fix
     "b.connect('a', 'z', mapping={" + ", ".join(f"'o{i}': 'i{i}'" for i in range(1001)) + "})\n",
 ])
 def test_the_reader_declines_anything_outside_its_language(source):
+    """Each of these either needs its process to say what it does, or is past a bound."""
     head = ("from kailash.workflow.builder import WorkflowBuilder\n"
             "b = WorkflowBuilder()\ncfg = {'code': 'result = {}'}\n")
     assert declarative.read(parse((head + source).encode()), "/p/workflows/f.py", "f", ("f",),
@@ -264,12 +293,36 @@ def test_code_that_computes_builder_calls_reads_as_running_it_would_give(source)
     assert read == ran
 
 
-def _comprehensions(levels: int) -> str:
-    """A list comprehension whose item is one, ``levels`` deep."""
-    text = "0"
-    for level in range(levels):
-        text = f"[{text} for i{level} in range(1)]"
-    return text
+_DOUBLED = "s = 'é'\nfor i in range(16):\n    s = s + s\n"  # 64 K characters, charged once
+
+
+@pytest.mark.parametrize("source", [
+    # found by the attack run: each took the server 0.5 to 11 s and 0.2 to 2.5 GB
+    _DOUBLED + "cfg2 = {'code': (" + "s, " * 2000 + "), 'max_code_lines': 0}\n"
+    + "".join(f"b.add_node('PythonCodeNode', 'n{i}', cfg2)\n" for i in range(40)),
+    _DOUBLED + "for c in zip(" + "s, " * 1000 + "):\n    pass\n",
+    "for c in zip(" + "range(16000), " * 500 + "):\n    pass\n",
+    _DOUBLED + "t = f'" + "{s}" * 3000 + "'\n",
+    _DOUBLED + "for c in enumerate(s + s + s):\n    pass\n",
+    _DOUBLED + "x = [c for c in s][::1]\n",
+])
+def test_work_past_the_budget_is_refused_before_it_is_done(source):
+    """Values a file makes are charged before they are made: the server never holds more
+    than the budget's worth of them."""
+    import tracemalloc
+
+    head = ("from kailash.workflow.builder import WorkflowBuilder\n"
+            "b = WorkflowBuilder()\ncfg = {'code': 'result = {}'}\n")
+    tree = parse((head + source).encode())
+    tracemalloc.start()
+    try:
+        read = declarative.read(tree, "/p/workflows/f.py", "f", (), max_nodes=2000,
+                                max_bytes=16 << 20, project_root="/p")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert read is None
+    assert peak < 16 << 20, f"{peak / 1e6:.0f} MB"
 
 
 def _read_from_depth(source: str, frames: int):
@@ -291,17 +344,17 @@ def _read_from_depth(source: str, frames: int):
     # code nested 300 deep under a __main__ guard (compiled, not replayed): not read
     ("if __name__ == '__main__':\n    x = " + "-" * 300 + "1\n", False),
     ("if __name__ == '__main__':\n    x = " + "-" * 100 + "1\n", True),
-    # loops in loops, and functions calling functions: 30 loops or 12 calls deep read
-    ("".join("    " * i + f"for i{i} in range(1):\n" for i in range(30)) + "    " * 30
+    # loops in loops, and functions calling functions: 10 loops or 12 calls deep read
+    ("".join("    " * i + f"for i{i} in range(1):\n" for i in range(10)) + "    " * 10
      + "pass\n", True),
-    ("".join("    " * i + f"for i{i} in range(1):\n" for i in range(40)) + "    " * 40
+    ("".join("    " * i + f"for i{i} in range(1):\n" for i in range(11)) + "    " * 11
      + "pass\n", False),
     ("def f0(k):\n    return k\n" + "".join(f"def f{i}(k):\n    return f{i - 1}(k)\n"
                                           for i in range(1, 12)) + "x = f11(1)\n", True),
     ("def f0(k):\n    return k\n" + "".join(f"def f{i}(k):\n    return f{i - 1}(k)\n"
                                           for i in range(1, 20)) + "x = f19(1)\n", False),
-    ("x = " + _comprehensions(10) + "\n", True),
-    ("x = " + _comprehensions(40) + "\n", False),
+    ("x = " + _comprehensions(8) + "\n", True),
+    ("x = " + _comprehensions(9) + "\n", False),
 ])
 def test_whether_a_file_reads_as_data_does_not_depend_on_the_readers_stack(source, read):
     """The server reads deep in a scan, a read-ahead process near the bottom of its stack:
@@ -341,6 +394,14 @@ def test_each_build_is_charged_when_it_happens_whoever_builds(nodes, aliases, re
     "x = b.build(name='a', name='b')\n",
     "x = b.build(__debug__=True)\n",
     "def f():\n    return b.build(name='a', name='b')\n",
+    # found by an attack run on the loops and functions: a yield, := or await in an
+    # annotation, deferred or not, and more than 20 loops one in another
+    "from __future__ import annotations\ndef make(x: (yield)):\n    return 1\nw = make(1)\n",
+    "from __future__ import annotations\ndef make(x) -> (z := 1):\n    return 1\nw = make(1)\n",
+    "def make(x: [i for i in (yield)]):\n    return 1\nw = make(1)\n",
+    "".join(" " * i + f"for i{i} in [1]:\n" for i in range(21)) + " " * 21 + "x = 1\n",
+    "def f():\n" + "".join(" " * (i + 1) + f"for i{i} in [1]:\n" for i in range(21))
+    + " " * 22 + "x = 1\n    return b\n",
 ])
 def test_the_reader_reads_no_file_the_compiler_refuses(source):
     """The reader replays a parsed tree without compiling it (compiling costs as much as
