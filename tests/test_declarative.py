@@ -89,6 +89,25 @@ def test_a_file_the_reader_does_not_replay_runs_in_its_own_process(tmp_path, fix
     assert (entry.status, entry.reason.startswith(says)) == (status, True), entry.reason
 
 
+def test_code_the_compiler_crashes_on_is_compiled_only_in_the_files_process(tmp_path):
+    """CPython 3.12.1 and 3.13.0 crash compiling list comprehensions nested 25 deep,
+    here under a ``__main__`` guard the reader would compile to check: the scan goes
+    on, and the file ends as its own process's compile makes it end on this Python."""
+    import subprocess
+    import sys
+
+    fixture = FIXTURES / "crashes_the_compiler_with_nested_comprehensions.py"
+    compiled = subprocess.run([sys.executable, "-c", "import sys; compile(open(sys.argv[1])"
+                               ".read(), 'f', 'exec')", str(fixture)], timeout=60)
+    report = scan(_tree(tmp_path, [fixture, DECLARATIVE[0]]))
+    entry = {f.path: f for f in report.files}[f"workflows/{fixture.name}"]
+    if compiled.returncode == 0:
+        assert (entry.status, entry.reason.startswith(IMPORTED)) == (r.REGISTERED, True)
+    else:
+        assert entry.status == r.CRASHED, entry.reason
+    assert any(f.reason.startswith(READ) for f in report.files), "the other file"
+
+
 @pytest.mark.parametrize("source", [
     "import os\n",
     "b.nodes\n",
