@@ -745,9 +745,9 @@ def _function(statement: ast.FunctionDef, scope: _Scope) -> _Function:
     ``__future__`` import defers them (``_annotation``)."""
     args = statement.args
     if statement.decorator_list or args.posonlyargs or args.vararg or args.kwonlyargs or \
-            args.kwarg or args.defaults:
-        raise _NotData(f"function {statement.name} has decorators, defaults, or * or ** "
-                       "parameters")
+            args.kwarg or args.defaults or getattr(statement, "type_params", None):
+        raise _NotData(f"function {statement.name} has decorators, defaults, * or ** "
+                       "parameters, or type parameters")
     params = [arg.arg for arg in args.args]
     if len(set(params)) != len(params) or any(p.startswith("__") for p in params):
         raise _NotData(f"function {statement.name} repeats a parameter or names a dunder")
