@@ -55,7 +55,7 @@ from kailash.workflow.builder import WorkflowBuilder
 
 from .probe import probe
 from .protocol import is_text
-from .screen import is_main_guard
+from .screen import is_main_guard, with_room
 from .transfer import encode, rebuild
 
 logger = logging.getLogger(__name__)
@@ -169,8 +169,19 @@ class _Replay:
 
     def charge_build(self, builder: WorkflowBuilder) -> None:
         """A build constructs every node again (and ``validate_parameter_declarations``
-        once more), and checks each connection against those before it."""
-        self._spend(_NODE_WEIGHT * 2 * len(builder.nodes) + _pairs(len(builder.connections)))
+        once more; a ``PythonCodeNode`` counts its code's lines), and checks each
+        connection against those before it."""
+        lines = sum(node["config"].get("code", "").count("\n") for node in builder.nodes.values()
+                    if type(node.get("config")) is dict and type(node["config"].get("code")) is str)
+        self._spend(_NODE_WEIGHT * 2 * len(builder.nodes) + lines
+                    + _pairs(len(builder.connections)))
+
+    def charge_encoding(self, text: str) -> None:
+        """Encoding a workflow (``to_dict``'s copy, then JSON) costs in proportion to its
+        text: a unit per 3 characters for a config of many small dicts, half that for
+        plain nodes (measured). A builder found under many names is built, and encoded,
+        once per name."""
+        self._spend(len(text) // 3)
 
     def charge_connections(self, builder: WorkflowBuilder, added: int) -> None:
         """Adding connections checks each new one against those before it."""
@@ -647,23 +658,42 @@ def _data_only(node_type: str) -> bool:
 
 
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+# Syntax whose compiling costs more than in proportion to its size (a match statement's
+# captures: quadratic, 23 to 30 s and 5 to 10 GB for 32 KB), or is new (3.12's type
+# parameters and aliases).
+_COSTLY_TO_COMPILE = tuple(getattr(ast, name) for name in (
+    "Match", "TypeAlias", "TypeVar", "ParamSpec", "TypeVarTuple") if hasattr(ast, name))
+# A tree of at most this many nodes compiles in a few milliseconds; typical workflow
+# files have a few hundred. Past it, only the file's process compiles it.
+_MAX_COMPILE_NODES = 4000
 
 
 def _uncompilable_here(tree: ast.AST) -> str | None:
-    """Why the server must not compile this tree, if it must not. Compiling recurses as
-    deep as the tree nests, against a limit that counts the caller's own stack: past
-    ``_MAX_COMPILE_DEPTH``, whether it compiles would depend on who reads the file (the
-    server, deep in a scan, or a read-ahead process). And CPython 3.12.1 and 3.13.0
-    crash (SIGSEGV) compiling list, set or dict comprehensions nested more than 20 deep
-    within one another. Such a file goes to its process instead."""
+    """Why the server must not compile this tree, if it must not; then the file goes to
+    its process, whose compile is bounded by its timeout and memory limit.
+
+    - Compiling recurses as deep as the tree nests: past ``_MAX_COMPILE_DEPTH``, whether
+      it compiles would depend on who reads the file.
+    - CPython 3.12.1 and 3.13.0 crash (SIGSEGV) compiling list, set or dict
+      comprehensions nested more than 20 deep within one another.
+    - Some syntax costs the compiler more than in proportion to its size
+      (``_COSTLY_TO_COMPILE``), and a tree past ``_MAX_COMPILE_NODES`` is large enough
+      for the rest (constant folding, duplicate keywords) to cost more than the budget.
+    """
     stack = [(tree, 0, 0)]
+    nodes = 0
     while stack:
         node, depth, comprehensions = stack.pop()
+        nodes += 1
         comprehensions += isinstance(node, _COMPREHENSIONS)
         if depth > _MAX_COMPILE_DEPTH:
             return f"code nested more than {_MAX_COMPILE_DEPTH} deep"
         if comprehensions > _MAX_COMPREHENSIONS:
             return "comprehensions nested too deep"
+        if isinstance(node, _COSTLY_TO_COMPILE):
+            return f"a {type(node).__name__}, costly to compile"
+        if nodes > _MAX_COMPILE_NODES:
+            return f"more than {_MAX_COMPILE_NODES:,} syntax nodes to compile"
         stack.extend((child, depth + 1, comprehensions)
                      for child in ast.iter_child_nodes(node))
     return None
@@ -833,7 +863,7 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
             refusal = _uncompilable_here(tree)
             if refusal is not None:
                 raise _NotData(refusal)
-            compile(tree, path, "exec", dont_inherit=True)  # SyntaxError: the worker's
+            with_room(compile, tree, path, "exec", 0, True)  # SyntaxError: the worker's
         nodes = size = 0
         index: dict[int, int] = {}  # id(workflow) -> its place in texts and counts
         texts: list[str] = []
@@ -847,6 +877,7 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
                 encoded = encode(workflow, project_root, set())
                 if encoded.problems or encoded.data is None:
                     return None
+                replay.charge_encoding(encoded.text)
                 place = index[id(workflow)] = len(texts)
                 texts.append(encoded.text)
                 counts.append(len(encoded.data.get("nodes", ()))

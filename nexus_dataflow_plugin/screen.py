@@ -24,7 +24,8 @@ import re
 import sys
 import threading
 import warnings
-from typing import IO, Any, NamedTuple
+from collections.abc import Callable
+from typing import IO, Any, NamedTuple, TypeVar
 
 from .report import MSG_DECODE, MSG_NUL, MSG_SYNTAX
 
@@ -705,8 +706,9 @@ def _ast_parse(data: bytes) -> ast.Module:
 # recursion limit, which counts the caller's own frames: a file nested near the limit
 # would parse in a shallow process (a read-ahead) and not in the server deep in a scan.
 # A parse that runs out retries with this much room above the caller, whoever it is.
-PARSE_ROOM = 1000
+RECURSION_ROOM = 1000
 _ROOM = threading.Lock()
+_T = TypeVar("_T")
 
 
 def _frames() -> int:
@@ -716,14 +718,17 @@ def _frames() -> int:
     return count
 
 
-def _parse_with_room(data: bytes) -> ast.Module:
-    """``_ast_parse`` with at least ``PARSE_ROOM`` frames of recursion above this one:
-    the limit is only ever raised, and only while this parse runs."""
+def with_room(call: Callable[..., _T], *args: Any) -> _T:
+    """``call(*args)`` with at least ``RECURSION_ROOM`` frames of recursion above this
+    one; the limit is only ever raised, and only while the call runs. The parser, and on
+    3.11 the compiler, recurse as deep as the code nests, against a limit that counts
+    the caller's own frames: given this room, what they make of a file does not depend
+    on who asks (the server deep in a scan, or a read-ahead process)."""
     with _ROOM:
         limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(limit, _frames() + PARSE_ROOM))
+        sys.setrecursionlimit(max(limit, _frames() + RECURSION_ROOM))
         try:
-            return _ast_parse(data)
+            return call(*args)
         finally:
             sys.setrecursionlimit(limit)
 
@@ -737,7 +742,7 @@ def parse(data: bytes) -> ast.Module | str:
         try:
             return _ast_parse(data)
         except RecursionError:
-            return _parse_with_room(data)
+            return with_room(_ast_parse, data)
     except SyntaxError as exc:
         message = MSG_DECODE if _ENCODING_WORDS.search(exc.msg or "") else MSG_SYNTAX
         return message.format(what=exc.msg, line=exc.lineno or 1)

@@ -183,6 +183,16 @@ def test_code_the_compiler_crashes_on_is_compiled_only_in_the_files_process(tmp_
     # comprehensions nested past what CPython 3.12.1 and 3.13.0 compile without crashing,
     # in code only compiled (a __main__ guard),
     "if __name__ == '__main__':\n    x = " + _comprehensions(21) + "\n",
+    # code only compiled that costs the compiler more than its size (a second attack run:
+    # a match of 9,000 captures took 23 to 30 s and 5 to 10 GB), or is large,
+    "if __name__ == '__main__':\n    match x:\n        case [a1, a2]:\n            pass\n",
+    "if __name__ == '__main__':\n    x = [" + "1, " * 4000 + "]\n",
+    # a build or an encoding costing more than a node's worth: code of 30,000 lines
+    # built 380 times, a config of 3,700 dicts under 200 names,
+    "b.add_node('PythonCodeNode', 'n', {'code': '" + "a\\n" * 30000 + "'})\n"
+    + "for i in range(380):\n    w = b.build()\n",
+    "b.add_node('PythonCodeNode', 'n', {'code': {" + ", ".join(f"'k{i}': {{}}" for i in range(3700))
+    + "}, 'max_code_lines': 0})\n" + " = ".join(f"a{i}" for i in range(200)) + " = b\n",
     # an annotation nested deeper than the reader goes (typing recurses over it too),
     "from typing import List\ndef f(k: " + "List[" * 40 + "int" + "]" * 40 + "):\n    return k\n",
     # and work past the budget or nesting past the bounds, whatever the code does.
@@ -387,11 +397,20 @@ def test_whether_a_file_reads_as_data_does_not_depend_on_the_readers_stack(sourc
     assert (deep is not None) == read
 
 
-@pytest.mark.parametrize("nodes, aliases, read", [(100, 1, True), (300, 40, False)])
+def test_code_compiled_not_replayed_compiles_alike_from_any_depth():
+    """On 3.11 compiling a tree takes a Python frame per level it nests: 190 levels
+    compiled from 850 frames deep once ran out, and the file read from a shallow stack."""
+    source = ("from kailash.workflow.builder import WorkflowBuilder\nb = WorkflowBuilder()\n"
+              "if __name__ == '__main__':\n    x = " + "[" * 190 + "]" * 190 + "\n")
+    assert _read_from_depth(source, 0) is not None
+    assert _read_from_depth(source, 850) is not None
+
+
+@pytest.mark.parametrize("nodes, aliases, read", [(60, 1, True), (300, 40, False)])
 def test_each_build_is_charged_when_it_happens_whoever_builds(nodes, aliases, read):
     """A factory called first fills the builder that other names hold: the probe's builds
-    of it under each name are charged as they happen; 41 builds of 300 nodes send the
-    file to its worker."""
+    of it under each name are charged as they happen (and each name's encoding); 41
+    builds of 300 nodes send the file to its worker."""
     source = ("from kailash.workflow.builder import WorkflowBuilder\n"
               "def grow():\n"
               + "".join(f"    b.add_node('PythonCodeNode', 'n{i}', cfg)\n" for i in range(nodes))
