@@ -55,7 +55,7 @@ from kailash.workflow.builder import WorkflowBuilder
 
 from .probe import probe
 from .protocol import is_text
-from .screen import is_main_guard, with_room
+from .screen import is_main_guard, quietly, with_room
 from .transfer import encode, rebuild
 
 logger = logging.getLogger(__name__)
@@ -852,8 +852,9 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
     declarative, or anything about it needs its own process to say."""
     if isinstance(tree, str):
         return None
-    replay = _Replay(module)
+    replay: _Replay | None = None
     try:
+        replay = _Replay(module)
         probed = probe(_replay(tree, replay, module), path, factories,
                        factory=lambda name, obj: isinstance(obj, _Function)
                        and obj.__name__ in factories)
@@ -863,7 +864,7 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
             refusal = _uncompilable_here(tree)
             if refusal is not None:
                 raise _NotData(refusal)
-            with_room(compile, tree, path, "exec", 0, True)  # SyntaxError: the worker's
+            with_room(quietly, compile, tree, path, "exec", 0, True)  # SyntaxError: the worker's
         nodes = size = 0
         index: dict[int, int] = {}  # id(workflow) -> its place in texts and counts
         texts: list[str] = []
@@ -892,10 +893,14 @@ def read(tree: ast.Module | str, path: str, module: str, factories: Collection[s
                   f'"data":[{",".join(texts)}]}}')
         return Read(probed.workflows, record)
     except Exception as exc:  # noqa: BLE001 - _NotData, SyntaxError, anything Kailash raised
-        logger.debug("%s runs in its own process: %s", path, exc)
+        try:
+            logger.debug("%s runs in its own process: %s", path, exc)
+        except RecursionError:  # read at the very end of the stack: still an answer
+            pass
         return None
     finally:
-        replay.close()
+        if replay is not None:
+            replay.close()
 
 
 def recall(record: str, *, max_nodes: int, max_bytes: int) -> dict[str, Workflow] | None:

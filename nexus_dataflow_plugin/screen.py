@@ -29,6 +29,7 @@ from typing import IO, Any, NamedTuple, TypeVar
 
 from .report import MSG_DECODE, MSG_NUL, MSG_SYNTAX
 
+_T = TypeVar("_T")
 _ENCODING_WORDS = re.compile(r"utf-8|encoding|decode|unicode error", re.IGNORECASE)
 
 DATAFLOW_PACKAGE = "dataflow"
@@ -697,9 +698,15 @@ def _ast_parse(data: bytes) -> ast.Module:
     try:
         return ast.parse(data)
     except SyntaxError:
-        with _QUIET, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ast.parse(data)
+        return quietly(ast.parse, data)
+
+
+def quietly(call: Callable[..., _T], *args: Any) -> _T:
+    """``call(*args)`` with warnings silenced: whatever the caller's filters, no
+    compile-time warning of a file's is an error here, or a line on the server's stderr."""
+    with _QUIET, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return call(*args)
 
 
 # Building the syntax tree's objects recurses once per level of nesting against the
@@ -708,7 +715,6 @@ def _ast_parse(data: bytes) -> ast.Module:
 # A parse that runs out retries with this much room above the caller, whoever it is.
 RECURSION_ROOM = 1000
 _ROOM = threading.Lock()
-_T = TypeVar("_T")
 
 
 def _frames() -> int:

@@ -406,6 +406,14 @@ def test_code_compiled_not_replayed_compiles_alike_from_any_depth():
     assert _read_from_depth(source, 850) is not None
 
 
+def test_code_compiled_not_replayed_warns_nothing_in_the_server(recwarn):
+    """A compile-time warning of a file's (``x is 1``) is not the server's to print."""
+    source = ("from kailash.workflow.builder import WorkflowBuilder\nb = WorkflowBuilder()\n"
+              "if __name__ == '__main__':\n    print(b is 1)\n")
+    assert _read_from_depth(source, 0) is not None
+    assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning)]
+
+
 @pytest.mark.parametrize("nodes, aliases, read", [(60, 1, True), (300, 40, False)])
 def test_each_build_is_charged_when_it_happens_whoever_builds(nodes, aliases, read):
     """A factory called first fills the builder that other names hold: the probe's builds
