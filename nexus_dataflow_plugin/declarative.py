@@ -127,7 +127,7 @@ class _Replay:
         self.skipped = False
         self.future_annotations = False  # ``from __future__ import annotations``
         self.factories: list[_Function] = []
-        self._sizes: dict[int, int] = {}  # id(code) -> how many syntax nodes it has
+        self._sizes: dict[int, int] = {}  # id(code) -> its syntax nodes (0: run once)
         # id(workflow) -> which of its id, name and time its build made up (see ``recall``)
         self.made_up: dict[int, list[bool]] = {}
 
@@ -159,21 +159,25 @@ class _Replay:
 
     def charge_run(self, code: ast.AST | list[ast.stmt]) -> None:
         """One more turn of a loop or comprehension, or call of a function: its work is
-        in proportion to the code it runs (the calls in it charge their own)."""
+        in proportion to the code it runs (the calls in it charge their own). Its first
+        run costs what the file's straight-line code costs, bounded by the file's size;
+        each later one is charged by the code's size, counted then (a factory the probe
+        calls once is never counted)."""
         size = self._sizes.get(id(code))
         if size is None:
+            self._sizes[id(code)] = 0  # run once
+            return
+        if size == 0:
             size = self._sizes[id(code)] = sum(
                 1 for part in (code if isinstance(code, list) else [code])
                 for _ in ast.walk(part))
         self._spend(_ITEM_WEIGHT + 4 * size)
 
-    def charge_build(self, builder: WorkflowBuilder) -> None:
+    def charge_build(self, builder: _Builder) -> None:
         """A build constructs every node again (and ``validate_parameter_declarations``
         once more; a ``PythonCodeNode`` counts its code's lines), and checks each
         connection against those before it."""
-        lines = sum(node["config"].get("code", "").count("\n") for node in builder.nodes.values()
-                    if type(node.get("config")) is dict and type(node["config"].get("code")) is str)
-        self._spend(_NODE_WEIGHT * 2 * len(builder.nodes) + lines
+        self._spend(_NODE_WEIGHT * 2 * len(builder.nodes) + builder.code_lines
                     + _pairs(len(builder.connections)))
 
     def charge_encoding(self, text: str) -> None:
@@ -220,6 +224,7 @@ class _Builder(WorkflowBuilder):
     def __init__(self, replay: _Replay) -> None:
         super().__init__()
         self._replay = replay
+        self.code_lines = 0  # of its nodes' code: each build splits them again
 
     def build(self, workflow_id: str | None = None, **kwargs: Any) -> Workflow:
         self._replay.charge_build(self)
@@ -362,6 +367,7 @@ class _Scope:
                 raise _NotData("a for loop with an else")
             items = self.iterable(statement.iter, depth)
             if not items:
+                _dead(statement.body)
                 self.replay.skipped = True  # its body must still compile
             for item in items:
                 self.replay.charge_run(statement.body)
@@ -523,6 +529,7 @@ class _Scope:
         generator = node.generators[0]
         items = self.iterable(generator.iter, depth + 1)
         if not items:
+            _dead([node.elt])
             self.replay.skipped = True  # its item must still compile
         names = frozenset(_targets(generator.target))
         out = []
@@ -559,7 +566,12 @@ class _Scope:
             return [self.literal(item, depth + 1) for item in node.elts]
         if isinstance(node, ast.Tuple):
             return tuple(self.literal(item, depth + 1) for item in node.elts)
-        if isinstance(node, (ast.Name, ast.Call, ast.JoinedStr, ast.BinOp, ast.Subscript)):
+        if isinstance(node, ast.Name):  # (the commonest: a constant the file named)
+            value = self.lookup(node.id)
+            if not isinstance(value, _SCALARS):
+                raise _NotData(f"{node.id} inside a literal holds a {type(value).__name__}")
+            return value
+        if isinstance(node, (ast.Call, ast.JoinedStr, ast.BinOp, ast.Subscript)):
             return self.scalar(node, depth + 1)
         raise _NotData(type(node).__name__)
 
@@ -593,6 +605,8 @@ class _Scope:
         args = [self.value(a, depth + 1) for a in node.args]
         kwargs = {k.arg: self.value(k.value, depth + 1) for k in node.keywords}
         added = _check(func.attr, args, kwargs, target)
+        if func.attr == "add_node" and len(args) == 3 and type(args[2].get("code")) is str:
+            target.code_lines += args[2]["code"].count("\n")
         self.replay.charge([args, kwargs])
         self.replay.charge_connections(target, added)
         return getattr(target, func.attr)(*args, **kwargs)
@@ -795,11 +809,11 @@ def _function(statement: ast.FunctionDef, scope: _Scope) -> _Function:
 
 def _plain_body(body: list[ast.stmt], name: str) -> None:
     """Refuse a function whose body holds, anywhere, run or not, a statement outside the
-    language or an expression that changes what the function is. In Python a ``yield``
-    that never runs still makes the function a generator, and ``global x``, ``x += 1``,
-    ``import x`` or ``x := 1`` in a loop over nothing still make ``x`` global or the
-    function's own: with only assignments to names, loops, calls and a last ``return``,
-    the names it binds are those ``_bound_in`` finds."""
+    language: ``global x``, ``x += 1`` or ``import x``, even in a loop over nothing, make
+    ``x`` global or the function's own from its first line. With only assignments to
+    names, loops, calls and a last ``return``, the names it binds are those ``_bound_in``
+    finds. (Expressions that do as much, ``x := 1`` or a ``yield``, are refused where
+    they run, and by ``_dead`` where they never do.)"""
     *init, last = body
     pending = init + ([] if isinstance(last, ast.Return) else [last])
     while pending:
@@ -811,11 +825,25 @@ def _plain_body(body: list[ast.stmt], name: str) -> None:
                 isinstance(statement, ast.Assign)
                 and all(isinstance(t, ast.Name) for t in statement.targets))):
             raise _NotData(f"a {type(statement).__name__} in {name}")
-    for statement in body:
-        for node in ast.walk(statement):
-            if isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr,
-                                 ast.Lambda)):
-                raise _NotData(f"a {type(node).__name__} in {name}")
+
+
+_NOT_IN_DEAD_CODE = (ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr, ast.Lambda,
+                     ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Global,
+                     ast.Nonlocal, ast.Import, ast.ImportFrom, ast.AugAssign, ast.AnnAssign,
+                     ast.Delete, ast.With, ast.AsyncWith, ast.Try, ast.Return)
+
+
+def _dead(parts: list[ast.stmt] | list[ast.expr]) -> None:
+    """Code that never runs (the body of a loop over nothing, the item of a comprehension
+    over nothing) still changes what its function is in Python: a ``yield`` there makes
+    it a generator, ``x := 1`` or ``global x`` change which ``x`` it reads. So it must
+    hold none of those (``read`` also compiles it, which proves only its syntax)."""
+    for part in parts:
+        for node in ast.walk(part):
+            if isinstance(node, _NOT_IN_DEAD_CODE) or (
+                    isinstance(node, ast.stmt) and not isinstance(
+                        node, (ast.Expr, ast.Assign, ast.Pass, ast.For, ast.If))):
+                raise _NotData(f"a {type(node).__name__} in code that never runs")
 
 
 def _replay(tree: ast.Module, replay: _Replay, module: str) -> dict[str, Any]:

@@ -175,7 +175,7 @@ def test_code_the_compiler_crashes_on_is_compiled_only_in_the_files_process(tmp_
     "    for i in []:\n        print(x := 1)\n    return c\nw = make()\n",
     "def make():\n    for i in []:\n        global b\n    b = WorkflowBuilder()\n    return b\n"
     "w = make()\n",
-    "def make():\n    f = lambda: 1\n    return b\n",
+    "def make():\n    f = lambda: 1\n    return b\nw = make()\n",
     "T = 'n'\ndef make[T]():\n    return T\nx = make()\n",  # 3.12's type parameters
     # a loop target unpacking deeper than the reader goes (its stack would decide),
     "l = 'a'\nfor i in range(20):\n    l = [l]\nfor " + "[" * 20 + "x" + "]" * 20 + " in [l]:\n"
