@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,17 +121,23 @@ def mixed_tree(root: Path, n: int, db_dir: Path, seed: int = 1) -> Tree:
     return tree
 
 
-def workflows_tree(root: Path, n: int, seed: int = 2) -> Tree:
-    """``n`` plain workflow files in workflows/, no models."""
+def _workflow_files(root: Path, n: int, seed: int, prefix: str,
+                    source: Callable[[random.Random, str], tuple[str, set[str]]]) -> Tree:
+    """``n`` files ``source`` writes in workflows/, named ``<prefix>_00000.py`` on."""
     rng = random.Random(seed)
     tree = Tree(root)
     for i in range(n):
-        stem = f"flow_{i:05d}"
-        text, names = workflow_source(rng, stem)
+        stem = f"{prefix}_{i:05d}"
+        text, names = source(rng, stem)
         _write(root / WORKFLOWS_DIR / f"{stem}.py", text)
         tree.expected |= names
         tree.files += 1
     return tree
+
+
+def workflows_tree(root: Path, n: int, seed: int = 2) -> Tree:
+    """``n`` plain workflow files in workflows/, no models."""
+    return _workflow_files(root, n, seed, "flow", workflow_source)
 
 
 def builder_source(rng: random.Random, stem: str) -> tuple[str, set[str]]:
@@ -158,15 +165,7 @@ def builder_source(rng: random.Random, stem: str) -> tuple[str, set[str]]:
 
 def builders_tree(root: Path, n: int, seed: int = 3) -> Tree:
     """``n`` workflow files that compute their nodes, in workflows/, no models."""
-    rng = random.Random(seed)
-    tree = Tree(root)
-    for i in range(n):
-        stem = f"built_{i:05d}"
-        text, names = builder_source(rng, stem)
-        _write(root / WORKFLOWS_DIR / f"{stem}.py", text)
-        tree.expected |= names
-        tree.files += 1
-    return tree
+    return _workflow_files(root, n, seed, "built", builder_source)
 
 
 HOSTILE = {
