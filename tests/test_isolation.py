@@ -458,6 +458,18 @@ def test_a_read_ahead_process_that_dies_leaves_its_files_to_the_server(tmp_path)
     assert _outcome(ahead) == _outcome(alone)
 
 
+def _forty_declarations_and_a_last(tmp_path: Path) -> tuple[Path, Path]:
+    """A project of 40 declarations and ``workflows/zz_last.py``, the one a read-ahead
+    reads first: the project and that file."""
+    workflows = tmp_path / "project" / "workflows"
+    workflows.mkdir(parents=True)
+    for i in range(40):
+        shutil.copyfile(DECLARATIONS[0], workflows / f"d{i:02}.py")
+    target = workflows / "zz_last.py"
+    shutil.copyfile(DECLARATIONS[0], target)
+    return tmp_path / "project", target
+
+
 def test_a_declaration_rewritten_after_the_read_ahead_read_it_is_found_out(
         tmp_path, monkeypatch):
     """The read-ahead judged the file's bytes; rewritten before the server uses its
@@ -467,13 +479,7 @@ def test_a_declaration_rewritten_after_the_read_ahead_read_it_is_found_out(
     from nexus_dataflow_plugin import report as r
     from nexus_dataflow_plugin.cache import ScreenCache
 
-    base = tmp_path / "project"
-    workflows = base / "workflows"
-    workflows.mkdir(parents=True)
-    for i in range(40):
-        shutil.copyfile(DECLARATIONS[0], workflows / f"d{i:02}.py")
-    target = workflows / "zz_last.py"  # the read-ahead's first file
-    shutil.copyfile(DECLARATIONS[0], target)
+    base, target = _forty_declarations_and_a_last(tmp_path)
     model = "from dataflow import DataFlow\ndb = DataFlow('sqlite:///:memory:')\n"
     model_bytes = model.ljust(len(target.read_text()), "#").encode()
     real_digest = ScreenCache.digest
@@ -503,13 +509,7 @@ def test_a_file_swapped_for_a_fifo_after_the_read_ahead_read_it_is_an_error_as_w
     from nexus_dataflow_plugin import report as r
     from nexus_dataflow_plugin.cache import ScreenCache
 
-    base = tmp_path / "project"
-    workflows = base / "workflows"
-    workflows.mkdir(parents=True)
-    for i in range(40):
-        shutil.copyfile(DECLARATIONS[0], workflows / f"d{i:02}.py")
-    target = workflows / "zz_last.py"  # the read-ahead's first file
-    shutil.copyfile(DECLARATIONS[0], target)
+    base, target = _forty_declarations_and_a_last(tmp_path)
     real_facts = ScreenCache.facts
 
     def swap_then_ask(self, path):
