@@ -99,8 +99,9 @@ _MAX_LOOPS = 10
 _MAX_COMPREHENSIONS = 8
 _MAX_TARGET = 8
 _MAX_NAME = 256  # characters in a node id, a port or a connection's end
-# Compiling nests about a C call per level of the tree, against a limit of three per
-# Python frame left: 200 levels compile from any caller, anywhere in a scan.
+# Compiling nests about a C call per level of the tree (on 3.11 a Python frame, too),
+# against the recursion limit: with ``screen.with_room``'s frames, 200 levels compile
+# from any caller, anywhere in a scan.
 _MAX_COMPILE_DEPTH = 200
 # Work, over all of a file's builder calls: characters of argument, counting a value
 # as often as it is passed (a config dict bound once and passed to every node), and

@@ -712,7 +712,8 @@ def quietly(call: Callable[..., _T], *args: Any) -> _T:
 # Building the syntax tree's objects recurses once per level of nesting against the
 # recursion limit, which counts the caller's own frames: a file nested near the limit
 # would parse in a shallow process (a read-ahead) and not in the server deep in a scan.
-# A parse that runs out retries with this much room above the caller, whoever it is.
+# A parse that runs out retries with this much room above the caller, whoever it is, and
+# the reader compiles with it (``with_room``).
 RECURSION_ROOM = 1000
 _ROOM = threading.Lock()
 
