@@ -91,6 +91,7 @@ _BUILTINS = {name: getattr(builtins, name) for name in (
 _FORMAT_SPEC = re.compile(r"(.?[<>=^])?[-+ ]?z?#?0?\d{0,3}[,_]?(\.\d{1,3})?[bcdeEfFgGnosxX%]?",
                           re.DOTALL)
 _MAX_DEPTH = 32
+_MAX_INT = 2**63
 # Loops nest at most this deep (the compiler refuses more than 20 blocks), list
 # comprehensions at most this deep within one another (CPython 3.12.1 and 3.13.0
 # crash compiling list, set or dict comprehensions nested more than 20 deep), loop
@@ -464,6 +465,7 @@ class _Scope:
         parts = []
         for part in node.values:
             if isinstance(part, ast.Constant) and type(part.value) is str:
+                self.replay.charge_size(len(part.value))  # a new copy at every evaluation
                 parts.append(part.value)
                 continue
             if not isinstance(part, ast.FormattedValue):
@@ -498,7 +500,7 @@ class _Scope:
         value = left + right if isinstance(node.op, ast.Add) else left - right
         if type(value) is float and not math.isfinite(value):
             raise _NotData("a number that is not finite")
-        return value
+        return _small(value) if type(value) is int else value
 
     def subscript(self, node: ast.Subscript, depth: int) -> Any:
         """An item of a list, tuple or string by an int, of a dict by a string; a slice
@@ -659,11 +661,22 @@ def _constant(value: Any) -> Any:
     if type(value) is str:
         _text(value)
         return value
-    if value is None or type(value) in (bool, int):
+    if value is None or type(value) is bool:
         return value
+    if type(value) is int:
+        return _small(value)
     if type(value) is float and math.isfinite(value):
         return value
     raise _NotData(f"a {type(value).__name__} literal")  # bytes, complex, ...: not JSON
+
+
+def _small(number: int) -> int:
+    """An int of at most 64 bits. A hex literal can be 15 KB of int (only decimal ones
+    are bounded), and each copy a range or a sum makes, or JSON writes out, costs as
+    much as its size, while the budget counts it as one value."""
+    if not -_MAX_INT <= number < _MAX_INT:
+        raise _NotData("an int past 64 bits")
+    return number
 
 
 def _data_only(node_type: str) -> bool:

@@ -152,6 +152,8 @@ def test_code_the_compiler_crashes_on_is_compiled_only_in_the_files_process(tmp_
     "x = 1\ndef f(k):\n    x = x + 1\n    return x\nz = f(1)\n",
     "x = [i for i in range(2)]\ny = i\n",  # a comprehension's variable stays in it
     "x = True + 1\n",
+    "x = 0x" + "f" * 16 + "\n",  # an int past 64 bits
+    "x = 9223372036854775807 + 1\n",
     "x = 'a' * 3\n",
     "x = 2 ** 8\n",
     "x = 'a' + 1\n",
@@ -335,6 +337,10 @@ _DOUBLED = "s = 'é'\nfor i in range(16):\n    s = s + s\n"  # 64 K characters, 
     _DOUBLED + "t = f'" + "{s}" * 3000 + "'\n",
     _DOUBLED + "for c in enumerate(s + s + s):\n    pass\n",
     _DOUBLED + "x = [c for c in s][::1]\n",
+    # found by a third run: ints the budget counted as one value each (a hex literal of
+    # 15 KB, copied by a range), and the text of an f-string made anew at every turn
+    "X = 0x" + "f" * 30000 + "\nfor i in range(X, X + 250000):\n    pass\n",
+    "x = [f'" + "x" * 30000 + "{i}' for i in range(6000)]\n",
 ])
 def test_work_past_the_budget_is_refused_before_it_is_done(source):
     """Values a file makes are charged before they are made: the server never holds more
