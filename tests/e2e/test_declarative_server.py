@@ -39,7 +39,7 @@ def test_declared_workflows_are_served_and_run_as_declared(tmp_path: Path, start
 
 
 def _serve_and_run(app: harness.AppProcess) -> dict:
-    with app.start():
+    with app:
         result = app.wait_result(timeout=180)
         reasons = {e["path"]: e["reason"] for e in result["report"]["files"]}
         for source in DECLARATIVE.glob("*.py"):

@@ -38,7 +38,7 @@ def test_the_server_starts_serves_and_the_guard_stops_what_the_screen_cannot_see
     env = harness.clean_env(SHOP_DATABASE_URL=f"sqlite:///{tmp_path / 'shop.db'}",
                             NEXUS_DATAFLOW_WORKERS="1")
     app = harness.AppProcess(project, tmp_path / "run", {"way": "add_plugin", "serve": True}, env)
-    with app.start():
+    with app:
         result = app.wait_result(timeout=180)
         statuses = {e["path"]: (e["status"], e["reason"]) for e in result["report"]["files"]}
         for rel in GUARDED:
