@@ -101,9 +101,44 @@ def test_a_warm_scan_answers_from_the_cache_while_the_file_is_untouched(tmp_path
     root, models, first = _screened(tmp_path)
     # Mark the stored answer: a warm cache that returns it did not read the file.
     document = json.loads(first.path.read_text())
-    document["files"][str(models)][2][1] = "answered from the cache"  # its facts' model
+    place = document["files"][str(models)][2]  # its facts' place in the table
+    document["facts"][place][1] = "answered from the cache"  # its facts' model
     first.path.write_text(json.dumps(document))
     assert ScreenCache(root, tmp_path / "cache").facts(models).model == "answered from the cache"
+
+
+def test_files_alike_share_one_facts_entry_and_each_keeps_its_own_answer(tmp_path):
+    root = _project(tmp_path / "app")
+    for name in ("invoices", "refunds"):
+        (root / "workflows" / f"{name}.py").write_text(WORKFLOW)
+    files = sorted(p.resolve() for p in (root / "workflows").glob("*.py"))
+    first = ScreenCache(root, tmp_path / "cache")
+    answers = {path: first.facts(path) for path in files}
+    first.save()
+    document = json.loads(first.path.read_text())
+    # Three workflow files alike and a model file: two distinct facts, each stored once.
+    assert len(document["facts"]) == 2 and len(document["files"]) == 4
+    warm = ScreenCache(root, tmp_path / "cache")
+    assert {path: warm.facts(path) for path in files} == answers
+
+
+def test_a_damaged_entry_is_dropped_at_save_never_given_another_files_facts(tmp_path):
+    root, models, first = _screened(tmp_path)
+    orders = (root / "workflows" / "orders.py").resolve()
+    first.facts(orders)
+    first.save()
+    document = json.loads(first.path.read_text())
+    entries = document["files"]
+    # The workflow file's entry now points at the model file's facts from the end of the
+    # table (a negative place): a scan that does not ask about it saves the cache.
+    entries[str(orders)][2] = entries[str(models)][2] - len(document["facts"])
+    first.path.write_text(json.dumps(document))
+    partial = ScreenCache(root, tmp_path / "cache")
+    partial.facts(models)
+    partial.record_duration(models, 0.5)  # something to save
+    partial.save()
+    assert str(orders) not in json.loads(first.path.read_text())["files"]
+    assert ScreenCache(root, tmp_path / "cache").facts(orders).model is None
 
 
 def test_a_rewrite_with_size_and_mtime_set_back_is_screened_again(tmp_path):
@@ -159,10 +194,16 @@ BROKEN = {
     "older_format": lambda good: json.dumps({**json.loads(good), "format": 3}),
     "nested_too_deep": lambda good: "[" * 100_000,
     # Entries whose stat still matches, with a value of another type than the screen's.
-    "model_not_text": lambda good: _forge(good, lambda entry: entry[2].__setitem__(1, False)),
-    "error_a_list": lambda good: _forge(good, lambda entry: entry[2].__setitem__(0, ["x"])),
-    "line_infinite": lambda good: _forge(good, lambda entry: [
-        ref.__setitem__(3, float("inf")) for ref in entry[2][2]]),
+    "model_not_text": lambda good: _forge_facts(good, lambda facts: facts.__setitem__(1, False)),
+    "error_a_list": lambda good: _forge_facts(good, lambda facts: facts.__setitem__(0, ["x"])),
+    "line_infinite": lambda good: _forge_facts(good, lambda facts: [
+        ref.__setitem__(3, float("inf")) for ref in facts[2]]),
+    # Places in the table of facts that are not one of its places.
+    "place_past_the_table": lambda good: _forge(good, lambda entry: entry.__setitem__(2, 10**6)),
+    "place_negative": lambda good: _forge(good, lambda entry: entry.__setitem__(2, -1)),
+    "place_a_bool": lambda good: _forge(good, lambda entry: entry.__setitem__(2, True)),
+    "no_table": lambda good: json.dumps({k: v for k, v in json.loads(good).items()
+                                         if k != "facts"}),
 }
 
 
@@ -170,6 +211,13 @@ def _forge(good: str, change) -> str:
     document = json.loads(good)
     for entry in document["files"].values():
         change(entry)
+    return json.dumps(document)
+
+
+def _forge_facts(good: str, change) -> str:
+    document = json.loads(good)
+    for facts in document["facts"]:
+        change(facts)
     return json.dumps(document)
 
 
