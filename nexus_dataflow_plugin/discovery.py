@@ -60,6 +60,15 @@ def paused_gc() -> Iterator[None]:
     A scan allocates many small objects (ASTs, workflow graphs) and frees them
     in bulk; in a server that has imported Nexus, collection passes over its
     whole heap cost about a quarter of the screen's time.
+
+    What it leaves allocated is mostly what it returns, and no cycle: 35,000 new
+    objects on a tree of 200 workflow files, none unreachable. Left in the youngest
+    generation, the first allocation after the pause passes over all of them (6-26 ms
+    there, a tenth of the scan) and the next older pass again. Frozen and unfrozen,
+    they go to the oldest generation at once, as they would after those passes; a
+    cycle among them waits for the next full collection. Not where the process has
+    frozen objects of its own (a pre-fork server keeping its pages shared): unfreezing
+    would hand those back to the collector.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -67,6 +76,9 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         if enabled:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 

@@ -434,3 +434,43 @@ def test_a_file_that_keeps_changing_under_the_scan_is_an_error_saying_so(tmp_pat
     monkeypatch.setattr(ScreenCache, "digest", lambda self, path: "0" * 64)
     entry = scan(tmp_path, timeout=10).file("workflows/churning.py")
     assert (entry.status, entry.reason) == (r.ERROR, r.MSG_CHANGED)
+
+
+def test_a_scan_leaves_the_collector_on_and_a_servers_frozen_objects_frozen(tmp_path):
+    """A scan pauses the collector and hands what it made to the oldest generation, so
+    the first allocation after it does not pass over them all; a process that froze
+    its own objects (a pre-fork server sharing its pages) keeps them frozen."""
+    import gc
+
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    for i in range(20):
+        (workflows / f"flow_{i}.py").write_text(
+            "from kailash.workflow.builder import WorkflowBuilder\n"
+            "workflow = WorkflowBuilder()\n"
+            f"workflow.add_node('PythonCodeNode', 'step', {{'code': 'result = {i}'}})\n")
+    passes: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            passes.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        report = SmartDiscovery(tmp_path, workers=1, cache_dir=tmp_path / "cache").run()
+        assert passes == []  # none over the scan's objects as the collector comes back on
+    finally:
+        gc.callbacks.remove(count)
+    assert len(report.workflows) == 20
+    assert gc.isenabled()
+
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        SmartDiscovery(tmp_path, workers=1, cache_dir=tmp_path / "cache").run()
+        # Still frozen (a few may have been freed meanwhile), and nothing frozen in.
+        assert frozen - 1000 < gc.get_freeze_count() <= frozen
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
