@@ -342,6 +342,9 @@ class ScreenCache:
         self._entries: dict[str, Any] = {}
         self._table: list[Any] = []  # the loaded file's distinct facts, as JSON data
         self._built: list[Facts | None] = []  # each one's Facts, once an entry asks
+        # Facts by value: files alike share one object in the scan, and one place in
+        # the table saved (the save tells them apart by identity).
+        self._alike: dict[Facts, Facts] = {}
         self._memo: dict[Path, Facts] = {}
         self._last_tree: tuple[Path, bytes, ast.Module | str] | None = None
         self._running: dict[Path, tuple[list[int], str, _Screening]] = {}
@@ -506,7 +509,8 @@ class ScreenCache:
         facts = self._built[place]
         if facts is None:
             try:
-                facts = self._built[place] = facts_from_json(self._table[place])
+                facts = facts_from_json(self._table[place])
+                facts = self._built[place] = self._alike.setdefault(facts, facts)
             except (KeyError, TypeError, ValueError):
                 return None
         return facts
@@ -598,6 +602,7 @@ class ScreenCache:
         """Remember the facts and the digest of the bytes they are about. A stalled
         screen is not cached: the next scan tries again, as it would import again."""
         if not facts.stalled:
+            facts = self._alike.setdefault(facts, facts)
             self._entries[str(path)] = [stamp, digest, facts, None]
             self._dirty = True
         return facts
@@ -636,32 +641,36 @@ class ScreenCache:
             return
 
         def write(handle: BinaryIO) -> None:
-            # A part at a time: one ``dumps`` of the whole document holds every token
-            # of it at once (2 MB for 1,000 files), and ``json.dump`` goes through the
-            # pure-Python encoder.
-            places: dict[str, int] = {}  # the encoded facts -> their place in the table
-            seen: dict[int, int] = {}  # id() of facts encoded -> their place (files alike)
-            table = self._table
-            files = {}
+            # An entry at a time, then each distinct facts once: one ``dumps`` of the
+            # whole document holds every token of it at once (1.3 MB for 1,000 files),
+            # and ``json.dump`` goes through the pure-Python encoder.
+            places: dict[int, int] = {}  # id() of facts written -> their place
+            table: list[Any] = []  # those facts, by place (each alive in an entry)
+            handle.write(f'{{"format":{CACHE_FORMAT},"version":{_compact(__version__)},'
+                         '"files":{'.encode())
+            comma = ""
             for name, entry in self._entries.items():
                 facts = entry[_FACTS] if _whole(entry) else None
-                # A loaded place is encoded again: the table written holds only the
-                # facts of files still in the cache, each once. A damaged entry is
-                # dropped, never written with another entry's facts.
-                if type(facts) is int and 0 <= facts < len(table):
-                    facts = table[facts]
+                # A loaded place is written anew: the table saved holds only the facts
+                # of files still in the cache. A damaged entry is dropped, never
+                # written with another entry's facts.
+                if type(facts) is int and 0 <= facts < len(self._table):
+                    facts = self._built[facts] or self._table[facts]
                 elif type(facts) is not Facts:
                     continue
-                place = seen.get(id(facts))
+                place = places.get(id(facts))
                 if place is None:
-                    place = seen[id(facts)] = places.setdefault(_compact(facts), len(places))
-                files[name] = [entry[_STAT], entry[_SHA256], place, entry[_DURATION]]
-            handle.write(f'{{"format":{CACHE_FORMAT},"version":{_compact(__version__)},'
-                         '"facts":['.encode())
-            handle.write(",".join(places).encode())
-            handle.write(b'],"files":')
-            handle.write(_compact(files).encode())
-            handle.write(b"}")
+                    place = places[id(facts)] = len(table)
+                    table.append(facts)
+                stored = [entry[_STAT], entry[_SHA256], place, entry[_DURATION]]
+                handle.write(f"{comma}{_compact(name)}:{_compact(stored)}".encode())
+                comma = ","
+            handle.write(b'},"facts":[')
+            comma = ""
+            for facts in table:
+                handle.write(f"{comma}{_compact(facts)}".encode())
+                comma = ","
+            handle.write(b"]}")
 
         try:
             _publish(self.path, ".screen-", write)
