@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import struct
 import types
 import typing
@@ -237,13 +238,24 @@ def encode(message: Any) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+# In JSON text, the escape of a UTF-16 surrogate: the only way a message decoded as
+# strict UTF-8 can hold a lone one (a pair is fine, but telling them apart is the walk
+# the check saves). UTF-8's multi-byte sequences hold no ASCII byte to fool the search.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def decode(data: bytes, *expected: type) -> Any:
     """The message ``data`` holds, checked against its dataclass; one of ``expected``.
 
     Raises only ``ProtocolError``.
     """
+    # Messages are UTF-8 (``json`` would guess UTF-16 or 32 too, and pass a surrogate's
+    # own bytes). Most hold no surrogate escape: then no text in them can be a lone
+    # surrogate, and the check of every string is skipped (for a read-ahead's answer,
+    # three quarters of its decoding).
+    texts = _SURROGATE_ESCAPE.search(data) is not None
     try:
-        raw = json.loads(data)
+        raw = json.loads(data.decode("utf-8"))
     except RecursionError:
         raise ProtocolError(f"nested more than {MAX_DEPTH} levels deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -254,7 +266,7 @@ def decode(data: bytes, *expected: type) -> Any:
     if cls is None or (expected and cls not in expected):
         wanted = " or ".join(c.__name__ for c in expected) or "a message"
         raise ProtocolError(f"expected {wanted}")
-    return _build(cls, raw, cls.__name__)
+    return _build(cls, raw, cls.__name__, texts)
 
 
 @functools.cache
@@ -268,7 +280,7 @@ def _hints(cls: type) -> tuple[tuple[str, Any, bool], ...]:
     )
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+def _build(cls: type, raw: Any, where: str, texts: bool) -> Any:
     if not isinstance(raw, dict):
         raise ProtocolError(f"{where}: expected an object")
     fields = _hints(cls)
@@ -281,42 +293,44 @@ def _build(cls: type, raw: Any, where: str) -> Any:
             if optional:
                 continue
             raise ProtocolError(f"{where}: missing field {name}")
-        values[name] = _value(raw[name], hint, f"{where}.{name}", 0)
+        values[name] = _value(raw[name], hint, f"{where}.{name}", 0, texts)
     if cls is WorkflowData and not values["attr"].isidentifier():
         raise ProtocolError(f"{where}.attr: {values['attr'][:40]!r} is not a Python name")
     return cls(**values)
 
 
-def _value(value: Any, hint: Any, where: str, depth: int) -> Any:
+def _value(value: Any, hint: Any, where: str, depth: int, texts: bool) -> Any:
+    """``value`` checked against ``hint``; ``texts``: the message may hold a lone
+    surrogate, so each string is checked too."""
     if depth > MAX_DEPTH:
         raise ProtocolError(f"{where}: nested more than {MAX_DEPTH} levels deep")
     origin = typing.get_origin(hint)
     if hint is Any:
-        return _json(value, where, depth)
+        return _json(value, where, depth, texts)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(hint):
             return None
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _value(value, inner[0], where, depth)
+        return _value(value, inner[0], where, depth, texts)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
+        return _build(hint, value, where, texts)
     if origin is tuple:
         if not isinstance(value, list):
             raise ProtocolError(f"{where}: expected a list")
         item = typing.get_args(hint)[0]
-        return tuple(_value(v, item, f"{where}[]", depth + 1) for v in value)
+        return tuple(_value(v, item, f"{where}[]", depth + 1, texts) for v in value)
     if origin is dict:
         if not isinstance(value, dict):
             raise ProtocolError(f"{where}: expected an object")
         item = typing.get_args(hint)[1]
-        return {k: _value(v, item, f"{where}.{k}", depth + 1) for k, v in value.items()}
+        return {k: _value(v, item, f"{where}.{k}", depth + 1, texts) for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, bool):
         raise ProtocolError(f"{where}: expected int")
     if not isinstance(value, hint):
         raise ProtocolError(f"{where}: expected {hint.__name__}")
-    if hint is str:
+    if hint is str and texts:
         _text(value, where)
     return value
 
@@ -338,21 +352,27 @@ def _text(value: str, where: str) -> None:
         raise ProtocolError(f"{where}: text that is not valid Unicode")
 
 
-def _json(value: Any, where: str, depth: int) -> Any:
-    """Any JSON value, no deeper than ``MAX_DEPTH`` (checked without recursion)."""
-    stack = [(value, depth)]
-    while stack:
-        item, level = stack.pop()
-        if level > MAX_DEPTH:
+def _json(value: Any, where: str, depth: int, texts: bool) -> Any:
+    """Any JSON value, no deeper than ``MAX_DEPTH`` (checked a level at a time, without
+    recursion), its strings valid text when ``texts``."""
+    level = [value]
+    while level:
+        if depth > MAX_DEPTH:
             raise ProtocolError(f"{where}: nested more than {MAX_DEPTH} levels deep")
-        if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
-            for key in item:
-                _text(key, where)
-        elif isinstance(item, list):
-            stack.extend((v, level + 1) for v in item)
-        elif isinstance(item, str):
-            _text(item, where)
+        below: list[Any] = []
+        for item in level:
+            kind = type(item)
+            if kind is dict:
+                below += item.values()
+                if texts:
+                    for key in item:
+                        _text(key, where)
+            elif kind is list:
+                below += item
+            elif texts and kind is str:
+                _text(item, where)
+        level = below
+        depth += 1
     return value
 
 

@@ -46,12 +46,25 @@ def test_every_message_survives_the_trip(message: object) -> None:
     (b'{"type": "Result", "failures": ["\\ud800"]}', "not valid Unicode"),
     (b'{"type": "Result", "workflows": [{"attr": "w", "node_modules": {}, "problems": [],'
      b' "data": {"nodes": {"\\udfff": {}}}}]}', "not valid Unicode"),
+    # Lone surrogates by every route: an upper-case escape, in a key of Any data, a
+    # surrogate's own UTF-8 bytes (``json`` passes them), and UTF-16 text whose escapes
+    # no search of its bytes sees (messages are UTF-8: it is not JSON here).
+    (b'{"type": "Result", "failures": ["ok \\uDBFF"]}', "not valid Unicode"),
+    (b'{"type": "Reading", "index": 0, "digest": "d", "facts": [{"\\udc00": 1}]}',
+     "not valid Unicode"),
+    (b'{"type": "Result", "failures": ["\xed\xa0\x80"]}', "not JSON"),
+    ('{"type": "Result", "failures": ["\\ud800"]}'.encode("utf-16-le"), "not JSON"),
     (b'{"type": "Result", "workflows": [{"attr": "../../etc", "data": null, "node_modules": {},'
      b' "problems": []}]}', "is not a Python name"),
 ])
 def test_the_decoder_refuses_what_the_protocol_does_not_allow(raw: bytes, problem: str) -> None:
     with pytest.raises(proto.ProtocolError, match=re.escape(problem)):
         proto.decode(raw)
+
+
+def test_a_surrogate_pair_and_an_escaped_backslash_are_text() -> None:
+    raw = b'{"type": "Result", "failures": ["\\ud83d\\ude00", "\\\\ud800"]}'
+    assert proto.decode(raw) == proto.Result(failures=("\U0001f600", "\\ud800"))
 
 
 def test_nesting_inside_workflow_data_is_bounded_too() -> None:
