@@ -193,7 +193,7 @@ class SmartDiscovery:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.pool = pool
         self.models_loaded = models_loaded
-        self.models: ModelIndex | None = None  # the last screen's
+        self.models: ModelIndex | None = None  # the running scan's (it holds its screen)
 
     def screen(self) -> list[r.FileResult]:
         """The static stages alone: entries for files decided without importing anything
@@ -249,6 +249,10 @@ class SmartDiscovery:
             for started_pool in made:
                 started_pool.close()
             cache.save(complete=only is None)
+            # The screen's facts of every file are the scan's, not the server's: the
+            # report is made in their memory, and nothing keeps them after.
+            self.models = None
+            del cache
         return self._report(found, outcomes, time.monotonic() - started)
 
     # -- stages ----------------------------------------------------------------

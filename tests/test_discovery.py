@@ -474,3 +474,31 @@ def test_a_scan_leaves_the_collector_on_and_a_servers_frozen_objects_frozen(tmp_
         assert gc.isenabled()
     finally:
         gc.unfreeze()
+
+
+def test_after_a_scan_the_server_keeps_nothing_of_its_screen(tmp_path):
+    """The screen's facts of every file are the scan's: once it returns, the discovery
+    (kept by the plugin for the next scan) holds none of them."""
+    import gc
+    import weakref
+
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    (workflows / "flow.py").write_text(
+        "from kailash.workflow.builder import WorkflowBuilder\n"
+        "workflow = WorkflowBuilder()\n"
+        "workflow.add_node('PythonCodeNode', 'step', {'code': 'result = 1'})\n")
+    discovery = SmartDiscovery(tmp_path, workers=1, cache_dir=tmp_path / "cache")
+    made = []
+    screen_cache = discovery.screen_cache
+
+    def kept(**kwargs):
+        cache = screen_cache(**kwargs)
+        made.append(weakref.ref(cache))
+        return cache
+
+    discovery.screen_cache = kept
+    report = discovery.run()
+    gc.collect()
+    assert len(report.workflows) == 1
+    assert made and all(ref() is None for ref in made)
