@@ -450,10 +450,20 @@ class ScreenCache:
                 self._running[path] = (stamp, hashlib.sha256(data).hexdigest(), job)
         started = ahead(cold) if ahead is not None and cold else []
         for process, share in started:
+            process.keep = self._kept
             self._aheads.append(process)
             self._ahead.update((cold[index], (process, place)) for place, index in enumerate(share))
         if not started:
             self._start_pool(cold)
+
+    def _kept(self, data: Any) -> Facts | None:
+        """A read-ahead's answer's facts as they come, shared with files alike; None when
+        their shape is not the screen's (the server screens the file itself)."""
+        try:
+            facts = facts_from_json(data)
+        except (TypeError, ValueError):
+            return None
+        return self._alike.setdefault(facts, facts)
 
     def _start_pool(self, paths: list[Path]) -> None:
         """Share ``paths`` out among pool processes, one per core, in turn: the scan asks
@@ -522,15 +532,11 @@ class ScreenCache:
         if self._ahead and path in self._ahead:
             process, place = self._ahead.pop(path)
             reading = process.take(place)  # None: not answered yet, screened here
-            if reading is not None and self._unchanged(path, self._stamps.get(path)):
-                try:
-                    facts = facts_from_json(reading.facts)
-                except (TypeError, ValueError):
-                    facts = None
-                if facts is not None:
-                    self._answered += 1
-                    self._read_ahead[path] = (process.items[place].path, reading.record)
-                    return self._store(path, self._stamps.pop(path), reading.digest, facts)
+            if (reading is not None and type(reading.facts) is Facts  # (see ``_kept``)
+                    and self._unchanged(path, self._stamps.get(path))):
+                self._answered += 1
+                self._read_ahead[path] = (process.items[place].path, reading.record)
+                return self._store(path, self._stamps.pop(path), reading.digest, reading.facts)
         answer = None
         pooled = self._pooled.pop(path, None) if self._pooled else None
         if pooled is not None:

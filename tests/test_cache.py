@@ -468,3 +468,17 @@ def test_a_file_larger_than_max_file_bytes_is_not_read_whole(tmp_path: Path):
     cache = ScreenCache(tmp_path, tmp_path / "cache", max_file_bytes=4096)
     facts = cache.facts(big)
     assert facts.error is not None and "over the 4,096-byte limit" in facts.error
+
+
+def test_a_read_aheads_facts_are_kept_as_facts_shared_by_files_alike_or_refused(tmp_path):
+    """An answer waits in the server until the scan reaches its file: its facts are made
+    as it comes (JSON lists weigh three times as much), one object for files alike; a
+    shape the screen never writes is refused, and the server screens that file itself."""
+    root = _project(tmp_path / "app")
+    cache = ScreenCache(root, persist=False)
+    answer = facts_to_json(analyze(WORKFLOW.encode()))
+    kept = cache._kept(answer)
+    assert kept == analyze(WORKFLOW.encode())
+    assert cache._kept(json.loads(json.dumps(answer))) is kept
+    for wrong in ([1, 2], {"error": None}, [None] * 11, answer[:-1] + [[5]]):
+        assert cache._kept(wrong) is None
