@@ -323,6 +323,9 @@ def _value(value: Any, hint: Any, where: str, depth: int, texts: bool) -> Any:
         if not isinstance(value, dict):
             raise ProtocolError(f"{where}: expected an object")
         item = typing.get_args(hint)[1]
+        if texts:
+            for key in value:
+                _text(key, where)
         return {k: _value(v, item, f"{where}.{k}", depth + 1, texts) for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

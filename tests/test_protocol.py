@@ -53,6 +53,8 @@ def test_every_message_survives_the_trip(message: object) -> None:
     (b'{"type": "Reading", "index": 0, "digest": "d", "facts": [{"\\udc00": 1}]}',
      "not valid Unicode"),
     (b'{"type": "Result", "failures": ["\xed\xa0\x80"]}', "not JSON"),
+    (b'{"type": "Result", "workflows": [{"attr": "w", "data": null, "problems": [],'
+     b' "node_modules": {"\\ud800": "m"}}]}', "not valid Unicode"),
     ('{"type": "Result", "failures": ["\\ud800"]}'.encode("utf-16-le"), "not JSON"),
     (b'{"type": "Result", "workflows": [{"attr": "../../etc", "data": null, "node_modules": {},'
      b' "problems": []}]}', "is not a Python name"),
