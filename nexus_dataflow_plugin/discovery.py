@@ -66,9 +66,10 @@ def paused_gc() -> Iterator[None]:
     generation, the first allocation after the pause passes over all of them (6-26 ms
     there, a tenth of the scan) and the next older pass again. Frozen and unfrozen,
     they go to the oldest generation at once, as they would after those passes; a
-    cycle among them waits for the next full collection. Not where the process has
-    frozen objects of its own (a pre-fork server keeping its pages shared): unfreezing
-    would hand those back to the collector.
+    cycle among them waits for the next full collection. Not where any object is
+    frozen (a pre-fork server keeping its pages shared): unfreezing would hand those
+    back to the collector. CPython 3.12 counts its immortal objects as frozen after a
+    full collection (a few hundred), so there the scan's objects mostly stay young.
     """
     enabled = gc.isenabled()
     gc.disable()
