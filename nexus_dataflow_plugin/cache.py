@@ -80,6 +80,14 @@ def _whole(entry: Any) -> bool:
     """``entry`` has an entry's shape (what it holds is checked where it is used)."""
     return type(entry) is list and len(entry) == 4
 
+
+def _sound(entry: list[Any]) -> bool:
+    """A loaded entry holds a stat, digest and duration as the screen writes them: one
+    nested a thousand deep would take the save's encoder past the stack."""
+    stat, digest, _, duration = entry
+    return (type(stat) is list and len(stat) == 5 and all(type(v) is int for v in stat)
+            and type(digest) is str and (duration is None or type(duration) is float))
+
 # Measured on CPython 3.11 (ast.parse, worst case an f-string of `{a}` fields): 50 KB
 # 0.2 s, 100 KB 0.64 s, 200 KB 2.4 s, 600 KB 20 s; plain code parses at about 1 MB/s.
 # Up to 32 KB the worst case stays under 0.1 s, so such files are parsed in the server.
@@ -163,39 +171,43 @@ def _only(kind: type) -> Callable[[Any], Any]:
 _str, _int, _flag = _only(str), _only(int), _only(bool)
 
 
+_list = _only(list)  # a str or dict would pass ``map``: "Ab" as ("A", "b"), {} as ()
+
+
 def _ref(data: list[Any]) -> ImportRef:
-    module, names, level, line = data
-    return _new(ImportRef, (_str(module), tuple(map(_str, names)), _int(level), _int(line)))
+    module, names, level, line = _list(data)
+    return _new(ImportRef, (_str(module), tuple(map(_str, _list(names))), _int(level),
+                            _int(line)))
 
 
 def _path(data: list[Any]) -> PathRef:
-    anchor, ups, tail, line = data
+    anchor, ups, tail, line = _list(data)
     return _new(PathRef, (_str(anchor), _int(ups), _str(tail), _int(line)))
 
 
 def _use(data: list[Any]) -> ModelUse:
-    name, cls, line, source = data
+    name, cls, line, source = _list(data)
     return _new(ModelUse, (_str(name), _str(cls), _int(line), _ref(source)))
 
 
 def facts_from_json(data: list[Any]) -> Facts:
     (error, model, imports, uses, factories, nodes, may_block, entries, runs, exports,
-     stalled, classes) = data
+     stalled, classes) = _list(data)
     # Most fields are empty lists: ``== []`` skips building an empty tuple from them (a
-    # third of the cost), and anything else that is not a list still fails in ``map``.
+    # third of the cost); anything else must be a list too.
     return _new(Facts, (  # in Facts' field order
         _text(error),
         _text(model),
-        () if imports == [] else tuple(map(_ref, imports)),
-        () if uses == [] else tuple(map(_use, uses)),
-        () if factories == [] else tuple(map(_str, factories)),
-        () if nodes == [] else tuple(map(_str, nodes)),
+        () if imports == [] else tuple(map(_ref, _list(imports))),
+        () if uses == [] else tuple(map(_use, _list(uses))),
+        () if factories == [] else tuple(map(_str, _list(factories))),
+        () if nodes == [] else tuple(map(_str, _list(nodes))),
         _flag(may_block),
-        () if entries == [] else tuple(map(_path, entries)),
-        () if runs == [] else tuple(map(_path, runs)),
-        () if exports == [] else tuple(map(_str, exports)),
+        () if entries == [] else tuple(map(_path, _list(entries))),
+        () if runs == [] else tuple(map(_path, _list(runs))),
+        () if exports == [] else tuple(map(_str, _list(exports))),
         _flag(stalled),
-        () if classes == [] else tuple(map(_str, classes)),
+        () if classes == [] else tuple(map(_str, _list(classes))),
     ))
 
 
@@ -514,15 +526,20 @@ class ScreenCache:
         place = entry[_FACTS]
         if type(place) is not int:  # facts a screen gave in this scan
             return place if type(place) is Facts else None
+        return self._placed(place)
+
+    def _placed(self, place: int) -> Facts | None:
+        """The facts at ``place`` in the loaded table, built once; None when there are
+        none there, or they are damaged."""
         if not 0 <= place < len(self._table):
             return None
         facts = self._built[place]
         if facts is None:
             try:
                 facts = facts_from_json(self._table[place])
-                facts = self._built[place] = self._alike.setdefault(facts, facts)
-            except (KeyError, TypeError, ValueError):
+            except (TypeError, ValueError):
                 return None
+            facts = self._built[place] = self._alike.setdefault(facts, facts)
         return facts
 
     def _facts(self, path: Path) -> Facts:
@@ -658,11 +675,11 @@ class ScreenCache:
             for name, entry in self._entries.items():
                 facts = entry[_FACTS] if _whole(entry) else None
                 # A loaded place is written anew: the table saved holds only the facts
-                # of files still in the cache. A damaged entry is dropped, never
-                # written with another entry's facts.
-                if type(facts) is int and 0 <= facts < len(self._table):
-                    facts = self._built[facts] or self._table[facts]
-                elif type(facts) is not Facts:
+                # of files still in the cache, each as the screen writes it. A damaged
+                # entry is dropped, never written with another entry's facts.
+                if type(facts) is int:
+                    facts = self._placed(facts) if _sound(entry) else None
+                if type(facts) is not Facts:
                     continue
                 place = places.get(id(facts))
                 if place is None:

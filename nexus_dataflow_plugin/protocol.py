@@ -262,7 +262,8 @@ def decode(data: bytes, *expected: type) -> Any:
         raise ProtocolError(f"not JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ProtocolError("not a JSON object")
-    cls = MESSAGES.get(raw.pop("type", None))  # type: ignore[arg-type]
+    tag = raw.pop("type", None)
+    cls = MESSAGES.get(tag) if type(tag) is str else None  # (a list is not hashable)
     if cls is None or (expected and cls not in expected):
         wanted = " or ".join(c.__name__ for c in expected) or "a message"
         raise ProtocolError(f"expected {wanted}")

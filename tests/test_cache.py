@@ -198,6 +198,9 @@ BROKEN = {
     "error_a_list": lambda good: _forge_facts(good, lambda facts: facts.__setitem__(0, ["x"])),
     "line_infinite": lambda good: _forge_facts(good, lambda facts: [
         ref.__setitem__(3, float("inf")) for ref in facts[2]]),
+    # Not lists where the screen writes lists: ``map`` would take a str or a dict.
+    "fields_not_lists": lambda good: _forge_facts(good, lambda facts: (
+        facts.__setitem__(2, {}), facts.__setitem__(11, "Ab"))),
     # Places in the table of facts that are not one of its places.
     "place_past_the_table": lambda good: _forge(good, lambda entry: entry.__setitem__(2, 10**6)),
     "place_negative": lambda good: _forge(good, lambda entry: entry.__setitem__(2, -1)),
@@ -234,6 +237,9 @@ def test_a_broken_cache_costs_a_reparse_never_a_wrong_answer(tmp_path, damage):
     assert sorted(again.workflows) == sorted(clean.workflows) == ["orders.build_pipeline"]
     assert again.file("workflows/models.py").status == clean.file("workflows/models.py").status
     json.loads(cache_file.read_text())  # rewritten whole
+    warm = ScreenCache(root, cache_dir)  # and with each file's own facts, as screened
+    for path in sorted((root / "workflows").glob("*.py")):
+        assert warm.facts(path.resolve()) == analyze(path.read_bytes()), path.name
 
 
 def test_a_cache_that_cannot_be_written_is_logged_not_raised(tmp_path, caplog):
@@ -476,9 +482,39 @@ def test_a_read_aheads_facts_are_kept_as_facts_shared_by_files_alike_or_refused(
     shape the screen never writes is refused, and the server screens that file itself."""
     root = _project(tmp_path / "app")
     cache = ScreenCache(root, persist=False)
-    answer = facts_to_json(analyze(WORKFLOW.encode()))
+    answer = json.loads(json.dumps(facts_to_json(analyze(WORKFLOW.encode()))))  # as sent
     kept = cache._kept(answer)
     assert kept == analyze(WORKFLOW.encode())
     assert cache._kept(json.loads(json.dumps(answer))) is kept
-    for wrong in ([1, 2], {"error": None}, [None] * 11, answer[:-1] + [[5]]):
+    # Not lists where lists belong: a str or dict would pass ``map`` ("Ab" as A and b).
+    for wrong in ([1, 2], {"error": None}, [None] * 11, answer[:-1] + [[5]],
+                  answer[:-1] + ["Ab"], answer[:2] + [{}] + answer[3:],
+                  answer[:2] + [["os", "ab", 0, 1]] + answer[3:]):
         assert cache._kept(wrong) is None
+
+
+def test_an_entry_nested_past_the_stack_is_dropped_at_save_not_raised(tmp_path):
+    """A stat or duration nested a thousand deep loads (``json`` takes it) but would take
+    the save's encoder past the stack, deeper in a server's call: such an entry, of a
+    file this scan did not ask about, is dropped."""
+    import sys
+
+    root, models, first = _screened(tmp_path)
+    orders = (root / "workflows" / "orders.py").resolve()
+    first.facts(orders)
+    first.save()
+    document = json.loads(first.path.read_text())
+    document["files"][str(orders)][3] = json.loads("[" * 950 + "]" * 950)
+    first.path.write_text(json.dumps(document))
+    partial = ScreenCache(root, tmp_path / "cache")
+    partial.record_duration(models, 0.5)  # something to save; orders.py is not asked about
+
+    def deeper(levels: int) -> None:
+        if levels:
+            deeper(levels - 1)
+        else:
+            partial.save()
+
+    deeper(sys.getrecursionlimit() - 1000)
+    saved = json.loads(first.path.read_text())["files"]
+    assert str(orders) not in saved and str(models) in saved

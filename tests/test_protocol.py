@@ -35,6 +35,8 @@ def test_every_message_survives_the_trip(message: object) -> None:
     (b"not json", "not JSON"),
     (b"[1, 2]", "not a JSON object"),
     (b'{"type": "Nope"}', "expected a message"),
+    (b'{"type": [1]}', "expected a message"),
+    (b'{"type": {}}', "expected a message"),
     (b'{"type": "Result", "failures": 5}', "Result.failures: expected a list"),
     (b'{"type": "Result", "failures": [1]}', "Result.failures[]: expected str"),
     (b'{"type": "Result", "surprise": 1}', "unknown field(s) surprise"),
