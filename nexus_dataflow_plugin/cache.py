@@ -469,8 +469,9 @@ class ScreenCache:
             self._start_pool(cold)
 
     def _kept(self, data: Any) -> Facts | None:
-        """A read-ahead's answer's facts as they come, shared with files alike; None when
-        their shape is not the screen's (the server screens the file itself)."""
+        """Facts as JSON data (a read-ahead's answer as it comes, or an entry of the loaded
+        table), shared with files alike; None when their shape is not the screen's (the
+        file is screened again)."""
         try:
             facts = facts_from_json(data)
         except (TypeError, ValueError):
@@ -535,11 +536,7 @@ class ScreenCache:
             return None
         facts = self._built[place]
         if facts is None:
-            try:
-                facts = facts_from_json(self._table[place])
-            except (TypeError, ValueError):
-                return None
-            facts = self._built[place] = self._alike.setdefault(facts, facts)
+            facts = self._built[place] = self._kept(self._table[place])
         return facts
 
     def _facts(self, path: Path) -> Facts:
