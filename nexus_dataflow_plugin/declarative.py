@@ -841,10 +841,9 @@ def _plain_body(body: list[ast.stmt], name: str) -> None:
             raise _NotData(f"a {type(statement).__name__} in {name}")
 
 
-_NOT_IN_DEAD_CODE = (ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr, ast.Lambda,
-                     ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Global,
-                     ast.Nonlocal, ast.Import, ast.ImportFrom, ast.AugAssign, ast.AnnAssign,
-                     ast.Delete, ast.With, ast.AsyncWith, ast.Try, ast.Return)
+# Expressions refused in code that never runs; of statements, only these are allowed.
+_NOT_IN_DEAD_CODE = (ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr, ast.Lambda)
+_IN_DEAD_CODE = (ast.Expr, ast.Assign, ast.Pass, ast.For, ast.If)
 
 
 def _dead(parts: list[ast.stmt] | list[ast.expr]) -> None:
@@ -855,8 +854,7 @@ def _dead(parts: list[ast.stmt] | list[ast.expr]) -> None:
     for part in parts:
         for node in ast.walk(part):
             if isinstance(node, _NOT_IN_DEAD_CODE) or (
-                    isinstance(node, ast.stmt) and not isinstance(
-                        node, (ast.Expr, ast.Assign, ast.Pass, ast.For, ast.If))):
+                    isinstance(node, ast.stmt) and not isinstance(node, _IN_DEAD_CODE)):
                 raise _NotData(f"a {type(node).__name__} in code that never runs")
 
 
