@@ -257,6 +257,7 @@ def test_forges_the_next_result_delivers_nothing_for_another_file(
     ("sends_a_result_field_of_the_wrong_type.py", "Result.failures: expected a list"),
     ("nests_its_result_100000_deep.py", "levels deep"),
     ("tags_its_result_with_a_list.py", "expected Result"),
+    ("forges_a_lone_surrogate_in_its_result.py", "not valid Unicode"),
 ])
 def test_a_malformed_result_is_its_own_files_error_and_the_scan_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixture: str, problem: str
